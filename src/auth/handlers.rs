@@ -1,0 +1,506 @@
+//! The `/.auth/` endpoints: HTML sign-in pages, the JSON API, forward-auth check and health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cookie::{Cookie, SameSite};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use minijinja::context;
+use serde::Deserialize;
+
+use crate::auth::challenge::{self, Requester};
+use crate::auth::policy::same_origin;
+use crate::auth::session::{self, authenticate};
+use crate::config::Config;
+use crate::crypto;
+use crate::error::AuthError;
+use crate::http::response::{html, json, redirect, set_cookie, text, Body};
+use crate::http::{client_ip, ConnInfo};
+use crate::state::AppState;
+use crate::store::Challenge;
+
+type Reply = Result<Response<Body>, AuthError>;
+
+/// Every `/.auth/` path this gateway answers (for 405 vs 404).
+const KNOWN: [&str; 14] = [
+    "/.auth/healthz",
+    "/.auth/login",
+    "/.auth/code",
+    "/.auth/resend",
+    "/.auth/verify",
+    "/.auth/logout",
+    "/.auth/check",
+    "/.auth/api/login",
+    "/.auth/api/resend",
+    "/.auth/api/verify",
+    "/.auth/api/session",
+    "/.auth/api/logout",
+    "/.auth/api/challenge",
+    "/.auth/readyz",
+];
+
+/// Routes one `/.auth/` request and renders its error the way its caller expects (page or JSON).
+pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    let cfg = state.config();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let wants_json = path.starts_with("/.auth/api/") || path == "/.auth/check";
+    let who = Requester {
+        ip: client_ip(&cfg, conn, req.headers()).to_string(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown browser")
+            .chars()
+            .take(256)
+            .collect(),
+    };
+    let h = Ctx { state, cfg: &cfg, who: &who };
+    let result = match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
+        (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req),
+        (&Method::POST, "/.auth/login") => h.login_submit(req).await,
+        (&Method::POST, "/.auth/code") => h.code_submit(req).await,
+        (&Method::POST, "/.auth/resend") => h.resend_submit(req).await,
+        (&Method::GET | &Method::HEAD, "/.auth/verify") => h.verify_page(&req).await,
+        (&Method::POST, "/.auth/verify") => h.verify_submit(req).await,
+        (&Method::POST, "/.auth/logout") => h.logout(req).await,
+        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req),
+        (&Method::POST, "/.auth/api/login") => h.api_login(req).await,
+        (&Method::POST, "/.auth/api/resend") => h.api_resend(req).await,
+        (&Method::POST, "/.auth/api/verify") => h.api_verify(req).await,
+        (&Method::GET, "/.auth/api/session") => h.api_session(&req),
+        (&Method::POST, "/.auth/api/logout") => h.api_logout(req).await,
+        (&Method::GET, p) if p.starts_with("/.auth/api/challenge/") => {
+            h.api_challenge(&p["/.auth/api/challenge/".len()..])
+        }
+        (_, p) if KNOWN.contains(&p) || p.starts_with("/.auth/api/challenge/") => Err(AuthError::MethodNotAllowed),
+        _ => Err(AuthError::NotFound),
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) if wants_json => e.to_json(),
+        Err(e) => e.to_page(state),
+    }
+}
+
+/// A 403 for a signed-in user whose address this site does not allow: who they are and how to switch.
+pub fn forbidden(state: &AppState, email: &str, navigation: bool) -> Response<Body> {
+    if navigation {
+        let page = state.pages.message(
+            "Access denied",
+            &format!("You are signed in as {email}, which may not open this site. Sign out and sign in with another address."),
+            Some(("/.auth/login", "Sign in with another address")),
+        );
+        html(StatusCode::FORBIDDEN, page)
+    } else {
+        AuthError::NotAllowed(email.to_string()).to_json()
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a Arc<AppState>,
+    cfg: &'a Config,
+    who: &'a Requester,
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Reads a request body up to the configured limit.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Bytes), AuthError> {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(AuthError::PayloadTooLarge);
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok((parts.headers, c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AuthError::PayloadTooLarge),
+        Err(e) => Err(AuthError::BadRequest("bad_body", format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AuthError> {
+    serde_json::from_slice(body).map_err(|e| AuthError::BadRequest("invalid_json", format!("the body is not the expected JSON: {e}")))
+}
+
+/// The browser-binding cookie's name.
+fn binding_name(cfg: &Config) -> String {
+    format!("{}_login", cfg.session.cookie_name)
+}
+
+fn binding_cookie(cfg: &Config, value: String, max_age: i64) -> Cookie<'static> {
+    Cookie::build((binding_name(cfg), value))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/.auth/")
+        .secure(cfg.secure_cookies())
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .build()
+}
+
+/// Reads the binding cookie: (challenge id, secret).
+fn binding(cfg: &Config, headers: &HeaderMap) -> Option<(String, String)> {
+    let name = binding_name(cfg);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.split_once('.'))
+        .map(|(id, secret)| (id.to_string(), secret.to_string()))
+}
+
+/// Whether the binding cookie belongs to `c`.
+fn bound_to(headers: &HeaderMap, cfg: &Config, c: &Challenge) -> bool {
+    match (binding(cfg, headers), c.binding_hash) {
+        (Some((id, secret)), Some(h)) => id == c.id && crypto::ct_eq(&crypto::sha256(secret.as_bytes()), &h),
+        _ => false,
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiLogin {
+    email: String,
+    #[serde(default)]
+    redirect_to: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiResend {
+    challenge_id: String,
+}
+
+#[derive(Deserialize)]
+struct ApiVerify {
+    #[serde(default)]
+    challenge_id: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    link_token: Option<String>,
+    #[serde(default)]
+    issue_token: bool,
+}
+
+impl Ctx<'_> {
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        if same_origin(self.cfg, headers) {
+            Ok(())
+        } else {
+            tracing::warn!(ip = %self.who.ip, "cross-origin form post refused");
+            Err(AuthError::CrossOrigin)
+        }
+    }
+
+    async fn readyz(&self) -> Reply {
+        let store_ok = self.state.store.flush().await.is_ok();
+        let outbox = self.state.store.outbox_len();
+        let mail_ok = outbox < 1000 || self.state.mailer.healthy().await;
+        let status = if store_ok && mail_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        Ok(json(status, &serde_json::json!({"store": store_ok, "outbox": outbox, "mail": mail_ok})))
+    }
+
+    fn login_page(&self, req: &Request<Incoming>) -> Reply {
+        let rd = query(req).remove("rd").unwrap_or_default();
+        Ok(self.render_login(StatusCode::OK, &rd, "", None))
+    }
+
+    fn render_login(&self, status: StatusCode, rd: &str, email: &str, error: Option<String>) -> Response<Body> {
+        let page = self.state.pages.render(
+            "login.html",
+            context! { title => "Sign in", rd => rd, email => email, error => error, code => self.cfg.login.code },
+        );
+        html(status, page)
+    }
+
+    fn render_check(&self, status: StatusCode, c: &Challenge, error: Option<String>, notice: Option<&str>) -> Response<Body> {
+        let now = self.state.clock.now();
+        let rd: String = url::form_urlencoded::byte_serialize(c.redirect_to.as_bytes()).collect();
+        let page = self.state.pages.render(
+            "check_email.html",
+            context! {
+                title => "Check your email",
+                email => &c.email,
+                link => self.cfg.login.link,
+                code => self.cfg.login.code,
+                code_length => self.cfg.login.code_length,
+                ttl_minutes => c.expires_at.saturating_sub(now).div_ceil(60),
+                cooldown => self.cfg.login.resend_cooldown.as_secs(),
+                rd_param => rd,
+                error => error,
+                notice => notice,
+            },
+        );
+        html(status, page)
+    }
+
+    async fn login_submit(&self, req: Request<Incoming>) -> Reply {
+        self.check_origin(req.headers())?;
+        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let f = form(&body);
+        let email = f.get("email").map(String::as_str).unwrap_or("");
+        let rd = f.get("rd").map(String::as_str).unwrap_or("");
+        match challenge::start(self.state, self.cfg, email, rd, None, self.who).await {
+            Ok(issued) => {
+                let mut r = self.render_check(StatusCode::OK, &issued.challenge, None, None);
+                let value = format!("{}.{}", issued.challenge.id, issued.binding);
+                set_cookie(&mut r, &binding_cookie(self.cfg, value, self.cfg.login.ttl.as_secs() as i64 + 3600));
+                Ok(r)
+            }
+            Err(e @ (AuthError::InvalidEmail(_) | AuthError::RateLimited(_) | AuthError::BadRequest(..))) => {
+                let email_shown: String = email.chars().take(254).collect();
+                let mut r = self.render_login(e.status(), rd, &email_shown, Some(e.to_string()));
+                if let AuthError::RateLimited(s) = e {
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+                }
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The challenge this browser is bound to, or a page telling the user to start again.
+    fn bound_challenge(&self, headers: &HeaderMap) -> Result<Challenge, AuthError> {
+        let (id, _) = binding(self.cfg, headers).ok_or_else(|| {
+            AuthError::BadRequest("no_challenge", "this browser has no sign-in in progress (or cookies are blocked); start again".into())
+        })?;
+        let c = self.state.store.challenge(&id)?.ok_or(AuthError::UnknownChallenge)?;
+        if !bound_to(headers, self.cfg, &c) {
+            return Err(AuthError::BadRequest("no_challenge", "this sign-in was started in another browser; start again".into()));
+        }
+        Ok(c)
+    }
+
+    async fn code_submit(&self, req: Request<Incoming>) -> Reply {
+        self.check_origin(req.headers())?;
+        let (headers, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let c = self.bound_challenge(&headers)?;
+        let code = form(&body).remove("code").unwrap_or_default();
+        match challenge::redeem_code(self.state, self.cfg, &c.id, &code) {
+            Ok(done) => self.finish_html(&done, true).await,
+            Err(e @ AuthError::WrongCode(_)) => Ok(self.render_check(e.status(), &c, Some(e.to_string()), None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn resend_submit(&self, req: Request<Incoming>) -> Reply {
+        self.check_origin(req.headers())?;
+        let (headers, _) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let c = self.bound_challenge(&headers)?;
+        match challenge::resend(self.state, self.cfg, &c.id, self.who).await {
+            Ok(c) => Ok(self.render_check(StatusCode::OK, &c, None, Some("A new mail is on its way; the previous link and code no longer work."))),
+            Err(e @ (AuthError::ResendCooldown(_) | AuthError::RateLimited(_))) => {
+                let mut r = self.render_check(e.status(), &c, Some(e.to_string()), None);
+                if let AuthError::ResendCooldown(s) | AuthError::RateLimited(s) = e {
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+                }
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opening a mailed link. Never spends the token (scanners prefetch links), unless this is
+    /// the browser that asked for it (binding cookie), which signs in at once.
+    async fn verify_page(&self, req: &Request<Incoming>) -> Reply {
+        let token = query(req).remove("token").unwrap_or_default();
+        let c = challenge::peek_link(self.state, self.cfg, &token)?;
+        self.state.metrics.links_opened();
+        if req.method() == Method::GET && bound_to(req.headers(), self.cfg, &c) {
+            let done = challenge::redeem_link(self.state, self.cfg, &token)?;
+            return self.finish_html(&done, true).await;
+        }
+        let page = self.state.pages.render("confirm.html", context! { title => "Confirm sign-in", email => &c.email, token => token });
+        Ok(html(StatusCode::OK, page))
+    }
+
+    async fn verify_submit(&self, req: Request<Incoming>) -> Reply {
+        self.check_origin(req.headers())?;
+        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let token = form(&body).remove("token").unwrap_or_default();
+        let done = challenge::redeem_link(self.state, self.cfg, &token)?;
+        self.finish_html(&done, true).await
+    }
+
+    /// Creates the session for a completed challenge (fresh token, flushed to disk).
+    async fn sign_in(&self, c: &Challenge) -> Result<(String, crate::store::Session), AuthError> {
+        if !self.cfg.access.allows(&c.email) {
+            return Err(AuthError::NotAllowed(c.email.clone()));
+        }
+        let (token, s) = session::create(self.state, self.cfg, &c.email, &self.who.ip, &self.who.user_agent)?;
+        self.state.store.flush().await?;
+        self.state.metrics.signins();
+        tracing::info!(target: "portcullis::audit", event = "sign_in", email = %self.state.mask(&c.email), ip = %self.who.ip, session = %s.id, challenge = %c.id, "signed in");
+        Ok((token, s))
+    }
+
+    /// Signs in and sends the browser to the challenge's (validated) redirect target.
+    async fn finish_html(&self, c: &Challenge, clear_binding: bool) -> Reply {
+        let (token, _) = self.sign_in(c).await?;
+        let mut r = redirect(StatusCode::SEE_OTHER, &c.redirect_to);
+        set_cookie(&mut r, &session::cookie(self.cfg, &token));
+        if clear_binding {
+            let mut b = binding_cookie(self.cfg, String::new(), 0);
+            b.make_removal();
+            set_cookie(&mut r, &b);
+        }
+        Ok(r)
+    }
+
+    async fn logout(&self, req: Request<Incoming>) -> Reply {
+        self.check_origin(req.headers())?;
+        self.revoke_presented(req.headers()).await?;
+        let mut r = redirect(StatusCode::SEE_OTHER, "/.auth/login");
+        set_cookie(&mut r, &session::removal_cookie(self.cfg));
+        Ok(r)
+    }
+
+    async fn revoke_presented(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        if let Some(id) = authenticate(self.state, self.cfg, headers)? {
+            self.state.store.remove_session(&id.token_hash)?;
+            self.state.store.flush().await?;
+            tracing::info!(target: "portcullis::audit", event = "logout", email = %self.state.mask(&id.email), ip = %self.who.ip, session = %id.session.id, "signed out");
+        }
+        Ok(())
+    }
+
+    /// Forward-auth: 200 with identity headers for a valid session, 401 without, 403 when not allowed.
+    fn check(&self, req: &Request<Incoming>) -> Reply {
+        match authenticate(self.state, self.cfg, req.headers())? {
+            Some(id) if id.allowed => {
+                let mut r = text(StatusCode::OK, "");
+                for name in [&self.cfg.headers.email, &self.cfg.headers.user] {
+                    if let Ok(v) = HeaderValue::from_str(&id.email) {
+                        r.headers_mut().insert(name.clone(), v);
+                    }
+                }
+                Ok(r)
+            }
+            Some(id) => Ok(forbidden(self.state, &id.email, false)),
+            None => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    async fn api_body<T: serde::de::DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, AuthError> {
+        if !is_json(req.headers()) {
+            return Err(AuthError::UnsupportedMediaType);
+        }
+        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        parse_json(&body)
+    }
+
+    fn challenge_json(&self, c: &Challenge) -> Response<Body> {
+        let now = self.state.clock.now();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "challenge_id": c.id,
+                "expires_at": c.expires_at,
+                "expires_in": c.expires_at.saturating_sub(now),
+                "method": self.cfg.login.method_name(),
+            }),
+        )
+    }
+
+    async fn api_login(&self, req: Request<Incoming>) -> Reply {
+        let b: ApiLogin = self.api_body(req).await?;
+        let issued = challenge::start(self.state, self.cfg, &b.email, b.redirect_to.as_deref().unwrap_or(""), b.state, self.who).await?;
+        Ok(self.challenge_json(&issued.challenge))
+    }
+
+    async fn api_resend(&self, req: Request<Incoming>) -> Reply {
+        let b: ApiResend = self.api_body(req).await?;
+        let c = challenge::resend(self.state, self.cfg, &b.challenge_id, self.who).await?;
+        Ok(self.challenge_json(&c))
+    }
+
+    fn api_challenge(&self, id: &str) -> Reply {
+        let c = self.state.store.challenge(id)?.ok_or(AuthError::UnknownChallenge)?;
+        let now = self.state.clock.now();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"challenge_id": c.id, "expired": c.expires_at <= now, "completed": c.completed}),
+        ))
+    }
+
+    async fn api_verify(&self, req: Request<Incoming>) -> Reply {
+        let b: ApiVerify = self.api_body(req).await?;
+        let done = match (&b.challenge_id, &b.code, &b.link_token) {
+            (Some(id), Some(code), None) => challenge::redeem_code(self.state, self.cfg, id, code)?,
+            (None, None, Some(token)) => challenge::redeem_link(self.state, self.cfg, token)?,
+            _ => {
+                return Err(AuthError::BadRequest(
+                    "invalid_request",
+                    "send either {challenge_id, code} or {link_token}".into(),
+                ))
+            }
+        };
+        let (token, s) = self.sign_in(&done).await?;
+        let mut body = serde_json::json!({
+            "email": s.email,
+            "state": done.state,
+            "redirect_to": done.redirect_to,
+            "expires_at": s.expires_at,
+        });
+        if b.issue_token {
+            body["session_token"] = serde_json::Value::String(token.clone());
+        }
+        let mut r = json(StatusCode::OK, &body);
+        set_cookie(&mut r, &session::cookie(self.cfg, &token));
+        Ok(r)
+    }
+
+    fn api_session(&self, req: &Request<Incoming>) -> Reply {
+        match authenticate(self.state, self.cfg, req.headers())? {
+            Some(id) if id.allowed => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"email": id.email, "expires_at": id.session.expires_at}),
+            )),
+            Some(id) => Err(AuthError::NotAllowed(id.email)),
+            None => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    async fn api_logout(&self, req: Request<Incoming>) -> Reply {
+        if !is_json(req.headers()) && !same_origin(self.cfg, req.headers()) {
+            return Err(AuthError::CrossOrigin);
+        }
+        self.revoke_presented(req.headers()).await?;
+        let mut r = json(StatusCode::OK, &serde_json::json!({"signed_out": true}));
+        set_cookie(&mut r, &session::removal_cookie(self.cfg));
+        Ok(r)
+    }
+}
+

@@ -1,0 +1,8 @@
+//! Authentication: addresses, challenges (link + code), sessions, rate limits, redirect policy, endpoints.
+
+pub mod address;
+pub mod challenge;
+pub mod handlers;
+pub mod policy;
+pub mod regulation;
+pub mod session;

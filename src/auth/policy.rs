@@ -1,0 +1,221 @@
+//! Who may go where: safe redirect targets, same-origin checks for forms, browser-navigation detection.
+
+use http::{header, HeaderMap, Method};
+use url::Url;
+
+use crate::config::Config;
+
+/// Longest redirect target kept; longer ones fall back to `/`.
+const MAX_TARGET: usize = 4096;
+
+fn suspicious(s: &str) -> bool {
+    s.bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b == b'\\' || b == b' ' || !b.is_ascii())
+}
+
+/// Decodes percent-escapes (up to three layers) and reports whether any layer hides a trick.
+fn hides_tricks(s: &str) -> bool {
+    let mut cur = s.to_string();
+    for _ in 0..3 {
+        let dec = percent_encoding::percent_decode_str(&cur)
+            .decode_utf8_lossy()
+            .into_owned();
+        if dec == cur {
+            return false;
+        }
+        if suspicious(&dec) || dec.starts_with("//") || dec.contains("/\\") || dec.contains("\\/") {
+            return true;
+        }
+        cur = dec;
+    }
+    // Still changing after three layers: nobody needs that.
+    true
+}
+
+/// Whether `host` is one the gateway serves: the public_url host, or cookie_domain and its subdomains.
+pub fn serves_host(cfg: &Config, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if cfg.public_url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&host)) {
+        return true;
+    }
+    match &cfg.session.cookie_domain {
+        Some(d) => host == *d || host.ends_with(&format!(".{d}")),
+        None => false,
+    }
+}
+
+/// Validates a post-login redirect target. Returns an absolute URL on an origin the gateway
+/// serves, or the public root when the input is empty, malformed or points anywhere else.
+pub fn safe_redirect(cfg: &Config, input: &str) -> String {
+    let fallback = cfg.public_link("/");
+    checked_redirect(cfg, input).unwrap_or(fallback)
+}
+
+fn checked_redirect(cfg: &Config, input: &str) -> Option<String> {
+    if input.is_empty() || input.len() > MAX_TARGET || suspicious(input) || hides_tricks(input) {
+        return None;
+    }
+    let public = &cfg.public_url;
+    let url = if input.starts_with('/') {
+        if input.starts_with("//") {
+            return None;
+        }
+        let joined = public.join(input).ok()?;
+        if joined.origin() != public.origin() {
+            return None;
+        }
+        joined
+    } else {
+        let u = Url::parse(input).ok()?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return None;
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return None;
+        }
+        // Never downgrade an https deployment to http.
+        if public.scheme() == "https" && u.scheme() != "https" {
+            return None;
+        }
+        let host = match u.host()? {
+            url::Host::Domain(d) => d.to_string(),
+            // An IP host is only fine when it is exactly the public origin (local demos).
+            _ if u.origin() == public.origin() => u.host_str()?.to_string(),
+            _ => return None,
+        };
+        if u.origin() != public.origin() && !serves_host(cfg, &host) {
+            return None;
+        }
+        u
+    };
+    if url.path().starts_with("/.auth/") {
+        return None;
+    }
+    let mut url = url;
+    url.set_fragment(None);
+    Some(url.to_string())
+}
+
+/// Whether a state-changing form POST comes from the gateway's own pages.
+/// `Origin` must match public_url; failing that `Sec-Fetch-Site` must be same-origin or none;
+/// failing that `Referer` must match. Requests without any of them (non-browsers) pass.
+pub fn same_origin(cfg: &Config, headers: &HeaderMap) -> bool {
+    let public = cfg.public_origin();
+    if let Some(o) = headers.get(header::ORIGIN) {
+        return o.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(&public));
+    }
+    if let Some(s) = headers.get("sec-fetch-site") {
+        return matches!(s.to_str(), Ok("same-origin") | Ok("none"));
+    }
+    if let Some(r) = headers.get(header::REFERER) {
+        return r
+            .to_str()
+            .ok()
+            .and_then(|r| Url::parse(r).ok())
+            .is_some_and(|u| u.origin().ascii_serialization() == public);
+    }
+    true
+}
+
+/// A top-level browser navigation (gets a login redirect) rather than an API call (gets 401).
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes() == b"navigate";
+    }
+    (method == Method::GET || method == Method::HEAD)
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(public: &str, cookie_domain: Option<&str>) -> Config {
+        let cd = cookie_domain
+            .map(|d| format!("session: {{ cookie_domain: \"{d}\" }}\n"))
+            .unwrap_or_default();
+        Config::parse(
+            &format!("public_url: {public}\nupstream: builtin:whoami\naccess: {{ allowed_domains: [example.com] }}\n{cd}"),
+            Path::new("t.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keeps_same_origin_targets() {
+        let c = cfg("https://auth.example.com", Some(".example.com"));
+        assert_eq!(safe_redirect(&c, "/app?x=1"), "https://auth.example.com/app?x=1");
+        assert_eq!(safe_redirect(&c, "https://grafana.example.com/d/1"), "https://grafana.example.com/d/1");
+        assert_eq!(safe_redirect(&c, "https://example.com/"), "https://example.com/");
+        assert_eq!(safe_redirect(&c, "https://auth.example.com/a#frag"), "https://auth.example.com/a");
+    }
+
+    #[test]
+    fn rejects_every_trick() {
+        let c = cfg("https://auth.example.com", Some(".example.com"));
+        let root = "https://auth.example.com/";
+        let bad = [
+            "//evil.com",
+            "///evil.com",
+            "/\\evil.com",
+            "\\\\evil.com",
+            "https://evil.com",
+            "https://example.com.evil.com/",
+            "https://evilexample.com/",
+            "http://grafana.example.com/",
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "https://user@grafana.example.com/",
+            "https://grafana.example.com@evil.com/",
+            "/%2f%2fevil.com",
+            "%2F%2Fevil.com",
+            "/%5cevil.com",
+            "/%252f%252fevil.com",
+            "/a\r\nLocation: https://evil.com",
+            "/a\tb",
+            "https://1.2.3.4/",
+            "/.auth/logout",
+            " https://evil.com",
+            "https:evil.com",
+            "https://evil.com\\@grafana.example.com",
+        ];
+        for b in bad {
+            assert_eq!(safe_redirect(&c, b), root, "{b:?}");
+        }
+        let no_cd = cfg("https://auth.example.com", None);
+        assert_eq!(safe_redirect(&no_cd, "https://grafana.example.com/"), root);
+    }
+
+    #[test]
+    fn origin_checks() {
+        let c = cfg("https://auth.example.com", None);
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&c, &h));
+        h.insert("origin", "https://auth.example.com".parse().unwrap());
+        assert!(same_origin(&c, &h));
+        h.insert("origin", "https://evil.com".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+        h.insert("origin", "null".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+    }
+
+    #[test]
+    fn navigation_detection() {
+        let mut h = HeaderMap::new();
+        h.insert("accept", "text/html,*/*".parse().unwrap());
+        assert!(is_navigation(&Method::GET, &h));
+        assert!(!is_navigation(&Method::POST, &h));
+        h.insert("sec-fetch-mode", "cors".parse().unwrap());
+        assert!(!is_navigation(&Method::GET, &h));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-mode", "navigate".parse().unwrap());
+        assert!(is_navigation(&Method::POST, &h));
+    }
+}

@@ -1,0 +1,323 @@
+//! Serde mirror of the YAML configuration file: every key, its default, nothing validated yet.
+
+use serde::Deserialize;
+
+/// The raw configuration as written by the operator. Unknown keys are rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    pub public_url: Option<String>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub access: RawAccess,
+    #[serde(default)]
+    pub login: RawLogin,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub email: RawEmail,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    #[serde(default)]
+    pub log_emails: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    #[serde(default = "default_login_ttl")]
+    pub ttl: String,
+    #[serde(default = "default_code_length")]
+    pub code_length: u32,
+    #[serde(default = "default_max_code_attempts")]
+    pub max_code_attempts: u32,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default = "default_resend_cooldown")]
+    pub resend_cooldown: String,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        Self {
+            methods: default_methods(),
+            ttl: default_login_ttl(),
+            code_length: default_code_length(),
+            max_code_attempts: default_max_code_attempts(),
+            rate_limit: RawRateLimit::default(),
+            resend_cooldown: default_resend_cooldown(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default = "default_per_ip")]
+    pub per_ip_per_minute: u32,
+    #[serde(default = "default_per_email")]
+    pub per_email_per_hour: u32,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: default_per_ip(),
+            per_email_per_hour: default_per_email(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    #[serde(default)]
+    pub cookie_domain: Option<String>,
+    #[serde(default = "default_session_ttl")]
+    pub ttl: String,
+    #[serde(default = "default_idle")]
+    pub idle_timeout: String,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        Self {
+            cookie_name: default_cookie_name(),
+            cookie_domain: None,
+            ttl: default_session_ttl(),
+            idle_timeout: default_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    #[serde(default = "default_from")]
+    pub from: String,
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    #[serde(default)]
+    pub smtp: RawSmtp,
+    #[serde(default = "default_mail_dir")]
+    pub dir: String,
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    #[serde(default)]
+    pub templates: RawTemplates,
+}
+
+impl Default for RawEmail {
+    fn default() -> Self {
+        Self {
+            from: default_from(),
+            transport: default_transport(),
+            smtp: RawSmtp::default(),
+            dir: default_mail_dir(),
+            subject: default_subject(),
+            templates: RawTemplates::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    #[serde(default = "default_smtp_host")]
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default = "default_smtp_security")]
+    pub security: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: String,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        Self {
+            host: default_smtp_host(),
+            port: default_smtp_port(),
+            security: default_smtp_security(),
+            username: None,
+            password_file: None,
+            timeout: default_smtp_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    #[serde(default = "default_email_header")]
+    pub email: String,
+    #[serde(default = "default_user_header")]
+    pub user: String,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        Self {
+            email: default_email_header(),
+            user: default_user_header(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_auth_body_bytes: usize,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: String,
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: String,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_auth_body_bytes: default_max_body_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            upstream_timeout: default_upstream_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> String {
+    "./data".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_methods() -> Vec<String> {
+    vec!["link".into(), "code".into()]
+}
+fn default_login_ttl() -> String {
+    "15m".into()
+}
+fn default_code_length() -> u32 {
+    6
+}
+fn default_max_code_attempts() -> u32 {
+    5
+}
+fn default_resend_cooldown() -> String {
+    "30s".into()
+}
+fn default_per_ip() -> u32 {
+    5
+}
+fn default_per_email() -> u32 {
+    10
+}
+fn default_cookie_name() -> String {
+    "portcullis_session".into()
+}
+fn default_session_ttl() -> String {
+    "7d".into()
+}
+fn default_idle() -> String {
+    "1d".into()
+}
+fn default_from() -> String {
+    "Portcullis <auth@example.com>".into()
+}
+fn default_transport() -> String {
+    "smtp".into()
+}
+fn default_mail_dir() -> String {
+    "./mail".into()
+}
+fn default_subject() -> String {
+    "Your sign-in link".into()
+}
+fn default_smtp_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_smtp_security() -> String {
+    "starttls".into()
+}
+fn default_smtp_timeout() -> String {
+    "10s".into()
+}
+fn default_email_header() -> String {
+    "X-Forwarded-Email".into()
+}
+fn default_user_header() -> String {
+    "X-Forwarded-User".into()
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024
+}
+fn default_header_read_timeout() -> String {
+    "10s".into()
+}
+fn default_upstream_timeout() -> String {
+    "60s".into()
+}
+fn default_shutdown_grace() -> String {
+    "10s".into()
+}

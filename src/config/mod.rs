@@ -1,0 +1,714 @@
+//! Validated, typed configuration: loads the YAML file and reports every problem with its file, line or key path.
+
+mod file;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use lettre::message::Mailbox;
+use url::Url;
+
+use crate::auth::address::{parse_address, parse_domain};
+use crate::net::Cidr;
+use file::RawConfig;
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {} problem{} found",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}: {}", self.file.display(), p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where authenticated traffic goes.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An HTTP(S) origin; requests keep their path and query.
+    Http { scheme: String, authority: String },
+    /// The built-in page that shows who you are and what an upstream would receive.
+    Whoami,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Who may sign in: exact domains (lower-case) and individual canonical addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub allowed_domains: Vec<String>,
+    pub allowed_emails: HashSet<String>,
+}
+
+impl Access {
+    /// Whether a canonical (already parsed, lower-case) address is allowed.
+    pub fn allows(&self, canonical_email: &str) -> bool {
+        if self.allowed_emails.contains(canonical_email) {
+            return true;
+        }
+        match canonical_email.rsplit_once('@') {
+            Some((_, domain)) => self.allowed_domains.iter().any(|d| d == domain),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    pub link: bool,
+    pub code: bool,
+    pub ttl: Duration,
+    pub code_length: u32,
+    pub max_code_attempts: u32,
+    pub per_ip_per_minute: u32,
+    pub per_email_per_hour: u32,
+    pub resend_cooldown: Duration,
+}
+
+impl LoginConfig {
+    /// The `method` value of the JSON API.
+    pub fn method_name(&self) -> &'static str {
+        match (self.link, self.code) {
+            (true, true) => "LINK_OTP",
+            (true, false) => "LINK",
+            _ => "OTP",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub cookie_domain: Option<String>,
+    pub ttl: Duration,
+    /// `None` when the idle timeout is disabled (`0`).
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    Smtp(SmtpConfig),
+    Log,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub from: Mailbox,
+    pub transport: MailTransport,
+    pub subject: String,
+    pub text_template: Option<String>,
+    pub html_template: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub email: HeaderName,
+    pub user: HeaderName,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_auth_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub public_url: Url,
+    pub data_dir: PathBuf,
+    pub upstream: Upstream,
+    pub access: Access,
+    pub login: LoginConfig,
+    pub session: SessionConfig,
+    pub email: EmailConfig,
+    pub headers: HeadersConfig,
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    pub log_emails: bool,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![format!("cannot read file: {e}")],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used for messages and nothing else.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        };
+        if text.trim().is_empty() {
+            return Err(fail(vec!["the file is empty; `public_url` is required".into()]));
+        }
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let msg = match e.location() {
+                Some(loc) => {
+                    // serde_yaml appends " at line L column C"; show the position first instead.
+                    let stripped = msg
+                        .rsplit_once(" at line ")
+                        .map(|(m, _)| m.to_string())
+                        .unwrap_or(msg.clone());
+                    format!("line {} column {}: {}", loc.line(), loc.column(), stripped)
+                }
+                None => msg,
+            };
+            fail(vec![msg])
+        })?;
+        let mut v = Validator::default();
+        let cfg = v.config(raw, path);
+        match cfg {
+            Some(cfg) if v.problems.is_empty() => Ok(cfg),
+            _ => Err(fail(v.problems)),
+        }
+    }
+
+    /// `https` when the public URL is https: cookies get the Secure flag.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// The public origin, e.g. `https://auth.example.com` (no trailing slash).
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    /// Builds an absolute URL on the public origin for a path starting with `/`.
+    pub fn public_link(&self, path_and_query: &str) -> String {
+        let base = self.public_url.as_str().trim_end_matches('/');
+        format!("{base}{path_and_query}")
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<String>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, msg: impl fmt::Display) {
+        self.problems.push(format!("{key}: {msg}"));
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("`{value}` is not a duration ({e}); use e.g. \"90s\", \"15m\", \"7d\""),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, key: &str, value: &str) -> Duration {
+        let d = self.duration(key, value);
+        if d.is_zero() && humantime::parse_duration(value.trim()).is_ok() {
+            self.problem(key, "must be greater than zero");
+        }
+        d
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("`{value}` is not an address:port such as \"127.0.0.1:8080\" or \"[::]:8443\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, key: &str, value: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(value.as_bytes()) {
+            Ok(h) => {
+                if crate::proxy::headers::is_hop_by_hop(&h)
+                    || h == http::header::HOST
+                    || h == http::header::COOKIE
+                    || h == http::header::AUTHORIZATION
+                {
+                    self.problem(key, format!("`{value}` is a reserved header and cannot carry identity"));
+                    None
+                } else {
+                    Some(h)
+                }
+            }
+            Err(_) => {
+                self.problem(key, format!("`{value}` is not a valid HTTP header name"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Option<Config> {
+        let listen = self.socket_addr("listen", &raw.listen);
+
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                let listen = match t.listen {
+                    Some(l) => self.socket_addr("tls.listen", &l),
+                    None => {
+                        self.problem("tls.listen", "is required when `tls` is set");
+                        None
+                    }
+                };
+                let cert = t.cert.map(PathBuf::from);
+                let key = t.key.map(PathBuf::from);
+                for (name, p) in [("tls.cert", &cert), ("tls.key", &key)] {
+                    match p {
+                        None => self.problem(name, "is required when `tls` is set"),
+                        Some(p) if !p.is_file() => {
+                            self.problem(name, format!("file `{}` does not exist or is not readable", p.display()))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                match (listen, cert, key) {
+                    (Some(listen), Some(cert), Some(key)) => Some(TlsConfig { listen, cert, key }),
+                    _ => None,
+                }
+            }
+        };
+
+        let public_url = match raw.public_url.as_deref() {
+            None => {
+                self.problem("public_url", "is required (e.g. \"https://auth.example.com\"); emailed links are built from it");
+                None
+            }
+            Some(s) => match Url::parse(s) {
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    self.problem("public_url", format!("`{s}` must be an http:// or https:// URL"));
+                    None
+                }
+                Ok(u) if u.host_str().is_none() => {
+                    self.problem("public_url", format!("`{s}` has no host"));
+                    None
+                }
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    self.problem("public_url", "must not contain a user name or password");
+                    None
+                }
+                Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                    self.problem("public_url", "must not have a query or fragment");
+                    None
+                }
+                Ok(u) if u.path() != "/" => {
+                    self.problem("public_url", "must be an origin without a path (the gateway reserves /.auth/ on it)");
+                    None
+                }
+                Ok(u) => Some(u),
+                Err(e) => {
+                    self.problem("public_url", format!("`{s}` is not a URL: {e}"));
+                    None
+                }
+            },
+        };
+
+        let upstream = match raw.upstream.as_deref() {
+            None => {
+                self.problem("upstream", "is required: \"http://host:port\", \"https://host:port\" or \"builtin:whoami\"");
+                None
+            }
+            Some("builtin:whoami") => Some(Upstream::Whoami),
+            Some(s) => match Url::parse(s) {
+                Ok(u) => {
+                    let scheme = u.scheme().to_string();
+                    let clean = matches!(u.path(), "" | "/")
+                        && u.query().is_none()
+                        && u.fragment().is_none()
+                        && u.username().is_empty()
+                        && u.password().is_none();
+                    match (scheme.as_str(), u.host_str(), u.port_or_known_default()) {
+                        ("http" | "https", Some(host), Some(port)) if clean => {
+                            let host = match u.host() {
+                                Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+                                _ => host.to_string(),
+                            };
+                            Some(Upstream::Http { scheme, authority: format!("{host}:{port}") })
+                        }
+                        _ => {
+                            self.problem("upstream", format!("`{s}` must be http(s)://host:port without path, user or query, or builtin:whoami"));
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.problem("upstream", format!("`{s}` is not a URL: {e}"));
+                    None
+                }
+            },
+        };
+
+        let access = self.access(raw.access);
+
+        let l = raw.login;
+        let mut link = false;
+        let mut code = false;
+        if l.methods.is_empty() {
+            self.problem("login.methods", "must list at least one of `link`, `code`");
+        }
+        for (i, m) in l.methods.iter().enumerate() {
+            match m.as_str() {
+                "link" => link = true,
+                "code" => code = true,
+                other => self.problem(&format!("login.methods[{i}]"), format!("unknown method `{other}`; use `link` or `code`")),
+            }
+        }
+        let login_ttl = self.positive_duration("login.ttl", &l.ttl);
+        if login_ttl > Duration::from_secs(24 * 3600) {
+            self.problem("login.ttl", "must be at most 24h: sign-in links are meant to be short-lived");
+        }
+        if !(4..=10).contains(&l.code_length) {
+            self.problem("login.code_length", format!("{} is out of range; use 4 to 10 digits", l.code_length));
+        }
+        if l.max_code_attempts == 0 || l.max_code_attempts > 100 {
+            self.problem("login.max_code_attempts", "must be between 1 and 100");
+        }
+        if l.rate_limit.per_ip_per_minute == 0 {
+            self.problem("login.rate_limit.per_ip_per_minute", "must be at least 1");
+        }
+        if l.rate_limit.per_email_per_hour == 0 {
+            self.problem("login.rate_limit.per_email_per_hour", "must be at least 1");
+        }
+        let resend_cooldown = self.duration("login.resend_cooldown", &l.resend_cooldown);
+        let login = LoginConfig {
+            link,
+            code,
+            ttl: login_ttl,
+            code_length: l.code_length,
+            max_code_attempts: l.max_code_attempts,
+            per_ip_per_minute: l.rate_limit.per_ip_per_minute,
+            per_email_per_hour: l.rate_limit.per_email_per_hour,
+            resend_cooldown,
+        };
+
+        let s = raw.session;
+        if s.cookie_name.is_empty()
+            || !s.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            self.problem("session.cookie_name", format!("`{}` is not a valid cookie name (letters, digits, `_`, `-`, `.`)", s.cookie_name));
+        }
+        let cookie_domain = match s.cookie_domain {
+            None => None,
+            Some(d) => {
+                let bare = d.strip_prefix('.').unwrap_or(&d);
+                match parse_domain(bare) {
+                    Ok(bare) => {
+                        if let Some(u) = &public_url {
+                            let host = u.host_str().unwrap_or("").to_ascii_lowercase();
+                            if host != bare && !host.ends_with(&format!(".{bare}")) {
+                                self.problem("session.cookie_domain", format!("`{d}` does not cover the public_url host `{host}`; browsers would drop the cookie"));
+                            }
+                        }
+                        Some(bare)
+                    }
+                    Err(e) => {
+                        self.problem("session.cookie_domain", format!("`{d}` is not a domain: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let session_ttl = self.positive_duration("session.ttl", &s.ttl);
+        let idle = self.duration("session.idle_timeout", &s.idle_timeout);
+        let session = SessionConfig {
+            cookie_name: s.cookie_name,
+            cookie_domain,
+            ttl: session_ttl,
+            idle_timeout: if idle.is_zero() { None } else { Some(idle) },
+        };
+
+        let e = raw.email;
+        let from = match e.from.parse::<Mailbox>() {
+            Ok(m) => Some(m),
+            Err(err) => {
+                self.problem("email.from", format!("`{}` is not a mailbox such as \"Portcullis <auth@example.com>\": {err}", e.from));
+                None
+            }
+        };
+        let transport = match e.transport.as_str() {
+            "smtp" => {
+                let security = match e.smtp.security.as_str() {
+                    "none" => SmtpSecurity::None,
+                    "starttls" => SmtpSecurity::StartTls,
+                    "tls" => SmtpSecurity::Tls,
+                    other => {
+                        self.problem("email.smtp.security", format!("unknown value `{other}`; use none, starttls or tls"));
+                        SmtpSecurity::StartTls
+                    }
+                };
+                if e.smtp.host.trim().is_empty() {
+                    self.problem("email.smtp.host", "must not be empty");
+                }
+                let password = match &e.smtp.password_file {
+                    None => None,
+                    Some(p) => match std::fs::read_to_string(p) {
+                        Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
+                        Err(err) => {
+                            self.problem("email.smtp.password_file", format!("cannot read `{p}`: {err}"));
+                            None
+                        }
+                    },
+                };
+                if password.is_some() && e.smtp.username.is_none() {
+                    self.problem("email.smtp.username", "is required when password_file is set");
+                }
+                let timeout = self.positive_duration("email.smtp.timeout", &e.smtp.timeout);
+                Some(MailTransport::Smtp(SmtpConfig {
+                    host: e.smtp.host,
+                    port: e.smtp.port,
+                    security,
+                    username: e.smtp.username,
+                    password,
+                    timeout,
+                }))
+            }
+            "log" => Some(MailTransport::Log),
+            "file" => Some(MailTransport::File(PathBuf::from(&e.dir))),
+            other => {
+                self.problem("email.transport", format!("unknown transport `{other}`; use smtp, log or file"));
+                None
+            }
+        };
+        if e.subject.contains(['\r', '\n']) || e.subject.trim().is_empty() {
+            self.problem("email.subject", "must be one non-empty line");
+        }
+        let text_template = self.template("email.templates.text", e.templates.text.as_deref());
+        let html_template = self.template("email.templates.html", e.templates.html.as_deref());
+
+        let email_h = self.header_name("headers.email", &raw.headers.email);
+        let user_h = self.header_name("headers.user", &raw.headers.user);
+
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in raw.trusted_proxies.iter().enumerate() {
+            match c.parse::<Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => self.problem(&format!("trusted_proxies[{i}]"), e),
+            }
+        }
+
+        let lim = raw.limits;
+        if !(1024..=1024 * 1024).contains(&lim.max_header_bytes) {
+            self.problem("limits.max_header_bytes", "must be between 1024 and 1048576");
+        }
+        if !(1024..=10 * 1024 * 1024).contains(&lim.max_auth_body_bytes) {
+            self.problem("limits.max_auth_body_bytes", "must be between 1024 and 10485760");
+        }
+        let limits = Limits {
+            max_header_bytes: lim.max_header_bytes,
+            max_auth_body_bytes: lim.max_auth_body_bytes,
+            header_read_timeout: self.positive_duration("limits.header_read_timeout", &lim.header_read_timeout),
+            upstream_timeout: self.positive_duration("limits.upstream_timeout", &lim.upstream_timeout),
+            shutdown_grace: self.duration("limits.shutdown_grace", &lim.shutdown_grace),
+        };
+
+        let log_format = match raw.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.problem("log_format", format!("unknown format `{other}`; use text or json"));
+                LogFormat::Text
+            }
+        };
+
+        Some(Config {
+            source: path.to_path_buf(),
+            listen: listen?,
+            tls,
+            public_url: public_url?,
+            data_dir: PathBuf::from(raw.data_dir),
+            upstream: upstream?,
+            access,
+            login,
+            session,
+            email: EmailConfig {
+                from: from?,
+                transport: transport?,
+                subject: e.subject,
+                text_template,
+                html_template,
+            },
+            headers: HeadersConfig { email: email_h?, user: user_h? },
+            trusted_proxies,
+            limits,
+            log_format,
+            log_emails: raw.log_emails,
+        })
+    }
+
+    fn template(&mut self, key: &str, path: Option<&str>) -> Option<String> {
+        let path = path?;
+        match std::fs::read_to_string(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.problem(key, format!("cannot read `{path}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn access(&mut self, raw: file::RawAccess) -> Access {
+        let mut access = Access::default();
+        for (i, d) in raw.allowed_domains.iter().enumerate() {
+            match parse_domain(d) {
+                Ok(d) => access.allowed_domains.push(d),
+                Err(e) => self.problem(&format!("access.allowed_domains[{i}]"), format!("`{d}` is not a domain: {e}")),
+            }
+        }
+        for (i, a) in raw.allowed_emails.iter().enumerate() {
+            match parse_address(a) {
+                Ok(a) => {
+                    access.allowed_emails.insert(a.canonical().to_string());
+                }
+                Err(e) => self.problem(&format!("access.allowed_emails[{i}]"), format!("`{a}`: {e}")),
+            }
+        }
+        if access.allowed_domains.is_empty() && access.allowed_emails.is_empty() {
+            self.problem("access", "allows nobody: set allowed_domains and/or allowed_emails");
+        }
+        access
+    }
+}
+
+/// Whether `ip` is in any of the trusted proxy ranges.
+pub fn is_trusted(proxies: &[Cidr], ip: IpAddr) -> bool {
+    proxies.iter().any(|c| c.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.yaml"))
+    }
+
+    const MIN: &str = "public_url: http://127.0.0.1:8080\nupstream: builtin:whoami\naccess: { allowed_domains: [example.com] }\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.login.ttl, Duration::from_secs(900));
+        assert_eq!(c.session.idle_timeout, Some(Duration::from_secs(86400)));
+        assert_eq!(c.login.method_name(), "LINK_OTP");
+        assert!(!c.secure_cookies());
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let err = parse(&format!("{MIN}sesion:\n  ttl: 1d\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("test.yaml"), "{text}");
+        assert!(text.contains("line 4"), "{text}");
+        assert!(text.contains("sesion"), "{text}");
+    }
+
+    #[test]
+    fn all_semantic_problems_reported_at_once() {
+        let err = parse("public_url: ftp://x\nupstream: nope\nlogin: { ttl: soon, code_length: 2 }\nsession: { idle_timeout: forever }\naccess: { allowed_domains: ['bad domain'] }\n").unwrap_err();
+        let keys = ["public_url", "upstream", "login.ttl", "login.code_length", "session.idle_timeout", "access.allowed_domains[0]"];
+        for k in keys {
+            assert!(err.problems.iter().any(|p| p.starts_with(k)), "missing {k}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_and_garbage_files_are_errors_not_panics() {
+        assert!(parse(&MIN.replace("builtin:whoami", "\"http://a:b\"")).is_err());
+        assert!(parse(&MIN.replace("builtin:whoami", "\"http://a/x\"")).is_err());
+        assert!(parse(&MIN.replace("builtin:whoami", "\"http://127.0.0.1:3000\"")).is_ok());
+        for s in ["", "   \n", "[1,2", "- a\n- b", "public_url: [", "\u{0}", ":::"] {
+            assert!(parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn idle_zero_disables() {
+        let c = parse(&format!("{MIN}session: {{ idle_timeout: \"0\" }}\n")).unwrap();
+        assert_eq!(c.session.idle_timeout, None);
+    }
+
+    #[test]
+    fn identity_header_cannot_be_hop_by_hop() {
+        let err = parse(&format!("{MIN}headers: {{ email: Connection }}\n")).unwrap_err();
+        assert!(err.problems[0].starts_with("headers.email"));
+    }
+
+    #[test]
+    fn access_allows_exact_domain_only() {
+        let c = parse(MIN).unwrap();
+        assert!(c.access.allows("a@example.com"));
+        assert!(!c.access.allows("a@sub.example.com"));
+        assert!(!c.access.allows("a@example.com.evil.org"));
+    }
+}

@@ -1,0 +1,143 @@
+//! Errors of the auth endpoints and the ONE place that maps them to statuses, JSON bodies and HTML pages.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::auth::address::AddressError;
+use crate::http::response::{html, json, Body};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Everything a `/.auth/` request can fail with. Messages are written for users.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidEmail(#[from] AddressError),
+    #[error("too many requests; try again in {0} seconds")]
+    RateLimited(u64),
+    #[error("wait {0} seconds before asking for another mail")]
+    ResendCooldown(u64),
+    #[error("{1}")]
+    BadRequest(&'static str, String),
+    #[error("this sign-in request does not exist; request a new mail")]
+    UnknownChallenge,
+    #[error("this sign-in request has expired; request a new mail")]
+    Expired,
+    #[error("this sign-in link or code was already used; request a new mail if you need to sign in again")]
+    AlreadyUsed,
+    #[error("too many wrong codes; this sign-in request is locked, request a new one")]
+    Locked,
+    #[error("that code is not right; {0} attempts left")]
+    WrongCode(u32),
+    #[error("this sign-in link is not valid; it may be incomplete or replaced by a newer mail")]
+    InvalidLink,
+    #[error("you are not signed in")]
+    Unauthenticated,
+    #[error("{0} may not access this site")]
+    NotAllowed(String),
+    #[error("this request came from another site and was refused")]
+    CrossOrigin,
+    #[error("send the request body as application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("no such page")]
+    NotFound,
+    #[error("internal error")]
+    Store(#[from] StoreError),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AuthError {
+    pub fn status(&self) -> StatusCode {
+        use AuthError::*;
+        match self {
+            InvalidEmail(_) | BadRequest(..) | WrongCode(_) | InvalidLink => StatusCode::BAD_REQUEST,
+            RateLimited(_) | ResendCooldown(_) => StatusCode::TOO_MANY_REQUESTS,
+            UnknownChallenge | NotFound => StatusCode::NOT_FOUND,
+            Expired | AlreadyUsed | Locked => StatusCode::GONE,
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            NotAllowed(_) | CrossOrigin => StatusCode::FORBIDDEN,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Store(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON API.
+    pub fn code(&self) -> &'static str {
+        use AuthError::*;
+        match self {
+            InvalidEmail(_) => "invalid_email",
+            RateLimited(_) => "rate_limited",
+            ResendCooldown(_) => "resend_cooldown",
+            BadRequest(code, _) => code,
+            UnknownChallenge => "unknown_challenge",
+            Expired => "expired",
+            AlreadyUsed => "already_used",
+            Locked => "locked",
+            WrongCode(_) => "wrong_code",
+            InvalidLink => "invalid_link",
+            Unauthenticated => "unauthenticated",
+            NotAllowed(_) => "not_allowed",
+            CrossOrigin => "cross_origin",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge => "payload_too_large",
+            MethodNotAllowed => "method_not_allowed",
+            NotFound => "not_found",
+            Store(_) | Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            AuthError::RateLimited(s) | AuthError::ResendCooldown(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    fn log(&self) {
+        if let AuthError::Store(e) = self {
+            tracing::error!(error = %e, "store error");
+        } else if let AuthError::Internal(e) = self {
+            tracing::error!(error = %e, "internal error");
+        }
+    }
+
+    /// `{"error": "...", "code": "..."}` with the right status (and `Retry-After`).
+    pub fn to_json(&self) -> Response<Body> {
+        self.log();
+        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        self.finish(json(self.status(), &body))
+    }
+
+    /// A product-looking error page with a way forward.
+    pub fn to_page(&self, state: &AppState) -> Response<Body> {
+        self.log();
+        let title = match self.status() {
+            StatusCode::TOO_MANY_REQUESTS => "Slow down",
+            StatusCode::FORBIDDEN => "Access denied",
+            StatusCode::GONE => "Sign-in link expired",
+            StatusCode::INTERNAL_SERVER_ERROR => "Something went wrong",
+            _ => "Cannot sign in",
+        };
+        let page = state.pages.message(
+            title,
+            &self.to_string(),
+            Some(("/.auth/login", "Back to sign-in")),
+        );
+        self.finish(html(self.status(), page))
+    }
+
+    fn finish(&self, mut resp: Response<Body>) -> Response<Body> {
+        if let Some(s) = self.retry_after() {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,82 @@
+//! Synthetic responses of the gateway itself (pages, JSON, redirects) and the shared body type.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// A response body: either produced here or streamed from the upstream.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// Wraps bytes as a body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(b.into()))
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Either::Left(Full::new(Bytes::new()))
+}
+
+
+fn base(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// An HTML page of the gateway: no caching, no framing, no referrer, inline style only.
+pub fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut r = base(status, "text/html; charset=utf-8", full(page));
+    let h = r.headers_mut();
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    r
+}
+
+/// A JSON body.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = base(
+        status,
+        "application/json",
+        full(serde_json::to_vec(value).unwrap_or_default()),
+    );
+    r.headers_mut()
+        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// Plain text (health checks, metrics).
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    base(status, "text/plain; charset=utf-8", full(body))
+}
+
+/// A redirect (302 for protected traffic, 303 after a POST). Falls back to `/` if `location` is not a header value.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = base(status, "text/plain; charset=utf-8", empty());
+    let v = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
+    r.headers_mut().insert(header::LOCATION, v);
+    r.headers_mut()
+        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// Appends a `Set-Cookie` header.
+pub fn set_cookie(r: &mut Response<Body>, cookie: &cookie::Cookie<'_>) {
+    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}

@@ -1,0 +1,73 @@
+//! The hyper service: one request in, one response out. Sends `/.auth/*` to the auth handlers and everything else through session checks to the upstream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::auth::handlers;
+use crate::auth::policy::is_navigation;
+use crate::auth::session::authenticate;
+use crate::http::response::{html, json, redirect, Body};
+use crate::http::ConnInfo;
+use crate::proxy::forward::{forward, request_host};
+use crate::state::AppState;
+
+/// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = if path == "/.auth" || path.starts_with("/.auth/") {
+        handlers::dispatch(&state, req, &conn).await
+    } else {
+        protected(&state, req, &conn).await
+    };
+    tracing::info!(
+        target: "portcullis::access",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        peer = %conn.peer.ip(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+async fn protected(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    let cfg = state.config();
+    let navigation = is_navigation(req.method(), req.headers());
+    match authenticate(state, &cfg, req.headers()) {
+        Ok(Some(id)) if id.allowed => forward(state, &cfg, req, &id, conn).await,
+        Ok(Some(id)) => {
+            state.metrics.requests_denied();
+            handlers::forbidden(state, &id.email, navigation)
+        }
+        Ok(None) => {
+            state.metrics.requests_unauthenticated();
+            if navigation {
+                let scheme = if conn.tls { "https" } else { "http" };
+                let host = request_host(&req).unwrap_or_default();
+                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let original = format!("{scheme}://{host}{pq}");
+                let rd: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
+                redirect(StatusCode::FOUND, &cfg.public_link(&format!("/.auth/login?rd={rd}")))
+            } else {
+                let mut r = json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": "sign in first", "code": "unauthenticated"}),
+                );
+                if let Ok(v) = format!("Portcullis realm=\"{}\"", cfg.public_origin()).parse() {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                r
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "session lookup failed");
+            html(StatusCode::INTERNAL_SERVER_ERROR, state.pages.message("Something went wrong", "The gateway could not check your session.", None))
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Sending mail: SMTP (lettre), log (prints the mail, for trying it out) or file (.eml files).
+
+pub mod outbox;
+pub mod templates;
+
+use std::path::PathBuf;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{EmailConfig, MailTransport, SmtpSecurity};
+use crate::store::OutboxItem;
+
+/// Why a mail could not be sent (retried by the outbox).
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("cannot build message: {0}")]
+    Build(String),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The configured transport.
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Log,
+    File(PathBuf),
+}
+
+impl Mailer {
+    /// Builds the transport; SMTP connections are made lazily (and pooled) on first send.
+    pub fn new(cfg: &EmailConfig) -> Result<Mailer, MailError> {
+        Ok(match &cfg.transport {
+            MailTransport::Log => Mailer::Log,
+            MailTransport::File(dir) => {
+                std::fs::create_dir_all(dir)?;
+                Mailer::File(dir.clone())
+            }
+            MailTransport::Smtp(s) => {
+                let builder = match s.security {
+                    SmtpSecurity::None => {
+                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+                    }
+                    SmtpSecurity::StartTls => {
+                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)?
+                    }
+                    SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)?,
+                };
+                let mut builder = builder.port(s.port).timeout(Some(s.timeout));
+                if let (Some(u), Some(p)) = (&s.username, &s.password) {
+                    builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+                }
+                Mailer::Smtp(builder.build())
+            }
+        })
+    }
+
+    /// Sends one queued mail.
+    pub async fn send(&self, from: &Mailbox, item: &OutboxItem) -> Result<(), MailError> {
+        let message = build_message(from, item)?;
+        match self {
+            Mailer::Smtp(t) => {
+                t.send(message).await?;
+            }
+            Mailer::Log => {
+                // The demo transport: the person trying Portcullis copies the link from here.
+                println!(
+                    "\n=== portcullis mail (transport: log) ===\nTo: {}\nSubject: {}\n\n{}\n=== end of mail ===\n",
+                    item.to, item.subject, item.text
+                );
+            }
+            Mailer::File(dir) => {
+                let name = format!(
+                    "{}-{}.eml",
+                    item.created_at,
+                    &crate::crypto::random_id()[..8]
+                );
+                let tmp = dir.join(format!(".{name}.tmp"));
+                tokio::fs::write(&tmp, message.formatted()).await?;
+                tokio::fs::rename(&tmp, dir.join(name)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the transport is usable now (SMTP: connects and says NOOP).
+    pub async fn healthy(&self) -> bool {
+        match self {
+            Mailer::Smtp(t) => t.test_connection().await.unwrap_or(false),
+            Mailer::Log => true,
+            Mailer::File(dir) => dir.is_dir(),
+        }
+    }
+}
+
+fn build_message(from: &Mailbox, item: &OutboxItem) -> Result<Message, MailError> {
+    // The recipient is the canonical address the gateway checked, never user-supplied text.
+    let to: lettre::Address = item
+        .to
+        .parse()
+        .map_err(|e: lettre::address::AddressError| MailError::Build(e.to_string()))?;
+    Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(None, to))
+        .subject(item.subject.clone())
+        .multipart(MultiPart::alternative_plain_html(
+            item.text.clone(),
+            item.html.clone(),
+        ))
+        .map_err(|e| MailError::Build(e.to_string()))
+}

@@ -1,0 +1,74 @@
+//! The durable outbox worker: sends queued mail with retry and exponential backoff, survives restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// Longest wait between two attempts of one mail.
+const MAX_BACKOFF: u64 = 300;
+
+/// Seconds to wait after `attempts` failures: 2, 4, 8 … capped at five minutes.
+pub fn backoff(attempts: u32) -> u64 {
+    2u64.saturating_pow(attempts.min(16)).min(MAX_BACKOFF)
+}
+
+/// Runs until `shutdown` turns true. Wakes when mail is queued, and at least every second.
+pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = deliver_due(&state).await {
+            tracing::error!(error = %e, "outbox: cannot read the queue");
+        }
+        tokio::select! {
+            _ = state.outbox_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// One pass over the queue: sends what is due, reschedules failures, drops mail for expired challenges.
+pub async fn deliver_due(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let now = state.clock.now();
+    for (id, mut item) in state.store.outbox()? {
+        if item.next_attempt_at > now {
+            continue;
+        }
+        if item.expires_at <= now {
+            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
+            state.store.remove_mail(id)?;
+            state.metrics.mail_failed();
+            continue;
+        }
+        match state.mailer.send(&state.config().email.from, &item).await {
+            Ok(()) => {
+                state.store.remove_mail(id)?;
+                state.metrics.mail_sent();
+                tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
+            }
+            Err(e) => {
+                item.attempts += 1;
+                item.next_attempt_at = now + backoff(item.attempts);
+                item.last_error = Some(e.to_string());
+                state.store.update_mail(id, &item)?;
+                tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error = %e, "mail not sent; will retry");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(super::backoff(1), 2);
+        assert_eq!(super::backoff(3), 8);
+        assert_eq!(super::backoff(30), 300);
+    }
+}

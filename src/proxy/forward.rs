@@ -1,0 +1,186 @@
+//! Forwarding an authenticated request to the upstream: header preparation, streaming both ways, upgrades, errors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use minijinja::context;
+
+use crate::auth::policy::is_navigation;
+use crate::auth::session::{Identity, Via};
+use crate::config::{is_trusted, Config, Upstream};
+use crate::http::response::{html, json, Body};
+use crate::http::ConnInfo;
+use crate::proxy::headers::{inject, remove_hop_by_hop, strip_credentials, strip_identity};
+use crate::state::AppState;
+
+/// The host a request was addressed to: `Host`, or the HTTP/2 `:authority`.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+}
+
+/// The `Upgrade` value when the client asks for a protocol switch (`Connection: upgrade`).
+fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Rewrites the request headers for the upstream. Order matters: hop-by-hop headers (and those
+/// named in `Connection`) go first, then client-sent identity, then our credentials; identity is injected last.
+pub fn prepare(cfg: &Config, req: &mut Request<Incoming>, id: &Identity, conn: &ConnInfo) -> Option<HeaderValue> {
+    let upgrade = requested_upgrade(req);
+    let host = request_host(req);
+    let trusted = is_trusted(&cfg.trusted_proxies, conn.peer.ip());
+    let h = req.headers_mut();
+    remove_hop_by_hop(h);
+    strip_identity(h, &[&cfg.headers.email, &cfg.headers.user]);
+    strip_credentials(h, &cfg.session.cookie_name, id.via == Via::Bearer);
+    set_forwarded(h, conn.peer, conn.tls, host.as_deref(), trusted);
+    inject(h, &cfg.headers.email, &id.email);
+    inject(h, &cfg.headers.user, &id.email);
+    if let Some(u) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u.clone());
+    }
+    if !h.contains_key(header::HOST) {
+        if let Some(v) = host.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            h.insert(header::HOST, v);
+        }
+    }
+    upgrade
+}
+
+/// `X-Forwarded-For/-Proto/-Host`: appended to / kept from trusted proxies, replaced for everyone else.
+fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, tls: bool, host: Option<&str>, trusted: bool) {
+    let ip = peer.ip().to_canonical().to_string();
+    let xff = match (trusted, h.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
+        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    let keep_proto = trusted && h.contains_key("x-forwarded-proto");
+    if !keep_proto {
+        h.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    let keep_host = trusted && h.contains_key("x-forwarded-host");
+    if !keep_host {
+        match host.and_then(|s| HeaderValue::from_str(s).ok()) {
+            Some(v) => {
+                h.insert("x-forwarded-host", v);
+            }
+            None => {
+                h.remove("x-forwarded-host");
+            }
+        }
+    }
+}
+
+/// Sends the prepared request upstream and streams the answer back.
+pub async fn forward(state: &Arc<AppState>, cfg: &Config, mut req: Request<Incoming>, id: &Identity, conn: &ConnInfo) -> Response<Body> {
+    let navigation = is_navigation(req.method(), req.headers());
+    let upgrade = prepare(cfg, &mut req, id, conn);
+    let (scheme, authority) = match &cfg.upstream {
+        Upstream::Whoami => return whoami(state, &req, id),
+        Upstream::Http { scheme, authority } => (scheme, authority),
+    };
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = match Uri::builder().scheme(scheme.as_str()).authority(authority.as_str()).path_and_query(pq).build() {
+        Ok(u) => u,
+        Err(_) => return upstream_error(StatusCode::BAD_REQUEST, "the request target cannot be forwarded", navigation),
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let started = std::time::Instant::now();
+    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, state.client.request(req)).await;
+    let mut resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            state.metrics.upstream_errors();
+            tracing::warn!(error = %e, upstream = %authority, "upstream request failed");
+            return upstream_error(StatusCode::BAD_GATEWAY, "the application behind this gateway is not reachable", navigation);
+        }
+        Err(_) => {
+            state.metrics.upstream_errors();
+            tracing::warn!(upstream = %authority, timeout = ?cfg.limits.upstream_timeout, "upstream timed out");
+            return upstream_error(StatusCode::GATEWAY_TIMEOUT, "the application behind this gateway did not answer in time", navigation);
+        }
+    };
+    state.metrics.requests_proxied();
+    tracing::debug!(status = resp.status().as_u16(), upstream_ms = started.elapsed().as_millis() as u64, "proxied");
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    } else {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+    resp.map(http_body_util::Either::Right)
+}
+
+fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Response<Body> {
+    if navigation {
+        let page = format!(
+            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\"><title>{}</title><body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>{} {}</h1><p>{}. Try again in a moment.</p>",
+            status.as_u16(),
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            message
+        );
+        html(status, page)
+    } else {
+        let code = if status == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_unreachable" };
+        json(status, &serde_json::json!({ "error": message, "code": code }))
+    }
+}
+
+/// The built-in `whoami` upstream: shows the identity and exactly the headers an upstream would get.
+fn whoami(state: &AppState, req: &Request<Incoming>, id: &Identity) -> Response<Body> {
+    let mut headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    headers.sort();
+    let page = state.pages.render(
+        "whoami.html",
+        context! {
+            title => "Who am I",
+            email => &id.email,
+            headers => headers,
+            method => req.method().as_str(),
+            uri => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        },
+    );
+    html(StatusCode::OK, page)
+}

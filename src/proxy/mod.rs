@@ -1,0 +1,4 @@
+//! Reverse proxy: header hygiene and forwarding to the upstream.
+
+pub mod forward;
+pub mod headers;

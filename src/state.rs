@@ -1,0 +1,151 @@
+//! AppState: the one shared, explicitly documented bundle of config, store, mailer, clock, client and counters.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
+
+use crate::auth::regulation::RateLimiter;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::pages::Pages;
+use crate::mail::templates::MailTemplates;
+use crate::mail::Mailer;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The pooled upstream client (HTTP/1.1, plain or TLS).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// Everything a request handler needs. Shared as `Arc<AppState>`; nothing here is locked per request.
+pub struct AppState {
+    config: ArcSwap<Config>,
+    pub store: Store,
+    pub mailer: Mailer,
+    pub mail_templates: MailTemplates,
+    pub pages: Pages,
+    pub clock: Arc<dyn Clock>,
+    pub client: UpstreamClient,
+    /// HMAC key for codes; random, created in the data directory on first start.
+    pub secret: Vec<u8>,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+    /// Wakes the outbox worker when mail is queued.
+    pub outbox_wake: Notify,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database in `{dir}`: {err} (is another portcullis running on this data_dir?)")]
+    Store { dir: String, err: crate::store::StoreError },
+    #[error("cannot create data_dir `{dir}`: {err}")]
+    DataDir { dir: String, err: std::io::Error },
+    #[error("email: {0}")]
+    Mail(String),
+    #[error("templates: {0}")]
+    Templates(String),
+    #[error("upstream TLS roots: {0}")]
+    Roots(std::io::Error),
+}
+
+impl AppState {
+    /// Opens the store and builds every component from a validated config.
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+        let dir = config.data_dir.display().to_string();
+        std::fs::create_dir_all(&config.data_dir).map_err(|err| StartError::DataDir {
+            dir: dir.clone(),
+            err,
+        })?;
+        let store = Store::open(&config.data_dir).map_err(|err| StartError::Store {
+            dir: dir.clone(),
+            err,
+        })?;
+        let secret = store
+            .server_secret()
+            .map_err(|err| StartError::Store { dir, err })?;
+        let mailer = Mailer::new(&config.email).map_err(|e| StartError::Mail(e.to_string()))?;
+        let mail_templates = MailTemplates::new(
+            config.email.text_template.clone(),
+            config.email.html_template.clone(),
+        )
+        .map_err(StartError::Templates)?;
+        let pages = Pages::new().map_err(StartError::Templates)?;
+        let client = upstream_client()?;
+        Ok(AppState {
+            config: ArcSwap::from_pointee(config),
+            store,
+            mailer,
+            mail_templates,
+            pages,
+            clock,
+            client,
+            secret,
+            limiter: RateLimiter::default(),
+            metrics: Metrics::default(),
+            outbox_wake: Notify::new(),
+        })
+    }
+
+    /// The current configuration (lock-free load).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration (reload).
+    pub fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// An email address as logs may show it: `a***@example.com` unless `log_emails` is on.
+    pub fn mask(&self, email: &str) -> String {
+        if self.config.load().log_emails {
+            return email.to_string();
+        }
+        mask_email(email)
+    }
+}
+
+/// Masks the local part of an address, keeping its first character and the domain.
+pub fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let first = local.chars().next().map(String::from).unwrap_or_default();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_string(),
+    }
+}
+
+fn upstream_client() -> Result<UpstreamClient, StartError> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map_err(StartError::Roots)?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .build(https))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn masks_local_part() {
+        assert_eq!(super::mask_email("alice@example.com"), "a***@example.com");
+        assert_eq!(super::mask_email("nope"), "***");
+    }
+}
