@@ -29,6 +29,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Benchmarks only: write COUNT sessions into the (stopped) gateway's store and print one valid token.
+    #[command(hide = true)]
+    BenchSeed {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value = "bench@example.com")]
+        email: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -65,6 +75,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::BenchSeed { config, count, email } => match bench_seed(&config, count, &email) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis bench-seed: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -90,6 +110,32 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes `count` sessions for `email` directly into the store; returns the token of the last one.
+fn bench_seed(config: &std::path::Path, count: u64, email: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    use portcullis::crypto;
+    use portcullis::store::{Session, Store};
+    let cfg = Config::load(config)?;
+    let store = Store::open(&cfg.data_dir)?;
+    let now = portcullis::Clock::now(&SystemClock);
+    let mut token = String::new();
+    for _ in 0..count {
+        token = crypto::random_token();
+        let hash = crypto::sha256(token.as_bytes());
+        let session = Session {
+            id: portcullis::auth::session::hex_prefix(&hash),
+            email: email.to_string(),
+            created_at: now,
+            expires_at: now + cfg.session.ttl.as_secs(),
+            last_seen: now,
+            ip: "127.0.0.1".into(),
+            user_agent: "bench-seed".into(),
+        };
+        store.insert_session(&hash, &session)?;
+    }
+    store.flush_blocking()?;
+    Ok(token)
 }
 
 async fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
