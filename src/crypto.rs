@@ -63,7 +63,9 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a presented token has the shape of one of ours (43 base64url characters); cheap pre-filter.
 pub fn looks_like_token(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -91,7 +93,9 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s));
         // First digit is zero about 10% of the time: uniform, not 100000..999999.
-        let zeros = (0..5000).filter(|_| random_code(6).starts_with('0')).count();
+        let zeros = (0..5000)
+            .filter(|_| random_code(6).starts_with('0'))
+            .count();
         assert!(zeros > 300 && zeros < 700, "{zeros}");
     }
 

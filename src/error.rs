@@ -54,7 +54,9 @@ impl AuthError {
     pub fn status(&self) -> StatusCode {
         use AuthError::*;
         match self {
-            InvalidEmail(_) | BadRequest(..) | WrongCode(_) | InvalidLink => StatusCode::BAD_REQUEST,
+            InvalidEmail(_) | BadRequest(..) | WrongCode(_) | InvalidLink => {
+                StatusCode::BAD_REQUEST
+            }
             RateLimited(_) | ResendCooldown(_) => StatusCode::TOO_MANY_REQUESTS,
             UnknownChallenge | NotFound => StatusCode::NOT_FOUND,
             Expired | AlreadyUsed | Locked => StatusCode::GONE,

@@ -10,6 +10,7 @@ pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -30,13 +31,20 @@ pub struct App {
 
 impl App {
     /// Opens the store, builds every component and binds the configured addresses.
-    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn build(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let listeners = Listeners::bind(&config).await?;
         Self::with_listeners(config, clock, listeners)
     }
 
     /// Like [`App::build`] with sockets bound by the caller (tests bind port 0 first).
-    pub fn with_listeners(config: Config, clock: Arc<dyn Clock>, listeners: Listeners) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn with_listeners(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        listeners: Listeners,
+    ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         if let Some(t) = &config.tls {
             // Fail at start, not at the first handshake.
             server::tls::server_config(&t.cert, &t.key)?;
@@ -46,7 +54,10 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves; then drains connections and flushes the store.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         server::run(self.state, self.listeners, shutdown).await
     }
 }

@@ -9,7 +9,11 @@ use portcullis::config::LogFormat;
 use portcullis::{App, Config, SystemClock};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Passwordless authentication gateway: magic link + one-time code sign-in in front of any web app")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Passwordless authentication gateway: magic link + one-time code sign-in in front of any web app"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,9 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -56,18 +62,47 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
+                println!("config OK: {}", config.display());
                 println!(
-                    "config OK: {} (listen {}, public_url {}, upstream {:?}, mail via {})",
-                    config.display(),
+                    "  listen        {}{}",
                     cfg.listen,
-                    cfg.public_url,
-                    cfg.upstream,
+                    cfg.tls
+                        .as_ref()
+                        .map(|t| format!(" + TLS on {}", t.listen))
+                        .unwrap_or_default()
+                );
+                println!("  public_url    {}", cfg.public_url);
+                println!("  data_dir      {}", cfg.data_dir.display());
+                println!(
+                    "  sign-in       {} (ttl {:?}), mail via {}",
+                    cfg.login.method_name(),
+                    cfg.login.ttl,
                     match cfg.email.transport {
-                        portcullis::config::MailTransport::Smtp(_) => "smtp",
-                        portcullis::config::MailTransport::Log => "log",
-                        portcullis::config::MailTransport::File(_) => "file",
+                        portcullis::config::MailTransport::Smtp(ref s) =>
+                            format!("smtp {}:{}", s.host, s.port),
+                        portcullis::config::MailTransport::Log => "log".into(),
+                        portcullis::config::MailTransport::File(ref d) =>
+                            format!("file {}", d.display()),
                     }
                 );
+                for r in &cfg.routes {
+                    let who = if r.public {
+                        "public".to_string()
+                    } else {
+                        format!(
+                            "{} domain(s), {} address(es)",
+                            r.access.allowed_domains.len(),
+                            r.access.allowed_emails.len()
+                        )
+                    };
+                    let up = match &r.upstream {
+                        portcullis::config::Upstream::Whoami => "builtin:whoami".to_string(),
+                        portcullis::config::Upstream::Http { scheme, authority } => {
+                            format!("{scheme}://{authority}")
+                        }
+                    };
+                    println!("  route         {} -> {} ({who})", r.name, up);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -75,7 +110,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::BenchSeed { config, count, email } => match bench_seed(&config, count, &email) {
+        Command::BenchSeed {
+            config,
+            count,
+            email,
+        } => match bench_seed(&config, count, &email) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -94,7 +133,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -113,7 +155,11 @@ fn main() -> ExitCode {
 }
 
 /// Writes `count` sessions for `email` directly into the store; returns the token of the last one.
-fn bench_seed(config: &std::path::Path, count: u64, email: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+fn bench_seed(
+    config: &std::path::Path,
+    count: u64,
+    email: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     use portcullis::crypto;
     use portcullis::store::{Session, Store};
     let cfg = Config::load(config)?;

@@ -42,7 +42,10 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the database in `{dir}`: {err} (is another portcullis running on this data_dir?)")]
-    Store { dir: String, err: crate::store::StoreError },
+    Store {
+        dir: String,
+        err: crate::store::StoreError,
+    },
     #[error("cannot create data_dir `{dir}`: {err}")]
     DataDir { dir: String, err: std::io::Error },
     #[error("email: {0}")]

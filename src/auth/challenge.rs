@@ -42,7 +42,12 @@ fn regulate(state: &AppState, cfg: &Config, ip: &str, email: &str) -> Result<(),
         ONE_HOUR,
         now,
     ))?;
-    limited(state.limiter.hit(&format!("ip:{ip}"), cfg.login.per_ip_per_minute, ONE_MINUTE, now))?;
+    limited(state.limiter.hit(
+        &format!("ip:{ip}"),
+        cfg.login.per_ip_per_minute,
+        ONE_MINUTE,
+        now,
+    ))?;
     limited(state.limiter.hit(
         &format!("email:{email}"),
         cfg.login.per_email_per_hour,
@@ -54,7 +59,10 @@ fn regulate(state: &AppState, cfg: &Config, ip: &str, email: &str) -> Result<(),
 /// Fresh credentials for a challenge: (link token, code), and their hashes written into `c`.
 fn arm(state: &AppState, cfg: &Config, c: &mut Challenge) -> (Option<String>, Option<String>) {
     let link = cfg.login.link.then(crypto::random_token);
-    let code = cfg.login.code.then(|| crypto::random_code(cfg.login.code_length));
+    let code = cfg
+        .login
+        .code
+        .then(|| crypto::random_code(cfg.login.code_length));
     c.link_hash = link.as_ref().map(|t| crypto::sha256(t.as_bytes()));
     c.code_mac = code
         .as_ref()
@@ -64,7 +72,14 @@ fn arm(state: &AppState, cfg: &Config, c: &mut Challenge) -> (Option<String>, Op
 
 /// Renders the mail and, for addresses that may sign in, queues it. Disallowed addresses
 /// get the same work minus the queueing, so both take the same path and time.
-fn queue_mail(state: &AppState, cfg: &Config, c: &Challenge, link: Option<&str>, code: Option<&str>, who: &Requester) -> Result<(), AuthError> {
+fn queue_mail(
+    state: &AppState,
+    cfg: &Config,
+    c: &Challenge,
+    link: Option<&str>,
+    code: Option<&str>,
+    who: &Requester,
+) -> Result<(), AuthError> {
     let now = state.clock.now();
     let link_url = link.map(|t| cfg.public_link(&format!("/.auth/verify?token={t}")));
     let requested_at = humantime::format_rfc3339_seconds(
@@ -119,13 +134,16 @@ pub async fn start(
     let email = address.canonical().to_string();
     regulate(state, cfg, &who.ip, &email)?;
     if client_state.as_ref().is_some_and(|s| s.len() > 1024) {
-        return Err(AuthError::BadRequest("invalid_state", "state is longer than 1024 bytes".into()));
+        return Err(AuthError::BadRequest(
+            "invalid_state",
+            "state is longer than 1024 bytes".into(),
+        ));
     }
     let now = state.clock.now();
     let binding = crypto::random_token();
     let mut c = Challenge {
         id: crypto::random_id(),
-        deliverable: cfg.access.allows(&email),
+        deliverable: cfg.may_sign_in(&email),
         email,
         link_hash: None,
         code_mac: None,
@@ -147,14 +165,25 @@ pub async fn start(
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     tracing::info!(challenge = %c.id, email = %state.mask(&c.email), ip = %who.ip, "sign-in requested");
-    Ok(Issued { challenge: c, binding })
+    Ok(Issued {
+        challenge: c,
+        binding,
+    })
 }
 
 /// Sends fresh credentials for a live challenge; the old link and code stop working.
 /// Failed code attempts are kept: a resend does not refill them.
-pub async fn resend(state: &AppState, cfg: &Config, challenge_id: &str, who: &Requester) -> Result<Challenge, AuthError> {
+pub async fn resend(
+    state: &AppState,
+    cfg: &Config,
+    challenge_id: &str,
+    who: &Requester,
+) -> Result<Challenge, AuthError> {
     let now = state.clock.now();
-    let current = state.store.challenge(challenge_id)?.ok_or(AuthError::UnknownChallenge)?;
+    let current = state
+        .store
+        .challenge(challenge_id)?
+        .ok_or(AuthError::UnknownChallenge)?;
     check_live(cfg, &current, now)?;
     let since = now.saturating_sub(current.last_sent_at);
     let cooldown = cfg.login.resend_cooldown.as_secs();
@@ -180,8 +209,17 @@ pub async fn resend(state: &AppState, cfg: &Config, challenge_id: &str, who: &Re
         c.expires_at = now + cfg.login.ttl.as_secs();
         Modify::Write(c.clone(), Ok(c))
     })??;
-    state.store.relink(&updated.id, current.link_hash, updated.link_hash)?;
-    queue_mail(state, cfg, &updated, creds.0.as_deref(), creds.1.as_deref(), who)?;
+    state
+        .store
+        .relink(&updated.id, current.link_hash, updated.link_hash)?;
+    queue_mail(
+        state,
+        cfg,
+        &updated,
+        creds.0.as_deref(),
+        creds.1.as_deref(),
+        who,
+    )?;
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     Ok(updated)
@@ -207,7 +245,10 @@ pub fn peek_link(state: &AppState, cfg: &Config, token: &str) -> Result<Challeng
         return Err(AuthError::InvalidLink);
     }
     let hash = crypto::sha256(token.as_bytes());
-    let id = state.store.challenge_for_link(&hash)?.ok_or(AuthError::InvalidLink)?;
+    let id = state
+        .store
+        .challenge_for_link(&hash)?
+        .ok_or(AuthError::InvalidLink)?;
     let c = state.store.challenge(&id)?.ok_or(AuthError::InvalidLink)?;
     if !c.link_hash.is_some_and(|h| crypto::ct_eq(&h, &hash)) || !c.deliverable {
         return Err(AuthError::InvalidLink);
@@ -237,9 +278,17 @@ pub fn redeem_link(state: &AppState, cfg: &Config, token: &str) -> Result<Challe
 }
 
 /// Checks a code against its challenge; counts failures and locks the challenge at the cap.
-pub fn redeem_code(state: &AppState, cfg: &Config, challenge_id: &str, code: &str) -> Result<Challenge, AuthError> {
+pub fn redeem_code(
+    state: &AppState,
+    cfg: &Config,
+    challenge_id: &str,
+    code: &str,
+) -> Result<Challenge, AuthError> {
     if !cfg.login.code {
-        return Err(AuthError::BadRequest("codes_disabled", "sign-in by code is not enabled".into()));
+        return Err(AuthError::BadRequest(
+            "codes_disabled",
+            "sign-in by code is not enabled".into(),
+        ));
     }
     let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     let now = state.clock.now();
@@ -259,7 +308,11 @@ pub fn redeem_code(state: &AppState, cfg: &Config, challenge_id: &str, code: &st
         } else {
             c.attempts += 1;
             let left = max.saturating_sub(c.attempts);
-            let err = if left == 0 { AuthError::Locked } else { AuthError::WrongCode(left) };
+            let err = if left == 0 {
+                AuthError::Locked
+            } else {
+                AuthError::WrongCode(left)
+            };
             Modify::Write(c, Err(err))
         }
     })?;

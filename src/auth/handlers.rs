@@ -12,13 +12,15 @@ use minijinja::context;
 use serde::Deserialize;
 
 use crate::auth::challenge::{self, Requester};
-use crate::auth::policy::same_origin;
+use crate::auth::policy::{is_navigation, same_origin};
 use crate::auth::session::{self, authenticate};
 use crate::config::Config;
 use crate::crypto;
 use crate::error::AuthError;
 use crate::http::response::{html, json, redirect, set_cookie, text, Body};
+use crate::http::router::{login_url, unauthenticated};
 use crate::http::{client_ip, ConnInfo};
+use crate::proxy::forward::request_host;
 use crate::state::AppState;
 use crate::store::Challenge;
 
@@ -43,7 +45,11 @@ const KNOWN: [&str; 14] = [
 ];
 
 /// Routes one `/.auth/` request and renders its error the way its caller expects (page or JSON).
-pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+pub async fn dispatch(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let cfg = state.config();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -59,7 +65,11 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &Conn
             .take(256)
             .collect(),
     };
-    let h = Ctx { state, cfg: &cfg, who: &who };
+    let h = Ctx {
+        state,
+        cfg: &cfg,
+        who: &who,
+    };
     let result = match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
@@ -70,7 +80,7 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &Conn
         (&Method::GET | &Method::HEAD, "/.auth/verify") => h.verify_page(&req).await,
         (&Method::POST, "/.auth/verify") => h.verify_submit(req).await,
         (&Method::POST, "/.auth/logout") => h.logout(req).await,
-        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req),
+        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req, conn),
         (&Method::POST, "/.auth/api/login") => h.api_login(req).await,
         (&Method::POST, "/.auth/api/resend") => h.api_resend(req).await,
         (&Method::POST, "/.auth/api/verify") => h.api_verify(req).await,
@@ -79,7 +89,9 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &Conn
         (&Method::GET, p) if p.starts_with("/.auth/api/challenge/") => {
             h.api_challenge(&p["/.auth/api/challenge/".len()..])
         }
-        (_, p) if KNOWN.contains(&p) || p.starts_with("/.auth/api/challenge/") => Err(AuthError::MethodNotAllowed),
+        (_, p) if KNOWN.contains(&p) || p.starts_with("/.auth/api/challenge/") => {
+            Err(AuthError::MethodNotAllowed)
+        }
         _ => Err(AuthError::NotFound),
     };
     match result {
@@ -87,6 +99,114 @@ pub async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>, conn: &Conn
         Err(e) if wants_json => e.to_json(),
         Err(e) => e.to_page(state),
     }
+}
+
+/// 404 for a host no route serves.
+pub fn no_route(state: &AppState, host: &str, navigation: bool) -> Response<Body> {
+    let msg = format!(
+        "No application is configured for {}.",
+        crate::routing::host_without_port(host)
+    );
+    if navigation {
+        html(
+            StatusCode::NOT_FOUND,
+            state.pages.message("Not found", &msg, None),
+        )
+    } else {
+        json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": msg, "code": "no_route"}),
+        )
+    }
+}
+
+/// The request a forward-auth check is about.
+struct Original {
+    method: String,
+    host: String,
+    path: String,
+    /// Absolute URL, for the login redirect.
+    url: String,
+    /// Sent by nginx `auth_request` (X-Original-URL): answer 401, never 302.
+    nginx: bool,
+}
+
+/// Reads the original request from `X-Original-URL` (nginx) or `X-Forwarded-Method/Proto/Host/Uri`
+/// (Traefik, Caddy) — only from trusted proxies. Others get their own Host and `/`. `None` = unparsable.
+fn original_request(cfg: &Config, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Original> {
+    let h = req.headers();
+    let get = |n: &str| h.get(n).map(|v| v.to_str().ok().map(str::trim));
+    let own_host = request_host(req).unwrap_or_default();
+    let own_proto = if conn.tls { "https" } else { "http" };
+    let trusted = crate::config::is_trusted(&cfg.trusted_proxies, conn.peer.ip());
+    if trusted {
+        if let Some(url) = get("x-original-url") {
+            let u = url::Url::parse(url?).ok()?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return None;
+            }
+            let host = match u.port() {
+                Some(p) => format!("{}:{p}", u.host_str()?),
+                None => u.host_str()?.to_string(),
+            };
+            let method = match get("x-original-method").or_else(|| get("x-forwarded-method")) {
+                Some(m) => m?.to_ascii_uppercase(),
+                None => "GET".into(),
+            };
+            return Some(Original {
+                method,
+                host,
+                path: u.path().to_string(),
+                url: u.to_string(),
+                nginx: true,
+            });
+        }
+        let fwd_host = get("x-forwarded-host");
+        let fwd_uri = get("x-forwarded-uri");
+        if fwd_host.is_some() || fwd_uri.is_some() {
+            let host = match fwd_host {
+                Some(v) => v?.split(',').next()?.trim().to_string(),
+                None => own_host,
+            };
+            let uri = match fwd_uri {
+                Some(v) => v?.to_string(),
+                None => "/".into(),
+            };
+            let proto = match get("x-forwarded-proto") {
+                Some(v) => v?.split(',').next()?.trim().to_ascii_lowercase(),
+                None => own_proto.into(),
+            };
+            if !matches!(proto.as_str(), "http" | "https")
+                || !uri.starts_with('/')
+                || host.is_empty()
+                || host.contains(['/', '@', '\\', ' '])
+            {
+                return None;
+            }
+            let pq: http::uri::PathAndQuery = uri.parse().ok()?;
+            let method = match get("x-forwarded-method") {
+                Some(m) => m?.to_ascii_uppercase(),
+                None => "GET".into(),
+            };
+            let url = format!("{proto}://{host}{pq}");
+            url::Url::parse(&url).ok()?;
+            return Some(Original {
+                method,
+                host,
+                path: pq.path().to_string(),
+                url,
+                nginx: false,
+            });
+        }
+    }
+    let url = format!("{own_proto}://{own_host}/");
+    Some(Original {
+        method: "GET".into(),
+        host: own_host,
+        path: "/".into(),
+        url,
+        nginx: false,
+    })
 }
 
 /// A 403 for a signed-in user whose address this site does not allow: who they are and how to switch.
@@ -131,7 +251,10 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, B
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok((parts.headers, c.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AuthError::PayloadTooLarge),
-        Err(e) => Err(AuthError::BadRequest("bad_body", format!("cannot read the request body: {e}"))),
+        Err(e) => Err(AuthError::BadRequest(
+            "bad_body",
+            format!("cannot read the request body: {e}"),
+        )),
     }
 }
 
@@ -148,7 +271,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AuthError> {
-    serde_json::from_slice(body).map_err(|e| AuthError::BadRequest("invalid_json", format!("the body is not the expected JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        AuthError::BadRequest(
+            "invalid_json",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
 }
 
 /// The browser-binding cookie's name.
@@ -183,7 +311,9 @@ fn binding(cfg: &Config, headers: &HeaderMap) -> Option<(String, String)> {
 /// Whether the binding cookie belongs to `c`.
 fn bound_to(headers: &HeaderMap, cfg: &Config, c: &Challenge) -> bool {
     match (binding(cfg, headers), c.binding_hash) {
-        (Some((id, secret)), Some(h)) => id == c.id && crypto::ct_eq(&crypto::sha256(secret.as_bytes()), &h),
+        (Some((id, secret)), Some(h)) => {
+            id == c.id && crypto::ct_eq(&crypto::sha256(secret.as_bytes()), &h)
+        }
         _ => false,
     }
 }
@@ -228,8 +358,15 @@ impl Ctx<'_> {
         let store_ok = self.state.store.flush().await.is_ok();
         let outbox = self.state.store.outbox_len();
         let mail_ok = outbox < 1000 || self.state.mailer.healthy().await;
-        let status = if store_ok && mail_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        Ok(json(status, &serde_json::json!({"store": store_ok, "outbox": outbox, "mail": mail_ok})))
+        let status = if store_ok && mail_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Ok(json(
+            status,
+            &serde_json::json!({"store": store_ok, "outbox": outbox, "mail": mail_ok}),
+        ))
     }
 
     fn login_page(&self, req: &Request<Incoming>) -> Reply {
@@ -237,7 +374,13 @@ impl Ctx<'_> {
         Ok(self.render_login(StatusCode::OK, &rd, "", None))
     }
 
-    fn render_login(&self, status: StatusCode, rd: &str, email: &str, error: Option<String>) -> Response<Body> {
+    fn render_login(
+        &self,
+        status: StatusCode,
+        rd: &str,
+        email: &str,
+        error: Option<String>,
+    ) -> Response<Body> {
         let page = self.state.pages.render(
             "login.html",
             context! { title => "Sign in", rd => rd, email => email, error => error, code => self.cfg.login.code },
@@ -245,7 +388,13 @@ impl Ctx<'_> {
         html(status, page)
     }
 
-    fn render_check(&self, status: StatusCode, c: &Challenge, error: Option<String>, notice: Option<&str>) -> Response<Body> {
+    fn render_check(
+        &self,
+        status: StatusCode,
+        c: &Challenge,
+        error: Option<String>,
+        notice: Option<&str>,
+    ) -> Response<Body> {
         let now = self.state.clock.now();
         let rd: String = url::form_urlencoded::byte_serialize(c.redirect_to.as_bytes()).collect();
         let page = self.state.pages.render(
@@ -276,14 +425,22 @@ impl Ctx<'_> {
             Ok(issued) => {
                 let mut r = self.render_check(StatusCode::OK, &issued.challenge, None, None);
                 let value = format!("{}.{}", issued.challenge.id, issued.binding);
-                set_cookie(&mut r, &binding_cookie(self.cfg, value, self.cfg.login.ttl.as_secs() as i64 + 3600));
+                set_cookie(
+                    &mut r,
+                    &binding_cookie(self.cfg, value, self.cfg.login.ttl.as_secs() as i64 + 3600),
+                );
                 Ok(r)
             }
-            Err(e @ (AuthError::InvalidEmail(_) | AuthError::RateLimited(_) | AuthError::BadRequest(..))) => {
+            Err(
+                e @ (AuthError::InvalidEmail(_)
+                | AuthError::RateLimited(_)
+                | AuthError::BadRequest(..)),
+            ) => {
                 let email_shown: String = email.chars().take(254).collect();
                 let mut r = self.render_login(e.status(), rd, &email_shown, Some(e.to_string()));
                 if let AuthError::RateLimited(s) = e {
-                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(s));
                 }
                 Ok(r)
             }
@@ -294,11 +451,22 @@ impl Ctx<'_> {
     /// The challenge this browser is bound to, or a page telling the user to start again.
     fn bound_challenge(&self, headers: &HeaderMap) -> Result<Challenge, AuthError> {
         let (id, _) = binding(self.cfg, headers).ok_or_else(|| {
-            AuthError::BadRequest("no_challenge", "this browser has no sign-in in progress (or cookies are blocked); start again".into())
+            AuthError::BadRequest(
+                "no_challenge",
+                "this browser has no sign-in in progress (or cookies are blocked); start again"
+                    .into(),
+            )
         })?;
-        let c = self.state.store.challenge(&id)?.ok_or(AuthError::UnknownChallenge)?;
+        let c = self
+            .state
+            .store
+            .challenge(&id)?
+            .ok_or(AuthError::UnknownChallenge)?;
         if !bound_to(headers, self.cfg, &c) {
-            return Err(AuthError::BadRequest("no_challenge", "this sign-in was started in another browser; start again".into()));
+            return Err(AuthError::BadRequest(
+                "no_challenge",
+                "this sign-in was started in another browser; start again".into(),
+            ));
         }
         Ok(c)
     }
@@ -310,7 +478,9 @@ impl Ctx<'_> {
         let code = form(&body).remove("code").unwrap_or_default();
         match challenge::redeem_code(self.state, self.cfg, &c.id, &code) {
             Ok(done) => self.finish_html(&done, true).await,
-            Err(e @ AuthError::WrongCode(_)) => Ok(self.render_check(e.status(), &c, Some(e.to_string()), None)),
+            Err(e @ AuthError::WrongCode(_)) => {
+                Ok(self.render_check(e.status(), &c, Some(e.to_string()), None))
+            }
             Err(e) => Err(e),
         }
     }
@@ -320,11 +490,17 @@ impl Ctx<'_> {
         let (headers, _) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
         let c = self.bound_challenge(&headers)?;
         match challenge::resend(self.state, self.cfg, &c.id, self.who).await {
-            Ok(c) => Ok(self.render_check(StatusCode::OK, &c, None, Some("A new mail is on its way; the previous link and code no longer work."))),
+            Ok(c) => Ok(self.render_check(
+                StatusCode::OK,
+                &c,
+                None,
+                Some("A new mail is on its way; the previous link and code no longer work."),
+            )),
             Err(e @ (AuthError::ResendCooldown(_) | AuthError::RateLimited(_))) => {
                 let mut r = self.render_check(e.status(), &c, Some(e.to_string()), None);
                 if let AuthError::ResendCooldown(s) | AuthError::RateLimited(s) = e {
-                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(s));
                 }
                 Ok(r)
             }
@@ -342,7 +518,10 @@ impl Ctx<'_> {
             let done = challenge::redeem_link(self.state, self.cfg, &token)?;
             return self.finish_html(&done, true).await;
         }
-        let page = self.state.pages.render("confirm.html", context! { title => "Confirm sign-in", email => &c.email, token => token });
+        let page = self.state.pages.render(
+            "confirm.html",
+            context! { title => "Confirm sign-in", email => &c.email, token => token },
+        );
         Ok(html(StatusCode::OK, page))
     }
 
@@ -356,10 +535,16 @@ impl Ctx<'_> {
 
     /// Creates the session for a completed challenge (fresh token, flushed to disk).
     async fn sign_in(&self, c: &Challenge) -> Result<(String, crate::store::Session), AuthError> {
-        if !self.cfg.access.allows(&c.email) {
+        if !self.cfg.may_sign_in(&c.email) {
             return Err(AuthError::NotAllowed(c.email.clone()));
         }
-        let (token, s) = session::create(self.state, self.cfg, &c.email, &self.who.ip, &self.who.user_agent)?;
+        let (token, s) = session::create(
+            self.state,
+            self.cfg,
+            &c.email,
+            &self.who.ip,
+            &self.who.user_agent,
+        )?;
         self.state.store.flush().await?;
         self.state.metrics.signins();
         tracing::info!(target: "portcullis::audit", event = "sign_in", email = %self.state.mask(&c.email), ip = %self.who.ip, session = %s.id, challenge = %c.id, "signed in");
@@ -388,7 +573,7 @@ impl Ctx<'_> {
     }
 
     async fn revoke_presented(&self, headers: &HeaderMap) -> Result<(), AuthError> {
-        if let Some(id) = authenticate(self.state, self.cfg, headers)? {
+        if let Some(id) = authenticate(self.state, self.cfg, headers, None)? {
             self.state.store.remove_session(&id.token_hash)?;
             self.state.store.flush().await?;
             tracing::info!(target: "portcullis::audit", event = "logout", email = %self.state.mask(&id.email), ip = %self.who.ip, session = %id.session.id, "signed out");
@@ -396,9 +581,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Forward-auth: 200 with identity headers for a valid session, 401 without, 403 when not allowed.
-    fn check(&self, req: &Request<Incoming>) -> Reply {
-        match authenticate(self.state, self.cfg, req.headers())? {
+    /// Forward-auth (nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`): applies the
+    /// policy of the route for the original host and path. 200 with identity headers when allowed,
+    /// 302 to the login page for a browser navigation (not for nginx, which handles 401 itself),
+    /// 401 otherwise, 403 when signed in but not allowed. Anything unparsable fails closed (401).
+    fn check(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Reply {
+        let Some(orig) = original_request(self.cfg, req, conn) else {
+            tracing::warn!(ip = %self.who.ip, "forward-auth: unparsable original request headers; denying");
+            return Err(AuthError::Unauthenticated);
+        };
+        let Some(route) = self.cfg.route(&orig.host, &orig.path) else {
+            return Ok(no_route(self.state, &orig.host, false));
+        };
+        let id = authenticate(self.state, self.cfg, req.headers(), Some(route))?;
+        match id {
             Some(id) if id.allowed => {
                 let mut r = text(StatusCode::OK, "");
                 for name in [&self.cfg.headers.email, &self.cfg.headers.user] {
@@ -408,12 +604,28 @@ impl Ctx<'_> {
                 }
                 Ok(r)
             }
+            _ if route.is_public_path(&orig.path) => Ok(text(StatusCode::OK, "")),
             Some(id) => Ok(forbidden(self.state, &id.email, false)),
-            None => Err(AuthError::Unauthenticated),
+            None => {
+                let login = login_url(self.cfg, &orig.url);
+                let navigation = orig.method == "GET" && is_navigation(&Method::GET, req.headers());
+                let mut r = if navigation && !orig.nginx {
+                    redirect(StatusCode::FOUND, &login)
+                } else {
+                    unauthenticated(self.cfg)
+                };
+                if let Ok(v) = HeaderValue::from_str(&login) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                Ok(r)
+            }
         }
     }
 
-    async fn api_body<T: serde::de::DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, AuthError> {
+    async fn api_body<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<T, AuthError> {
         if !is_json(req.headers()) {
             return Err(AuthError::UnsupportedMediaType);
         }
@@ -436,7 +648,15 @@ impl Ctx<'_> {
 
     async fn api_login(&self, req: Request<Incoming>) -> Reply {
         let b: ApiLogin = self.api_body(req).await?;
-        let issued = challenge::start(self.state, self.cfg, &b.email, b.redirect_to.as_deref().unwrap_or(""), b.state, self.who).await?;
+        let issued = challenge::start(
+            self.state,
+            self.cfg,
+            &b.email,
+            b.redirect_to.as_deref().unwrap_or(""),
+            b.state,
+            self.who,
+        )
+        .await?;
         Ok(self.challenge_json(&issued.challenge))
     }
 
@@ -447,7 +667,11 @@ impl Ctx<'_> {
     }
 
     fn api_challenge(&self, id: &str) -> Reply {
-        let c = self.state.store.challenge(id)?.ok_or(AuthError::UnknownChallenge)?;
+        let c = self
+            .state
+            .store
+            .challenge(id)?
+            .ok_or(AuthError::UnknownChallenge)?;
         let now = self.state.clock.now();
         Ok(json(
             StatusCode::OK,
@@ -483,7 +707,8 @@ impl Ctx<'_> {
     }
 
     fn api_session(&self, req: &Request<Incoming>) -> Reply {
-        match authenticate(self.state, self.cfg, req.headers())? {
+        let route = request_host(req).and_then(|h| self.cfg.route(&h, "/"));
+        match authenticate(self.state, self.cfg, req.headers(), route)? {
             Some(id) if id.allowed => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"email": id.email, "expires_at": id.session.expires_at}),
@@ -503,4 +728,3 @@ impl Ctx<'_> {
         Ok(r)
     }
 }
-

@@ -35,7 +35,11 @@ fn hides_tricks(s: &str) -> bool {
 /// Whether `host` is one the gateway serves: the public_url host, or cookie_domain and its subdomains.
 pub fn serves_host(cfg: &Config, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
-    if cfg.public_url.host_str().is_some_and(|h| h.eq_ignore_ascii_case(&host)) {
+    if cfg
+        .public_url
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host))
+    {
         return true;
     }
     match &cfg.session.cookie_domain {
@@ -148,10 +152,22 @@ mod tests {
     #[test]
     fn keeps_same_origin_targets() {
         let c = cfg("https://auth.example.com", Some(".example.com"));
-        assert_eq!(safe_redirect(&c, "/app?x=1"), "https://auth.example.com/app?x=1");
-        assert_eq!(safe_redirect(&c, "https://grafana.example.com/d/1"), "https://grafana.example.com/d/1");
-        assert_eq!(safe_redirect(&c, "https://example.com/"), "https://example.com/");
-        assert_eq!(safe_redirect(&c, "https://auth.example.com/a#frag"), "https://auth.example.com/a");
+        assert_eq!(
+            safe_redirect(&c, "/app?x=1"),
+            "https://auth.example.com/app?x=1"
+        );
+        assert_eq!(
+            safe_redirect(&c, "https://grafana.example.com/d/1"),
+            "https://grafana.example.com/d/1"
+        );
+        assert_eq!(
+            safe_redirect(&c, "https://example.com/"),
+            "https://example.com/"
+        );
+        assert_eq!(
+            safe_redirect(&c, "https://auth.example.com/a#frag"),
+            "https://auth.example.com/a"
+        );
     }
 
     #[test]

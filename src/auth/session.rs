@@ -5,6 +5,7 @@ use http::{header, HeaderMap};
 
 use crate::config::Config;
 use crate::crypto;
+use crate::routing::Route;
 use crate::state::AppState;
 use crate::store::{Session, StoreError};
 
@@ -58,7 +59,14 @@ pub fn presented_tokens<'a>(cookie_name: &str, headers: &'a HeaderMap) -> Vec<(&
 
 /// Looks up the request's session. `Ok(None)` when there is no valid one.
 /// Reads sled (lock-free) and, at most once a minute per session, records activity in memory.
-pub fn authenticate(state: &AppState, cfg: &Config, headers: &HeaderMap) -> Result<Option<Identity>, StoreError> {
+/// `route` decides the idle timeout and who is allowed; without one the global policy applies.
+pub fn authenticate(
+    state: &AppState,
+    cfg: &Config,
+    headers: &HeaderMap,
+    route: Option<&Route>,
+) -> Result<Option<Identity>, StoreError> {
+    let idle_timeout = route.map_or(cfg.session.idle_timeout, |r| r.idle_timeout);
     let now = state.clock.now();
     for (token, via) in presented_tokens(&cfg.session.cookie_name, headers) {
         if !crypto::looks_like_token(token) {
@@ -72,7 +80,7 @@ pub fn authenticate(state: &AppState, cfg: &Config, headers: &HeaderMap) -> Resu
             continue;
         }
         let mut seen = session.last_seen;
-        if let Some(idle) = cfg.session.idle_timeout {
+        if let Some(idle) = idle_timeout {
             if seen + idle.as_secs() < now {
                 seen = seen.max(state.store.pending_touch(&hash).unwrap_or(0));
                 if seen + idle.as_secs() < now {
@@ -83,7 +91,10 @@ pub fn authenticate(state: &AppState, cfg: &Config, headers: &HeaderMap) -> Resu
         if seen + TOUCH_EVERY <= now {
             state.store.touch_session(&hash, now);
         }
-        let allowed = cfg.access.allows(&session.email);
+        let allowed = match route {
+            Some(r) => r.public || r.access.allows(&session.email),
+            None => cfg.may_sign_in(&session.email),
+        };
         return Ok(Some(Identity {
             email: session.email.clone(),
             token_hash: hash,
@@ -96,7 +107,13 @@ pub fn authenticate(state: &AppState, cfg: &Config, headers: &HeaderMap) -> Resu
 }
 
 /// Creates a fresh session (new random token: no fixation) and returns its token.
-pub fn create(state: &AppState, cfg: &Config, email: &str, ip: &str, user_agent: &str) -> Result<(String, Session), StoreError> {
+pub fn create(
+    state: &AppState,
+    cfg: &Config,
+    email: &str,
+    ip: &str,
+    user_agent: &str,
+) -> Result<(String, Session), StoreError> {
     let now = state.clock.now();
     let token = crypto::random_token();
     let hash = crypto::sha256(token.as_bytes());

@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub data_dir: String,
     pub upstream: Option<String>,
     #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
     pub access: RawAccess,
     #[serde(default)]
     pub login: RawLogin,
@@ -32,6 +34,40 @@ pub struct RawConfig {
     pub log_format: String,
     #[serde(default)]
     pub log_emails: bool,
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub access: Option<RawRouteAccess>,
+    #[serde(default)]
+    pub session: Option<RawRouteSession>,
+    #[serde(default)]
+    pub public_paths: Vec<String>,
+}
+
+/// A route's `access:` override; unset lists inherit the top-level ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteAccess {
+    #[serde(default)]
+    pub allowed_domains: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_emails: Option<Vec<String>>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteSession {
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

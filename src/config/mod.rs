@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::auth::address::{parse_address, parse_domain};
 use crate::net::Cidr;
+use crate::routing::{self, HostPattern, PublicPath, Route};
 use file::RawConfig;
 
 /// Every problem found in one configuration file.
@@ -172,7 +173,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub public_url: Url,
     pub data_dir: PathBuf,
-    pub upstream: Upstream,
+    /// Most specific first; `upstream:` alone is one route for every host.
+    pub routes: Vec<Route>,
     pub access: Access,
     pub login: LoginConfig,
     pub session: SessionConfig,
@@ -201,7 +203,9 @@ impl Config {
             problems,
         };
         if text.trim().is_empty() {
-            return Err(fail(vec!["the file is empty; `public_url` is required".into()]));
+            return Err(fail(vec![
+                "the file is empty; `public_url` is required".into()
+            ]));
         }
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
             let msg = e.to_string();
@@ -224,6 +228,16 @@ impl Config {
             Some(cfg) if v.problems.is_empty() => Ok(cfg),
             _ => Err(fail(v.problems)),
         }
+    }
+
+    /// Whether an address may receive a sign-in mail: allowed globally or by any route.
+    pub fn may_sign_in(&self, canonical_email: &str) -> bool {
+        routing::any_allows(&self.access, &self.routes, canonical_email)
+    }
+
+    /// The route for a request host and raw path.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+        routing::find(&self.routes, host, path)
     }
 
     /// `https` when the public URL is https: cookies get the Secure flag.
@@ -295,7 +309,10 @@ impl Validator {
                     || h == http::header::COOKIE
                     || h == http::header::AUTHORIZATION
                 {
-                    self.problem(key, format!("`{value}` is a reserved header and cannot carry identity"));
+                    self.problem(
+                        key,
+                        format!("`{value}` is a reserved header and cannot carry identity"),
+                    );
                     None
                 } else {
                     Some(h)
@@ -326,9 +343,10 @@ impl Validator {
                 for (name, p) in [("tls.cert", &cert), ("tls.key", &key)] {
                     match p {
                         None => self.problem(name, "is required when `tls` is set"),
-                        Some(p) if !p.is_file() => {
-                            self.problem(name, format!("file `{}` does not exist or is not readable", p.display()))
-                        }
+                        Some(p) if !p.is_file() => self.problem(
+                            name,
+                            format!("file `{}` does not exist or is not readable", p.display()),
+                        ),
                         Some(_) => {}
                     }
                 }
@@ -346,7 +364,10 @@ impl Validator {
             }
             Some(s) => match Url::parse(s) {
                 Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-                    self.problem("public_url", format!("`{s}` must be an http:// or https:// URL"));
+                    self.problem(
+                        "public_url",
+                        format!("`{s}` must be an http:// or https:// URL"),
+                    );
                     None
                 }
                 Ok(u) if u.host_str().is_none() => {
@@ -362,47 +383,15 @@ impl Validator {
                     None
                 }
                 Ok(u) if u.path() != "/" => {
-                    self.problem("public_url", "must be an origin without a path (the gateway reserves /.auth/ on it)");
+                    self.problem(
+                        "public_url",
+                        "must be an origin without a path (the gateway reserves /.auth/ on it)",
+                    );
                     None
                 }
                 Ok(u) => Some(u),
                 Err(e) => {
                     self.problem("public_url", format!("`{s}` is not a URL: {e}"));
-                    None
-                }
-            },
-        };
-
-        let upstream = match raw.upstream.as_deref() {
-            None => {
-                self.problem("upstream", "is required: \"http://host:port\", \"https://host:port\" or \"builtin:whoami\"");
-                None
-            }
-            Some("builtin:whoami") => Some(Upstream::Whoami),
-            Some(s) => match Url::parse(s) {
-                Ok(u) => {
-                    let scheme = u.scheme().to_string();
-                    let clean = matches!(u.path(), "" | "/")
-                        && u.query().is_none()
-                        && u.fragment().is_none()
-                        && u.username().is_empty()
-                        && u.password().is_none();
-                    match (scheme.as_str(), u.host_str(), u.port_or_known_default()) {
-                        ("http" | "https", Some(host), Some(port)) if clean => {
-                            let host = match u.host() {
-                                Some(url::Host::Ipv6(a)) => format!("[{a}]"),
-                                _ => host.to_string(),
-                            };
-                            Some(Upstream::Http { scheme, authority: format!("{host}:{port}") })
-                        }
-                        _ => {
-                            self.problem("upstream", format!("`{s}` must be http(s)://host:port without path, user or query, or builtin:whoami"));
-                            None
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.problem("upstream", format!("`{s}` is not a URL: {e}"));
                     None
                 }
             },
@@ -420,15 +409,24 @@ impl Validator {
             match m.as_str() {
                 "link" => link = true,
                 "code" => code = true,
-                other => self.problem(&format!("login.methods[{i}]"), format!("unknown method `{other}`; use `link` or `code`")),
+                other => self.problem(
+                    &format!("login.methods[{i}]"),
+                    format!("unknown method `{other}`; use `link` or `code`"),
+                ),
             }
         }
         let login_ttl = self.positive_duration("login.ttl", &l.ttl);
         if login_ttl > Duration::from_secs(24 * 3600) {
-            self.problem("login.ttl", "must be at most 24h: sign-in links are meant to be short-lived");
+            self.problem(
+                "login.ttl",
+                "must be at most 24h: sign-in links are meant to be short-lived",
+            );
         }
         if !(4..=10).contains(&l.code_length) {
-            self.problem("login.code_length", format!("{} is out of range; use 4 to 10 digits", l.code_length));
+            self.problem(
+                "login.code_length",
+                format!("{} is out of range; use 4 to 10 digits", l.code_length),
+            );
         }
         if l.max_code_attempts == 0 || l.max_code_attempts > 100 {
             self.problem("login.max_code_attempts", "must be between 1 and 100");
@@ -453,9 +451,18 @@ impl Validator {
 
         let s = raw.session;
         if s.cookie_name.is_empty()
-            || !s.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || !s
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         {
-            self.problem("session.cookie_name", format!("`{}` is not a valid cookie name (letters, digits, `_`, `-`, `.`)", s.cookie_name));
+            self.problem(
+                "session.cookie_name",
+                format!(
+                    "`{}` is not a valid cookie name (letters, digits, `_`, `-`, `.`)",
+                    s.cookie_name
+                ),
+            );
         }
         let cookie_domain = match s.cookie_domain {
             None => None,
@@ -472,7 +479,10 @@ impl Validator {
                         Some(bare)
                     }
                     Err(e) => {
-                        self.problem("session.cookie_domain", format!("`{d}` is not a domain: {e}"));
+                        self.problem(
+                            "session.cookie_domain",
+                            format!("`{d}` is not a domain: {e}"),
+                        );
                         None
                     }
                 }
@@ -486,12 +496,24 @@ impl Validator {
             ttl: session_ttl,
             idle_timeout: if idle.is_zero() { None } else { Some(idle) },
         };
+        let routes = self.routes(
+            raw.upstream.as_deref(),
+            raw.routes,
+            &access,
+            session.idle_timeout,
+        );
 
         let e = raw.email;
         let from = match e.from.parse::<Mailbox>() {
             Ok(m) => Some(m),
             Err(err) => {
-                self.problem("email.from", format!("`{}` is not a mailbox such as \"Portcullis <auth@example.com>\": {err}", e.from));
+                self.problem(
+                    "email.from",
+                    format!(
+                        "`{}` is not a mailbox such as \"Portcullis <auth@example.com>\": {err}",
+                        e.from
+                    ),
+                );
                 None
             }
         };
@@ -502,7 +524,10 @@ impl Validator {
                     "starttls" => SmtpSecurity::StartTls,
                     "tls" => SmtpSecurity::Tls,
                     other => {
-                        self.problem("email.smtp.security", format!("unknown value `{other}`; use none, starttls or tls"));
+                        self.problem(
+                            "email.smtp.security",
+                            format!("unknown value `{other}`; use none, starttls or tls"),
+                        );
                         SmtpSecurity::StartTls
                     }
                 };
@@ -514,13 +539,19 @@ impl Validator {
                     Some(p) => match std::fs::read_to_string(p) {
                         Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
                         Err(err) => {
-                            self.problem("email.smtp.password_file", format!("cannot read `{p}`: {err}"));
+                            self.problem(
+                                "email.smtp.password_file",
+                                format!("cannot read `{p}`: {err}"),
+                            );
                             None
                         }
                     },
                 };
                 if password.is_some() && e.smtp.username.is_none() {
-                    self.problem("email.smtp.username", "is required when password_file is set");
+                    self.problem(
+                        "email.smtp.username",
+                        "is required when password_file is set",
+                    );
                 }
                 let timeout = self.positive_duration("email.smtp.timeout", &e.smtp.timeout);
                 Some(MailTransport::Smtp(SmtpConfig {
@@ -535,7 +566,10 @@ impl Validator {
             "log" => Some(MailTransport::Log),
             "file" => Some(MailTransport::File(PathBuf::from(&e.dir))),
             other => {
-                self.problem("email.transport", format!("unknown transport `{other}`; use smtp, log or file"));
+                self.problem(
+                    "email.transport",
+                    format!("unknown transport `{other}`; use smtp, log or file"),
+                );
                 None
             }
         };
@@ -558,16 +592,24 @@ impl Validator {
 
         let lim = raw.limits;
         if !(1024..=1024 * 1024).contains(&lim.max_header_bytes) {
-            self.problem("limits.max_header_bytes", "must be between 1024 and 1048576");
+            self.problem(
+                "limits.max_header_bytes",
+                "must be between 1024 and 1048576",
+            );
         }
         if !(1024..=10 * 1024 * 1024).contains(&lim.max_auth_body_bytes) {
-            self.problem("limits.max_auth_body_bytes", "must be between 1024 and 10485760");
+            self.problem(
+                "limits.max_auth_body_bytes",
+                "must be between 1024 and 10485760",
+            );
         }
         let limits = Limits {
             max_header_bytes: lim.max_header_bytes,
             max_auth_body_bytes: lim.max_auth_body_bytes,
-            header_read_timeout: self.positive_duration("limits.header_read_timeout", &lim.header_read_timeout),
-            upstream_timeout: self.positive_duration("limits.upstream_timeout", &lim.upstream_timeout),
+            header_read_timeout: self
+                .positive_duration("limits.header_read_timeout", &lim.header_read_timeout),
+            upstream_timeout: self
+                .positive_duration("limits.upstream_timeout", &lim.upstream_timeout),
             shutdown_grace: self.duration("limits.shutdown_grace", &lim.shutdown_grace),
         };
 
@@ -575,7 +617,10 @@ impl Validator {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                self.problem("log_format", format!("unknown format `{other}`; use text or json"));
+                self.problem(
+                    "log_format",
+                    format!("unknown format `{other}`; use text or json"),
+                );
                 LogFormat::Text
             }
         };
@@ -586,7 +631,7 @@ impl Validator {
             tls,
             public_url: public_url?,
             data_dir: PathBuf::from(raw.data_dir),
-            upstream: upstream?,
+            routes,
             access,
             login,
             session,
@@ -597,12 +642,164 @@ impl Validator {
                 text_template,
                 html_template,
             },
-            headers: HeadersConfig { email: email_h?, user: user_h? },
+            headers: HeadersConfig {
+                email: email_h?,
+                user: user_h?,
+            },
             trusted_proxies,
             limits,
             log_format,
             log_emails: raw.log_emails,
         })
+    }
+
+    fn upstream(&mut self, key: &str, s: &str) -> Option<Upstream> {
+        if s == "builtin:whoami" {
+            return Some(Upstream::Whoami);
+        }
+        match Url::parse(s) {
+            Ok(u) => {
+                let scheme = u.scheme().to_string();
+                let clean = matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none();
+                match (scheme.as_str(), u.host_str(), u.port_or_known_default()) {
+                    ("http" | "https", Some(host), Some(port)) if clean => {
+                        let host = match u.host() {
+                            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+                            _ => host.to_string(),
+                        };
+                        Some(Upstream::Http {
+                            scheme,
+                            authority: format!("{host}:{port}"),
+                        })
+                    }
+                    _ => {
+                        self.problem(key, format!("`{s}` must be http(s)://host:port without path, user or query, or builtin:whoami"));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                self.problem(key, format!("`{s}` is not a URL: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Builds the route table: `routes:` entries, plus top-level `upstream:` as the catch-all.
+    fn routes(
+        &mut self,
+        upstream: Option<&str>,
+        raw: Vec<file::RawRoute>,
+        global: &Access,
+        idle: Option<Duration>,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        if upstream.is_none() && raw.is_empty() {
+            self.problem("upstream", "is required (\"http://host:port\", \"https://host:port\" or \"builtin:whoami\") unless `routes` is set");
+        }
+        if let Some(u) = upstream {
+            if let Some(up) = self.upstream("upstream", u) {
+                routes.push(Route {
+                    name: "*".into(),
+                    host: HostPattern::Any,
+                    path_prefix: "/".into(),
+                    upstream: up,
+                    access: std::sync::Arc::new(global.clone()),
+                    public: false,
+                    idle_timeout: idle,
+                    public_paths: Vec::new(),
+                    stats: Default::default(),
+                });
+            }
+        }
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let host = match HostPattern::parse(&r.host) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.problem(&format!("{key}.host"), e);
+                    None
+                }
+            };
+            let prefix = r.path_prefix.unwrap_or_else(|| "/".into());
+            if !prefix.starts_with('/')
+                || routing::normalize_path(&prefix)
+                    .as_deref()
+                    .map(|n| n.trim_end_matches('/'))
+                    != Some(prefix.trim_end_matches('/'))
+            {
+                self.problem(
+                    &format!("{key}.path_prefix"),
+                    format!("`{prefix}` must be a normalised path starting with /"),
+                );
+            }
+            let up = self.upstream(&format!("{key}.upstream"), &r.upstream);
+            let (access, public) = match r.access {
+                None => (global.clone(), false),
+                Some(a) => {
+                    let raw = file::RawAccess {
+                        allowed_domains: a
+                            .allowed_domains
+                            .unwrap_or_else(|| global.allowed_domains.clone()),
+                        allowed_emails: a
+                            .allowed_emails
+                            .unwrap_or_else(|| global.allowed_emails.iter().cloned().collect()),
+                    };
+                    (
+                        self.access_at(&format!("{key}.access"), raw, a.public),
+                        a.public,
+                    )
+                }
+            };
+            let idle = match r.session.and_then(|s| s.idle_timeout) {
+                Some(t) => {
+                    let d = self.duration(&format!("{key}.session.idle_timeout"), &t);
+                    if d.is_zero() {
+                        None
+                    } else {
+                        Some(d)
+                    }
+                }
+                None => idle,
+            };
+            let mut public_paths = Vec::new();
+            for (j, p) in r.public_paths.iter().enumerate() {
+                match PublicPath::parse(p) {
+                    Ok(p) => public_paths.push(p),
+                    Err(e) => self.problem(&format!("{key}.public_paths[{j}]"), e),
+                }
+            }
+            if let (Some(host), Some(upstream)) = (host, up) {
+                let name = format!(
+                    "{}{}",
+                    r.host.trim().to_ascii_lowercase(),
+                    if prefix == "/" { "" } else { prefix.as_str() }
+                );
+                routes.push(Route {
+                    name,
+                    host,
+                    path_prefix: prefix,
+                    upstream,
+                    access: std::sync::Arc::new(access),
+                    public,
+                    idle_timeout: idle,
+                    public_paths,
+                    stats: Default::default(),
+                });
+            }
+        }
+        for d in routing::duplicates(&routes) {
+            self.problem(
+                "routes",
+                format!("two routes match the same host and path prefix: `{d}`"),
+            );
+        }
+        routing::sort_routes(&mut routes);
+        routes
     }
 
     fn template(&mut self, key: &str, path: Option<&str>) -> Option<String> {
@@ -617,11 +814,18 @@ impl Validator {
     }
 
     fn access(&mut self, raw: file::RawAccess) -> Access {
+        self.access_at("access", raw, false)
+    }
+
+    fn access_at(&mut self, key: &str, raw: file::RawAccess, public: bool) -> Access {
         let mut access = Access::default();
         for (i, d) in raw.allowed_domains.iter().enumerate() {
             match parse_domain(d) {
                 Ok(d) => access.allowed_domains.push(d),
-                Err(e) => self.problem(&format!("access.allowed_domains[{i}]"), format!("`{d}` is not a domain: {e}")),
+                Err(e) => self.problem(
+                    &format!("{key}.allowed_domains[{i}]"),
+                    format!("`{d}` is not a domain: {e}"),
+                ),
             }
         }
         for (i, a) in raw.allowed_emails.iter().enumerate() {
@@ -629,11 +833,16 @@ impl Validator {
                 Ok(a) => {
                     access.allowed_emails.insert(a.canonical().to_string());
                 }
-                Err(e) => self.problem(&format!("access.allowed_emails[{i}]"), format!("`{a}`: {e}")),
+                Err(e) => {
+                    self.problem(&format!("{key}.allowed_emails[{i}]"), format!("`{a}`: {e}"))
+                }
             }
         }
-        if access.allowed_domains.is_empty() && access.allowed_emails.is_empty() {
-            self.problem("access", "allows nobody: set allowed_domains and/or allowed_emails");
+        if !public && access.allowed_domains.is_empty() && access.allowed_emails.is_empty() {
+            self.problem(
+                key,
+                "allows nobody: set allowed_domains and/or allowed_emails",
+            );
         }
         access
     }
@@ -676,9 +885,19 @@ mod tests {
     #[test]
     fn all_semantic_problems_reported_at_once() {
         let err = parse("public_url: ftp://x\nupstream: nope\nlogin: { ttl: soon, code_length: 2 }\nsession: { idle_timeout: forever }\naccess: { allowed_domains: ['bad domain'] }\n").unwrap_err();
-        let keys = ["public_url", "upstream", "login.ttl", "login.code_length", "session.idle_timeout", "access.allowed_domains[0]"];
+        let keys = [
+            "public_url",
+            "upstream",
+            "login.ttl",
+            "login.code_length",
+            "session.idle_timeout",
+            "access.allowed_domains[0]",
+        ];
         for k in keys {
-            assert!(err.problems.iter().any(|p| p.starts_with(k)), "missing {k}: {err}");
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(k)),
+                "missing {k}: {err}"
+            );
         }
     }
 
@@ -687,7 +906,15 @@ mod tests {
         assert!(parse(&MIN.replace("builtin:whoami", "\"http://a:b\"")).is_err());
         assert!(parse(&MIN.replace("builtin:whoami", "\"http://a/x\"")).is_err());
         assert!(parse(&MIN.replace("builtin:whoami", "\"http://127.0.0.1:3000\"")).is_ok());
-        for s in ["", "   \n", "[1,2", "- a\n- b", "public_url: [", "\u{0}", ":::"] {
+        for s in [
+            "",
+            "   \n",
+            "[1,2",
+            "- a\n- b",
+            "public_url: [",
+            "\u{0}",
+            ":::",
+        ] {
             assert!(parse(s).is_err(), "{s:?}");
         }
     }
@@ -710,5 +937,42 @@ mod tests {
         assert!(c.access.allows("a@example.com"));
         assert!(!c.access.allows("a@sub.example.com"));
         assert!(!c.access.allows("a@example.com.evil.org"));
+    }
+
+    #[test]
+    fn routes_match_most_specific_first() {
+        let yaml = "public_url: https://auth.example.com\naccess: { allowed_domains: [example.com] }\nsession: { cookie_domain: .example.com }\nroutes:\n  - { host: \"*.example.com\", upstream: \"http://127.0.0.1:1\" }\n  - { host: grafana.example.com, upstream: \"http://127.0.0.1:2\", access: { allowed_emails: [boss@other.org], allowed_domains: [] } }\n  - { host: grafana.example.com, path_prefix: /public, upstream: \"http://127.0.0.1:3\", access: { public: true } }\n  - { host: docs.example.com, upstream: \"http://127.0.0.1:4\", public_paths: [/static/, /healthz], session: { idle_timeout: 1h } }\n";
+        let c = parse(yaml).unwrap();
+        let up = |h: &str, p: &str| match c.route(h, p).map(|r| &r.upstream) {
+            Some(Upstream::Http { authority, .. }) => authority.clone(),
+            _ => "none".into(),
+        };
+        assert_eq!(up("GRAFANA.example.com:443", "/d/1"), "127.0.0.1:2");
+        assert_eq!(up("grafana.example.com", "/public/x"), "127.0.0.1:3");
+        assert_eq!(up("grafana.example.com", "/publicity"), "127.0.0.1:2");
+        assert_eq!(up("wiki.example.com", "/"), "127.0.0.1:1");
+        assert_eq!(up("evil.com", "/"), "none");
+        let g = c.route("grafana.example.com", "/").unwrap();
+        assert!(g.access.allows("boss@other.org") && !g.access.allows("a@example.com"));
+        assert!(c.may_sign_in("boss@other.org"));
+        let d = c.route("docs.example.com", "/").unwrap();
+        assert_eq!(d.idle_timeout, Some(Duration::from_secs(3600)));
+        assert!(d.is_public_path("/static/a.css") && !d.is_public_path("/static/../admin"));
+    }
+
+    #[test]
+    fn route_errors_name_their_key() {
+        let yaml = "public_url: https://auth.example.com\naccess: { allowed_domains: [example.com] }\nroutes:\n  - { host: \"bad host\", upstream: \"ftp://x\", public_paths: [static] }\n";
+        let err = parse(yaml).unwrap_err();
+        for k in [
+            "routes[0].host",
+            "routes[0].upstream",
+            "routes[0].public_paths[0]",
+        ] {
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(k)),
+                "missing {k}: {err}"
+            );
+        }
     }
 }

@@ -14,14 +14,30 @@ impl Pages {
         let mut env = Environment::new();
         let pages: [(&str, &str); 6] = [
             ("base.html", include_str!("../../templates/pages/base.html")),
-            ("login.html", include_str!("../../templates/pages/login.html")),
-            ("check_email.html", include_str!("../../templates/pages/check_email.html")),
-            ("confirm.html", include_str!("../../templates/pages/confirm.html")),
-            ("message.html", include_str!("../../templates/pages/message.html")),
-            ("whoami.html", include_str!("../../templates/pages/whoami.html")),
+            (
+                "login.html",
+                include_str!("../../templates/pages/login.html"),
+            ),
+            (
+                "check_email.html",
+                include_str!("../../templates/pages/check_email.html"),
+            ),
+            (
+                "confirm.html",
+                include_str!("../../templates/pages/confirm.html"),
+            ),
+            (
+                "message.html",
+                include_str!("../../templates/pages/message.html"),
+            ),
+            (
+                "whoami.html",
+                include_str!("../../templates/pages/whoami.html"),
+            ),
         ];
         for (name, src) in pages {
-            env.add_template(name, src).map_err(|e| format!("{name}: {e}"))?;
+            env.add_template(name, src)
+                .map_err(|e| format!("{name}: {e}"))?;
         }
         Ok(Pages { env })
     }
@@ -59,7 +75,10 @@ mod tests {
     #[test]
     fn pages_render_and_escape() {
         let p = Pages::new().unwrap();
-        let html = p.render("login.html", context! { title => "Sign in", rd => "\"><script>", email => "", code => true });
+        let html = p.render(
+            "login.html",
+            context! { title => "Sign in", rd => "\"><script>", email => "", code => true },
+        );
         assert!(html.contains("&quot;&gt;&lt;script&gt;"));
         assert!(html.contains("name=\"email\""));
         let m = p.message("Oops", "<b>", Some(("/x", "Back")));

@@ -18,7 +18,6 @@ pub fn empty() -> Body {
     Either::Left(Full::new(Bytes::new()))
 }
 
-
 fn base(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -36,7 +35,10 @@ fn base(status: StatusCode, content_type: &'static str, body: Body) -> Response<
 pub fn html(status: StatusCode, page: String) -> Response<Body> {
     let mut r = base(status, "text/html; charset=utf-8", full(page));
     let h = r.headers_mut();
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -54,8 +56,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         "application/json",
         full(serde_json::to_vec(value).unwrap_or_default()),
     );
-    r.headers_mut()
-        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
@@ -69,8 +73,10 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut r = base(status, "text/plain; charset=utf-8", empty());
     let v = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
     r.headers_mut().insert(header::LOCATION, v);
-    r.headers_mut()
-        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 

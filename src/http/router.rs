@@ -9,13 +9,18 @@ use hyper::body::Incoming;
 use crate::auth::handlers;
 use crate::auth::policy::is_navigation;
 use crate::auth::session::authenticate;
+use crate::config::Config;
 use crate::http::response::{html, json, redirect, Body};
 use crate::http::ConnInfo;
 use crate::proxy::forward::{forward, request_host};
 use crate::state::AppState;
 
 /// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -36,11 +41,21 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: ConnInfo
     resp
 }
 
-async fn protected(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+async fn protected(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let cfg = state.config();
     let navigation = is_navigation(req.method(), req.headers());
-    match authenticate(state, &cfg, req.headers()) {
-        Ok(Some(id)) if id.allowed => forward(state, &cfg, req, &id, conn).await,
+    let host = request_host(&req).unwrap_or_default();
+    let Some(route) = cfg.route(&host, req.uri().path()) else {
+        return handlers::no_route(state, &host, navigation);
+    };
+    let public = route.is_public_path(req.uri().path());
+    let resp = match authenticate(state, &cfg, req.headers(), Some(route)) {
+        Ok(Some(id)) if id.allowed => forward(state, &cfg, route, req, Some(&id), conn).await,
+        Ok(_) if public => forward(state, &cfg, route, req, None, conn).await,
         Ok(Some(id)) => {
             state.metrics.requests_denied();
             handlers::forbidden(state, &id.email, navigation)
@@ -49,25 +64,49 @@ async fn protected(state: &Arc<AppState>, req: Request<Incoming>, conn: &ConnInf
             state.metrics.requests_unauthenticated();
             if navigation {
                 let scheme = if conn.tls { "https" } else { "http" };
-                let host = request_host(&req).unwrap_or_default();
-                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let original = format!("{scheme}://{host}{pq}");
-                let rd: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
-                redirect(StatusCode::FOUND, &cfg.public_link(&format!("/.auth/login?rd={rd}")))
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                redirect(
+                    StatusCode::FOUND,
+                    &login_url(&cfg, &format!("{scheme}://{host}{pq}")),
+                )
             } else {
-                let mut r = json(
-                    StatusCode::UNAUTHORIZED,
-                    &serde_json::json!({"error": "sign in first", "code": "unauthenticated"}),
-                );
-                if let Ok(v) = format!("Portcullis realm=\"{}\"", cfg.public_origin()).parse() {
-                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                }
-                r
+                unauthenticated(&cfg)
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "session lookup failed");
-            html(StatusCode::INTERNAL_SERVER_ERROR, state.pages.message("Something went wrong", "The gateway could not check your session.", None))
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                state.pages.message(
+                    "Something went wrong",
+                    "The gateway could not check your session.",
+                    None,
+                ),
+            )
         }
+    };
+    route.stats.status(resp.status().as_u16());
+    resp
+}
+
+/// `{public_url}/.auth/login?rd=<original URL>`.
+pub fn login_url(cfg: &Config, original: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
+    cfg.public_link(&format!("/.auth/login?rd={rd}"))
+}
+
+/// 401 JSON for API clients.
+pub fn unauthenticated(cfg: &Config) -> Response<Body> {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "sign in first", "code": "unauthenticated"}),
+    );
+    if let Ok(v) = format!("Portcullis realm=\"{}\"", cfg.public_origin()).parse() {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
+    r
 }

@@ -15,6 +15,7 @@ use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
 use crate::proxy::headers::{inject, remove_hop_by_hop, strip_credentials, strip_identity};
+use crate::routing::Route;
 use crate::state::AppState;
 
 /// The host a request was addressed to: `Host`, or the HTTP/2 `:authority`.
@@ -44,17 +45,28 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Rewrites the request headers for the upstream. Order matters: hop-by-hop headers (and those
 /// named in `Connection`) go first, then client-sent identity, then our credentials; identity is injected last.
-pub fn prepare(cfg: &Config, req: &mut Request<Incoming>, id: &Identity, conn: &ConnInfo) -> Option<HeaderValue> {
+pub fn prepare(
+    cfg: &Config,
+    req: &mut Request<Incoming>,
+    id: Option<&Identity>,
+    conn: &ConnInfo,
+) -> Option<HeaderValue> {
     let upgrade = requested_upgrade(req);
     let host = request_host(req);
     let trusted = is_trusted(&cfg.trusted_proxies, conn.peer.ip());
     let h = req.headers_mut();
     remove_hop_by_hop(h);
     strip_identity(h, &[&cfg.headers.email, &cfg.headers.user]);
-    strip_credentials(h, &cfg.session.cookie_name, id.via == Via::Bearer);
+    strip_credentials(
+        h,
+        &cfg.session.cookie_name,
+        id.is_some_and(|i| i.via == Via::Bearer),
+    );
     set_forwarded(h, conn.peer, conn.tls, host.as_deref(), trusted);
-    inject(h, &cfg.headers.email, &id.email);
-    inject(h, &cfg.headers.user, &id.email);
+    if let Some(id) = id {
+        inject(h, &cfg.headers.email, &id.email);
+        inject(h, &cfg.headers.user, &id.email);
+    }
     if let Some(u) = &upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u.clone());
@@ -68,9 +80,18 @@ pub fn prepare(cfg: &Config, req: &mut Request<Incoming>, id: &Identity, conn: &
 }
 
 /// `X-Forwarded-For/-Proto/-Host`: appended to / kept from trusted proxies, replaced for everyone else.
-fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, tls: bool, host: Option<&str>, trusted: bool) {
+fn set_forwarded(
+    h: &mut http::HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<&str>,
+    trusted: bool,
+) {
     let ip = peer.ip().to_canonical().to_string();
-    let xff = match (trusted, h.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
+    let xff = match (
+        trusted,
+        h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    ) {
         (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
     };
@@ -98,17 +119,40 @@ fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, tls: bool, host: Opt
 }
 
 /// Sends the prepared request upstream and streams the answer back.
-pub async fn forward(state: &Arc<AppState>, cfg: &Config, mut req: Request<Incoming>, id: &Identity, conn: &ConnInfo) -> Response<Body> {
+/// `id` is `None` on public routes and paths.
+pub async fn forward(
+    state: &Arc<AppState>,
+    cfg: &Config,
+    route: &Route,
+    mut req: Request<Incoming>,
+    id: Option<&Identity>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
     let upgrade = prepare(cfg, &mut req, id, conn);
-    let (scheme, authority) = match &cfg.upstream {
+    let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => return whoami(state, &req, id),
         Upstream::Http { scheme, authority } => (scheme, authority),
     };
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = match Uri::builder().scheme(scheme.as_str()).authority(authority.as_str()).path_and_query(pq).build() {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = match Uri::builder()
+        .scheme(scheme.as_str())
+        .authority(authority.as_str())
+        .path_and_query(pq)
+        .build()
+    {
         Ok(u) => u,
-        Err(_) => return upstream_error(StatusCode::BAD_REQUEST, "the request target cannot be forwarded", navigation),
+        Err(_) => {
+            return upstream_error(
+                StatusCode::BAD_REQUEST,
+                "the request target cannot be forwarded",
+                navigation,
+            )
+        }
     };
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
@@ -120,23 +164,35 @@ pub async fn forward(state: &Arc<AppState>, cfg: &Config, mut req: Request<Incom
         Ok(Err(e)) => {
             state.metrics.upstream_errors();
             tracing::warn!(error = %e, upstream = %authority, "upstream request failed");
-            return upstream_error(StatusCode::BAD_GATEWAY, "the application behind this gateway is not reachable", navigation);
+            return upstream_error(
+                StatusCode::BAD_GATEWAY,
+                "the application behind this gateway is not reachable",
+                navigation,
+            );
         }
         Err(_) => {
             state.metrics.upstream_errors();
             tracing::warn!(upstream = %authority, timeout = ?cfg.limits.upstream_timeout, "upstream timed out");
-            return upstream_error(StatusCode::GATEWAY_TIMEOUT, "the application behind this gateway did not answer in time", navigation);
+            return upstream_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the application behind this gateway did not answer in time",
+                navigation,
+            );
         }
     };
     state.metrics.requests_proxied();
-    tracing::debug!(status = resp.status().as_u16(), upstream_ms = started.elapsed().as_millis() as u64, "proxied");
+    route.stats.upstream_latency(started.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(u),
+                        )
+                        .await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
@@ -159,24 +215,36 @@ fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Respon
         );
         html(status, page)
     } else {
-        let code = if status == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_unreachable" };
-        json(status, &serde_json::json!({ "error": message, "code": code }))
+        let code = if status == StatusCode::GATEWAY_TIMEOUT {
+            "upstream_timeout"
+        } else {
+            "upstream_unreachable"
+        };
+        json(
+            status,
+            &serde_json::json!({ "error": message, "code": code }),
+        )
     }
 }
 
 /// The built-in `whoami` upstream: shows the identity and exactly the headers an upstream would get.
-fn whoami(state: &AppState, req: &Request<Incoming>, id: &Identity) -> Response<Body> {
+fn whoami(state: &AppState, req: &Request<Incoming>, id: Option<&Identity>) -> Response<Body> {
     let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     headers.sort();
     let page = state.pages.render(
         "whoami.html",
         context! {
             title => "Who am I",
-            email => &id.email,
+            email => id.map_or("(anonymous: public path)", |i| i.email.as_str()),
             headers => headers,
             method => req.method().as_str(),
             uri => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),

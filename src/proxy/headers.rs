@@ -58,7 +58,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// CGI-style servers turn both `-` and `_` into `_`).
 fn normalized(name: &str) -> String {
     name.bytes()
-        .map(|b| if b == b'_' { '-' } else { (b as char).to_ascii_lowercase() })
+        .map(|b| {
+            if b == b'_' {
+                '-'
+            } else {
+                (b as char).to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 
@@ -129,7 +135,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -179,7 +188,10 @@ mod tests {
         strip_credentials(&mut h, "portcullis_session", true);
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         assert!(!h.contains_key("authorization"));
-        let mut h = map(&[("cookie", "portcullis_session=tok"), ("authorization", "Basic x")]);
+        let mut h = map(&[
+            ("cookie", "portcullis_session=tok"),
+            ("authorization", "Basic x"),
+        ]);
         strip_credentials(&mut h, "portcullis_session", false);
         assert!(!h.contains_key("cookie"));
         assert!(h.contains_key("authorization"));

@@ -26,9 +26,9 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of the configuration.
     pub async fn bind(cfg: &crate::config::Config) -> std::io::Result<Listeners> {
-        let http = TcpListener::bind(cfg.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("listen {}: {e}", cfg.listen))
-        })?;
+        let http = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", cfg.listen)))?;
         let tls = match &cfg.tls {
             Some(t) => Some(TcpListener::bind(t.listen).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("tls.listen {}: {e}", t.listen))
@@ -56,7 +56,11 @@ fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
 /// within the grace period, stops the background workers and flushes the store.
-pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cfg = state.config();
     let acceptor = match &cfg.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
@@ -93,22 +97,35 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
         let watcher = graceful.watcher();
         let builder = builder.clone();
         if tls {
-            let Some(acceptor) = acceptor.clone() else { continue };
+            let Some(acceptor) = acceptor.clone() else {
+                continue;
+            };
             let timeout = cfg.limits.header_read_timeout;
             tokio::spawn(async move {
-                let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "tls handshake failed"); return; }
-                    Err(_) => { tracing::debug!(%peer, "tls handshake timed out"); return; }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "tls handshake timed out");
+                        return;
+                    }
                 };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                    .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection error");
                 }
             });
         } else {
             tokio::spawn(async move {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection error");
                 }
@@ -117,7 +134,10 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     }
     drop(listeners);
     tracing::info!(connections = graceful.count(), grace = ?cfg.limits.shutdown_grace, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(cfg.limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(cfg.limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing remaining connections");
     }
     let _ = stop_tx.send(true);
@@ -130,7 +150,9 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     Ok(())
 }
 
-async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn accept_opt(
+    l: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

@@ -21,7 +21,8 @@ pub enum TlsError {
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_name = cert.display().to_string();
     let key_name = key.display().to_string();
-    let cert_pem = std::fs::read(cert).map_err(|e| TlsError::Cert(cert_name.clone(), e.to_string()))?;
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| TlsError::Cert(cert_name.clone(), e.to_string()))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert(cert_name.clone(), e.to_string()))?;

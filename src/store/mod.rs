@@ -218,7 +218,12 @@ impl Store {
     }
 
     /// Points the link index at a challenge's new token and forgets the old one.
-    pub fn relink(&self, id: &str, old: Option<[u8; 32]>, new: Option<[u8; 32]>) -> Result<(), StoreError> {
+    pub fn relink(
+        &self,
+        id: &str,
+        old: Option<[u8; 32]>,
+        new: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
         if let Some(o) = old {
             self.links.remove(o)?;
         }
@@ -296,13 +301,18 @@ impl Store {
         }
         let mut n = 0;
         for (key, seen) in pending {
-            Self::modify(&self.sessions, "sessions", &key, |s: Option<Session>| match s {
-                Some(mut s) if s.last_seen < seen => {
-                    s.last_seen = seen;
-                    Modify::Write(s, ())
-                }
-                _ => Modify::Keep(()),
-            })?;
+            Self::modify(
+                &self.sessions,
+                "sessions",
+                &key,
+                |s: Option<Session>| match s {
+                    Some(mut s) if s.last_seen < seen => {
+                        s.last_seen = seen;
+                        Modify::Write(s, ())
+                    }
+                    _ => Modify::Keep(()),
+                },
+            )?;
             n += 1;
         }
         Ok(n)
@@ -398,7 +408,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_challenge(&challenge("c1")).unwrap();
-        assert_eq!(store.challenge_for_link(&[7; 32]).unwrap().as_deref(), Some("c1"));
+        assert_eq!(
+            store.challenge_for_link(&[7; 32]).unwrap().as_deref(),
+            Some("c1")
+        );
         let won = store
             .modify_challenge("c1", |c| match c {
                 Some(mut c) if !c.completed => {
@@ -448,7 +461,15 @@ mod tests {
             user_agent: String::new(),
         };
         store.insert_session(&[1; 32], &s).unwrap();
-        store.insert_session(&[2; 32], &Session { expires_at: 5, ..s.clone() }).unwrap();
+        store
+            .insert_session(
+                &[2; 32],
+                &Session {
+                    expires_at: 5,
+                    ..s.clone()
+                },
+            )
+            .unwrap();
         store.touch_session(&[1; 32], 500);
         assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 0);
         assert_eq!(store.flush_touches().unwrap(), 1);

@@ -28,11 +28,16 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             let st = state.clone();
             let swept = tokio::task::spawn_blocking(move || {
                 let cfg = st.config();
-                st.store.sweep(st.clock.now(), cfg.session.idle_timeout.map(|d| d.as_secs()))
+                st.store.sweep(
+                    st.clock.now(),
+                    cfg.session.idle_timeout.map(|d| d.as_secs()),
+                )
             })
             .await;
             match swept {
-                Ok(Ok((c, s))) if c + s > 0 => tracing::info!(challenges = c, sessions = s, "swept expired records"),
+                Ok(Ok((c, s))) if c + s > 0 => {
+                    tracing::info!(challenges = c, sessions = s, "swept expired records")
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
                 Err(e) => tracing::error!(error = %e, "sweep task failed"),
