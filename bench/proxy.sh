@@ -1,0 +1,698 @@
+#!/usr/bin/env bash
+# bench/proxy.sh: Portcullis throughput/latency benchmark, everything on loopback.
+#
+# Usage:
+#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways
+#   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
+#   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
+#
+# Default mode, same load for every target (wrk, BENCH_THREADS x BENCH_CONNS for BENCH_DURATION,
+# after a BENCH_WARMUP run that is thrown away), same ~100-byte upstream body:
+#   (a) the upstream itself: a separate nginx instance answering `return 200 "<100 bytes>"`
+#   (b) nginx proxy_pass -> upstream, upstream keepalive 64, HTTP/1.1, Connection ""
+#   (c) Caddy reverse_proxy -> upstream (Caddy's defaults; it keeps upstream connections alive)
+#   (d) Portcullis -> upstream, with a valid session cookie (portcullis_session=<token>)
+#   (e) nginx auth_request -> Portcullis /.auth/check (keepalive), then proxy_pass -> upstream
+# It prints requests/s, p50 and p99 latency, req/s relative to (b), and checks the targets
+#   (d) req/s >= 1.0 x nginx proxy_pass, (d) req/s >= 2.5 x Caddy, (d) p99 <= nginx p99
+# as PASS/FAIL lines (informational: the exit status is 0 unless something broke).
+# The session is obtained the real way: POST /.auth/api/login, read the mailed code from the
+# .eml file (email.transport: file), POST /.auth/api/verify with issue_token (bench/get_session.py).
+#
+# scale mode: for each count in BENCH_SCALE_COUNTS (default "1000 1000000") a fresh data_dir is
+# seeded with `portcullis bench-seed --config FILE --count N` (prints one valid token on stdout),
+# then the gateway is started and measured: req/s, p50, p99 with that token, VmRSS/VmHWM from
+# /proc/PID/status. Prints both rows and the ratios (target: within 10%). When the binary has no
+# bench-seed subcommand yet, counts <= BENCH_API_SEED_MAX (default 2000) are created through the
+# HTTP API instead and larger counts are reported as skipped.
+#
+# login mode: wrk POSTs /.auth/api/login with a distinct address per request (u<N>@example.com,
+# bench/login.lua), rate limits raised to 1,000,000, mail via SMTP (security: none) to
+# bench/smtp_sink.py. After the run it waits until the sink has received every mail the gateway
+# accepted (HTTP 200 counted by wrk) and the outbox (/.auth/readyz) is empty, then prints
+# logins/s, mails received/accepted and the time to drain.
+#
+# Environment (defaults):
+#   BENCH_THREADS=2 BENCH_CONNS=64 BENCH_DURATION=10s BENCH_WARMUP=2s   wrk load, every target
+#   BENCH_SKIP_BUILD=0     1: do not run `cargo build --release`
+#   PORTCULLIS_BIN=target/release/portcullis
+#   BENCH_TMP=(mktemp -d)  work dir (configs, logs, data); removed at exit unless BENCH_KEEP=1
+#   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000  BENCH_DRAIN_TIMEOUT=600 (s)
+#
+# Everything (nginx, caddy, portcullis, the SMTP sink) runs as the current user with its own
+# config, pid and log files under the work dir, and is stopped at exit. Missing tools (nginx,
+# caddy, wrk, curl) are installed with apt-get. Portcullis runs with PORTCULLIS_LOG=warn, i.e.
+# its per-request access log is OFF; nginx has access_log off and Caddy logs no requests either.
+# All nginx servers and upstream blocks get keepalive_requests 1000000 so neither wrk's nor the
+# proxy's connections are recycled every 1000 requests (nginx's default), as Caddy and
+# Portcullis do not recycle them either.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+MODE=${1:-proxy}
+
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-64}
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+KEEP=${BENCH_KEEP:-0}
+BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+SCALE_COUNTS=${BENCH_SCALE_COUNTS:-"1000 1000000"}
+API_SEED_MAX=${BENCH_API_SEED_MAX:-2000}
+DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
+
+# A fixed 100-byte body (99 characters and a newline), the same for every target.
+BODY="portcullis-bench upstream: the same small fixed response body for every target in this run."
+while [ ${#BODY} -lt 99 ]; do BODY="$BODY."; done
+
+PIDS=()
+NAMES=()
+TMP=""
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+cleanup() {
+    local rc=$?
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}" "${NAMES[$i]}"
+    done
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        if [ "$rc" -ne 0 ] || [ "$KEEP" = 1 ]; then
+            log "work dir kept: $TMP (logs: $TMP/*.log)"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# stop_pid PID NAME: SIGTERM, wait up to 15 s, then SIGKILL. Only ever our own children.
+stop_pid() {
+    local pid=$1 name=$2 i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name (pid $pid) ignored SIGTERM; killing"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# start_bg NAME CMD...: runs CMD in the background, output in $TMP/NAME.log; sets LAST_PID.
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    NAMES+=("$name")
+}
+
+# stop_named NAME: stops the most recent process started as NAME and forgets it.
+stop_named() {
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        if [ "${NAMES[$i]}" = "$1" ] && [ -n "${PIDS[$i]}" ]; then
+            stop_pid "${PIDS[$i]}" "$1"
+            PIDS[i]=""
+            return 0
+        fi
+    done
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_http URL NAME PID: until URL answers anything over HTTP (20 s), or the process died.
+wait_http() {
+    local url=$1 name=$2 pid=$3 i
+    for ((i = 0; i < 200; i++)); do
+        if curl -s -o /dev/null --max-time 1 "$url"; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$TMP/$name.log" >&2 || true
+            die "$name exited during startup (log above)"
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$TMP/$name.log" >&2 || true
+    die "$name does not answer on $url after 20 s"
+}
+
+ensure_tools() {
+    local missing=() tool
+    for tool in nginx caddy wrk curl python3; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing missing tools with apt-get: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    if ! "${sudo[@]}" apt-get install -y "${missing[@]}"; then
+        "${sudo[@]}" apt-get update
+        "${sudo[@]}" apt-get install -y "${missing[@]}"
+    fi
+    # Debian starts the packaged services on install; stop them, we run our own instances.
+    for tool in nginx caddy; do
+        if [[ " ${missing[*]} " == *" $tool "* ]] && command -v systemctl >/dev/null 2>&1; then
+            "${sudo[@]}" systemctl stop "$tool" 2>/dev/null || true
+        fi
+    done
+}
+
+build() {
+    if [ "$SKIP_BUILD" = 1 ]; then
+        log "BENCH_SKIP_BUILD=1: using $BIN as is"
+    else
+        log "cargo build --release (may wait for the cargo lock)"
+        (cd "$ROOT" && cargo build --release --quiet)
+    fi
+    [ -x "$BIN" ] || die "no portcullis binary at $BIN"
+}
+
+machine_facts() {
+    local cpu
+    cpu=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+    [ -n "$cpu" ] || cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)
+    echo "== machine =="
+    echo "nproc:       $(nproc)"
+    echo "cpu:         ${cpu:-unknown}"
+    echo "kernel:      $(uname -sr)"
+    echo "memory:      $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    echo "load avg:    $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared: compare within one run)"
+    echo "nginx:       $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    echo "caddy:       $(caddy version 2>/dev/null | cut -d' ' -f1)"
+    echo "wrk:         $(wrk -v 2>&1 | head -n1 | cut -d' ' -f2)"
+    echo "portcullis:  $("$BIN" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo "command:     $0 $MODE  (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP)"
+    echo "wrk load:    wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/report.lua URL  (warm-up: -d$WARMUP, discarded)"
+    echo "logging:     Portcullis PORTCULLIS_LOG=warn (access log off); nginx access_log off; Caddy no access log"
+    echo
+}
+
+# ---------------------------------------------------------------- configs
+
+nginx_common() { # nginx_common NAME: main-context lines and http-context temp paths
+    local name=$1
+    mkdir -p "$TMP/nginx-$name"
+    if [ "$(id -u)" -eq 0 ]; then
+        # Workers would otherwise switch to "nobody"; stay the current user as everything else.
+        echo "user $(id -un) $(id -gn);"
+    fi
+    cat <<EOF
+worker_processes auto;
+pid $TMP/nginx-$name/nginx.pid;
+error_log $TMP/nginx-$name/error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+
+nginx_http_common() {
+    local name=$1
+    cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx-$name/client_body;
+    proxy_temp_path $TMP/nginx-$name/proxy;
+    fastcgi_temp_path $TMP/nginx-$name/fastcgi;
+    uwsgi_temp_path $TMP/nginx-$name/uwsgi;
+    scgi_temp_path $TMP/nginx-$name/scgi;
+EOF
+}
+
+# start_nginx NAME CONF: runs nginx in the foreground (daemon off) in the background.
+start_nginx() {
+    local name=$1 conf=$2
+    nginx -t -q -p "$TMP/nginx-$name" -e "$TMP/nginx-$name/error.log" -c "$conf" \
+        || die "nginx config $conf is invalid"
+    start_bg "$name" nginx -p "$TMP/nginx-$name" -e "$TMP/nginx-$name/error.log" -c "$conf" -g 'daemon off;'
+}
+
+start_upstream() {
+    UP_PORT=$(free_port)
+    {
+        nginx_common upstream
+        echo "http {"
+        nginx_http_common upstream
+        cat <<EOF
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / {
+            default_type text/plain;
+            return 200 "$BODY\n";
+        }
+    }
+}
+EOF
+    } >"$TMP/nginx-upstream.conf"
+    start_nginx upstream "$TMP/nginx-upstream.conf"
+    UP_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$UP_PORT/" upstream "$UP_PID"
+    printf '%s\n' "$BODY" >"$TMP/expected-body"
+}
+
+# write_portcullis_config FILE PORT DATA_DIR MAIL_YAML
+write_portcullis_config() {
+    local file=$1 port=$2 data=$3 mail=$4
+    mkdir -p "$data"
+    cat >"$file" <<EOF
+# Generated by bench/proxy.sh
+listen: "127.0.0.1:$port"
+public_url: "http://127.0.0.1:$port"
+data_dir: "$data"
+upstream: "http://127.0.0.1:$UP_PORT"
+access:
+  allowed_domains: ["example.com"]
+login:
+  rate_limit:
+    per_ip_per_minute: 1000000
+    per_email_per_hour: 1000000
+email:
+  from: "Portcullis bench <auth@example.com>"
+$mail
+log_format: text
+EOF
+    "$BIN" check --config "$file" >/dev/null || die "portcullis rejects $file"
+}
+
+# start_portcullis NAME CONFIG PORT: sets PC_PID.
+start_portcullis() {
+    local name=$1 conf=$2 port=$3
+    start_bg "$name" env PORTCULLIS_LOG=warn "$BIN" serve --config "$conf"
+    PC_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$port/.auth/healthz" "$name" "$PC_PID"
+}
+
+# ---------------------------------------------------------------- measuring
+
+declare -A W=()
+
+# parse_bench FILE: the BENCH line of a wrk run into W[...].
+parse_bench() {
+    local line kv
+    line=$(grep '^BENCH ' "$1" | tail -n1) || die "no result line in $1: $(cat "$1")"
+    W=()
+    for kv in ${line#BENCH }; do
+        W[${kv%%=*}]=${kv#*=}
+    done
+}
+
+# check_target LABEL URL [curl args]: one request must answer 200 with the upstream's body.
+check_target() {
+    local label=$1 url=$2
+    shift 2
+    local code
+    code=$(curl -s -o "$TMP/check-body" -w '%{http_code}' "$@" "$url") || die "$label: curl $url failed"
+    [ "$code" = 200 ] || die "$label: $url answered HTTP $code, expected 200: $(head -c 300 "$TMP/check-body")"
+    cmp -s "$TMP/check-body" "$TMP/expected-body" || die "$label: $url did not return the upstream body: $(head -c 300 "$TMP/check-body")"
+}
+
+# run_wrk KEY URL [wrk args]: warm-up, then the measured run; result in W[...] and $TMP/wrk-KEY.txt.
+run_wrk() {
+    local key=$1 url=$2
+    shift 2
+    log "$key: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION $url"
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key-warmup.txt" 2>&1 \
+        || die "$key: wrk warm-up failed: $(cat "$TMP/wrk-$key-warmup.txt")"
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key.txt" 2>&1 \
+        || die "$key: wrk failed: $(cat "$TMP/wrk-$key.txt")"
+    parse_bench "$TMP/wrk-$key.txt"
+    local errs=$((W[err_connect] + W[err_read] + W[err_write] + W[err_status] + W[err_timeout]))
+    W[errors]=$errs
+    if [ "$errs" -gt 0 ]; then
+        log "$key: WARNING $errs errors (connect ${W[err_connect]}, read ${W[err_read]}, write ${W[err_write]}, status>=400 ${W[err_status]}, timeout ${W[err_timeout]})"
+    fi
+    log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}")"
+}
+
+ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# ge A B [FACTOR]: A >= FACTOR*B
+ge() { awk -v a="$1" -v b="$2" -v f="${3:-1}" 'BEGIN { exit !(a >= f * b) }'; }
+pass_fail() { if "$@"; then echo PASS; else echo FAIL; fi; }
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+
+# ---------------------------------------------------------------- modes
+
+mode_proxy() {
+    machine_facts
+    start_upstream
+
+    local ngx_port ngx_auth_port caddy_port pc_port
+    ngx_port=$(free_port)
+    ngx_auth_port=$(free_port)
+    caddy_port=$(free_port)
+    pc_port=$(free_port)
+
+    mkdir -p "$TMP/mail"
+    write_portcullis_config "$TMP/portcullis.yaml" "$pc_port" "$TMP/pc-data" \
+        "  transport: file
+  dir: \"$TMP/mail\""
+    start_portcullis portcullis "$TMP/portcullis.yaml" "$pc_port"
+    log "signing in through the API (mail to $TMP/mail)"
+    local token
+    token=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$pc_port" --mail-dir "$TMP/mail" 2>>"$TMP/get_session.log") \
+        || die "could not obtain a session: $(cat "$TMP/get_session.log")"
+    [ -n "$token" ] || die "empty session token"
+    local cookie="Cookie: portcullis_session=$token"
+
+    {
+        nginx_common proxy
+        echo "http {"
+        nginx_http_common proxy
+        cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream portcullis {
+        server 127.0.0.1:$pc_port;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    # (b) plain reverse proxy
+    server {
+        listen 127.0.0.1:$ngx_port;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    # (e) forward auth: every request asks Portcullis /.auth/check first
+    server {
+        listen 127.0.0.1:$ngx_auth_port;
+        location / {
+            auth_request /_auth;
+            auth_request_set \$auth_email \$upstream_http_x_forwarded_email;
+            proxy_set_header X-Forwarded-Email \$auth_email;
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+            proxy_pass http://backend;
+        }
+        location = /_auth {
+            internal;
+            proxy_pass http://portcullis/.auth/check;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header Cookie \$http_cookie;
+            proxy_set_header X-Original-URI \$request_uri;
+        }
+    }
+}
+EOF
+    } >"$TMP/nginx-proxy.conf"
+    start_nginx nginx-proxy "$TMP/nginx-proxy.conf"
+    local ngx_pid=$LAST_PID
+    wait_http "http://127.0.0.1:$ngx_port/" nginx-proxy "$ngx_pid"
+
+    mkdir -p "$TMP/caddy-data" "$TMP/caddy-config"
+    cat >"$TMP/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+    storage file_system $TMP/caddy-data
+}
+http://127.0.0.1:$caddy_port {
+    reverse_proxy 127.0.0.1:$UP_PORT
+}
+EOF
+    start_bg caddy env XDG_DATA_HOME="$TMP/caddy-data" XDG_CONFIG_HOME="$TMP/caddy-config" HOME="$TMP" \
+        caddy run --config "$TMP/Caddyfile" --adapter caddyfile
+    local caddy_pid=$LAST_PID
+    wait_http "http://127.0.0.1:$caddy_port/" caddy "$caddy_pid"
+
+    local keys=(a b c d e)
+    local -A label urls
+    label[a]="(a) upstream direct (nginx)"
+    label[b]="(b) nginx proxy_pass"
+    label[c]="(c) caddy reverse_proxy"
+    label[d]="(d) portcullis (cookie)"
+    label[e]="(e) nginx auth_request+pc"
+    urls[a]="http://127.0.0.1:$UP_PORT/"
+    urls[b]="http://127.0.0.1:$ngx_port/"
+    urls[c]="http://127.0.0.1:$caddy_port/"
+    urls[d]="http://127.0.0.1:$pc_port/"
+    urls[e]="http://127.0.0.1:$ngx_auth_port/"
+
+    # Every target must serve the upstream's body before it is measured; without the cookie
+    # Portcullis (d, e) must refuse, which shows the cookie is what lets the load through.
+    local k
+    for k in a b c; do check_target "${label[$k]}" "${urls[$k]}"; done
+    for k in d e; do check_target "${label[$k]}" "${urls[$k]}" -H "$cookie"; done
+    for k in d e; do
+        local code
+        code=$(curl -s -o /dev/null -w '%{http_code}' "${urls[$k]}")
+        [ "$code" = 401 ] || die "${label[$k]}: without the cookie expected 401, got $code"
+    done
+
+    local -A rps p50 p99 errs
+    for k in "${keys[@]}"; do
+        if [ "$k" = d ] || [ "$k" = e ]; then
+            run_wrk "$k" "${urls[$k]}" -H "$cookie"
+        else
+            run_wrk "$k" "${urls[$k]}"
+        fi
+        rps[$k]=${W[rps]}
+        p50[$k]=${W[p50_us]}
+        p99[$k]=${W[p99_us]}
+        errs[$k]=${W[errors]}
+    done
+    local pc_rss
+    pc_rss=$(rss_kib "$PC_PID")
+
+    echo "== proxy: same ~100-byte upstream response, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
+    printf '%-30s %11s %9s %9s %10s %7s\n' target "req/s" p50 p99 "vs (b)" errors
+    for k in "${keys[@]}"; do
+        printf '%-30s %11.0f %9s %9s %9sx %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
+            "$(ratio "${rps[$k]}" "${rps[b]}")" "${errs[$k]}"
+    done
+    echo "(access logging off everywhere: PORTCULLIS_LOG=warn, nginx access_log off, Caddy default; portcullis RSS after the runs: $(mib "$pc_rss"))"
+    echo
+    echo "== targets for (d) portcullis =="
+    printf '%-44s %-34s %s\n' "req/s >= 1.0 x nginx proxy_pass" "$(printf '%.0f vs %.0f (%sx)' "${rps[d]}" "${rps[b]}" "$(ratio "${rps[d]}" "${rps[b]}")")" \
+        "$(pass_fail ge "${rps[d]}" "${rps[b]}" 1.0)"
+    printf '%-44s %-34s %s\n' "req/s >= 2.5 x caddy reverse_proxy" "$(printf '%.0f vs %.0f (%sx)' "${rps[d]}" "${rps[c]}" "$(ratio "${rps[d]}" "${rps[c]}")")" \
+        "$(pass_fail ge "${rps[d]}" "${rps[c]}" 2.5)"
+    printf '%-44s %-34s %s\n' "p99 <= nginx proxy_pass p99" "$(ms "${p99[d]}") vs $(ms "${p99[b]}")" \
+        "$(pass_fail ge "${p99[b]}" "${p99[d]}" 1.0)"
+    echo "(informational; raw wrk output: rerun with BENCH_KEEP=1 and see the work dir)"
+}
+
+mode_scale() {
+    machine_facts
+    start_upstream
+    local has_seed=0
+    if "$BIN" bench-seed --help >/dev/null 2>&1; then
+        has_seed=1
+    else
+        log "this portcullis has no 'bench-seed' subcommand: counts <= $API_SEED_MAX use the HTTP API, larger ones are skipped"
+    fi
+
+    local counts=()
+    read -r -a counts <<<"$SCALE_COUNTS"
+    local -A s_rps s_p50 s_p99 s_rss0 s_rss s_hwm s_seed s_db s_how s_errs
+    local n
+    for n in "${counts[@]}"; do
+        local dir="$TMP/scale-$n" port
+        port=$(free_port)
+        mkdir -p "$dir/mail"
+        write_portcullis_config "$dir/portcullis.yaml" "$port" "$dir/data" \
+            "  transport: file
+  dir: \"$dir/mail\""
+        local token="" t0 t1
+        t0=$(date +%s.%N)
+        if [ "$has_seed" = 1 ]; then
+            log "seeding $n sessions: portcullis bench-seed --count $n"
+            token=$("$BIN" bench-seed --config "$dir/portcullis.yaml" --count "$n" 2>"$TMP/seed-$n.log" | tail -n1) \
+                || die "bench-seed failed: $(tail -n 20 "$TMP/seed-$n.log")"
+            s_how[$n]="bench-seed"
+            start_portcullis "pc-$n" "$dir/portcullis.yaml" "$port"
+        elif [ "$n" -le "$API_SEED_MAX" ]; then
+            start_portcullis "pc-$n" "$dir/portcullis.yaml" "$port"
+            log "creating $n sessions through the HTTP API"
+            token=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$port" --mail-dir "$dir/mail" \
+                --count "$n" --prefix s 2>"$TMP/get_session-$n.log") \
+                || die "could not create sessions: $(tail -n 20 "$TMP/get_session-$n.log")"
+            s_how[$n]="HTTP API"
+        else
+            log "skipping $n sessions: needs 'portcullis bench-seed'"
+            s_how[$n]="skipped"
+            continue
+        fi
+        t1=$(date +%s.%N)
+        s_seed[$n]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1fs", b - a }')
+        [ -n "$token" ] || die "no session token for $n sessions"
+        s_db[$n]=$(du -sh "$dir/data" | cut -f1)
+        local url="http://127.0.0.1:$port/" cookie="Cookie: portcullis_session=$token"
+        check_target "portcullis with $n sessions" "$url" -H "$cookie"
+        s_rss0[$n]=$(rss_kib "$PC_PID")
+        run_wrk "scale-$n" "$url" -H "$cookie"
+        s_rps[$n]=${W[rps]}
+        s_p50[$n]=${W[p50_us]}
+        s_p99[$n]=${W[p99_us]}
+        s_errs[$n]=${W[errors]}
+        s_rss[$n]=$(rss_kib "$PC_PID")
+        s_hwm[$n]=$(hwm_kib "$PC_PID")
+        stop_named "pc-$n"
+    done
+
+    echo "== scale: authenticated throughput vs number of stored sessions, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
+    printf '%-10s %-11s %9s %8s %11s %9s %9s %13s %13s %13s %6s\n' sessions created-by "time" "db size" "req/s" p50 p99 "RSS at start" "RSS after" "peak RSS" errors
+    for n in "${counts[@]}"; do
+        if [ "${s_how[$n]}" = skipped ]; then
+            printf '%-10s %-11s %s\n' "$n" skipped "(needs: portcullis bench-seed --config FILE --count N)"
+            continue
+        fi
+        printf '%-10s %-11s %9s %8s %11.0f %9s %9s %13s %13s %13s %6s\n' "$n" "${s_how[$n]}" "${s_seed[$n]}" "${s_db[$n]}" "${s_rps[$n]}" \
+            "$(ms "${s_p50[$n]}")" "$(ms "${s_p99[$n]}")" "$(mib "${s_rss0[$n]}")" "$(mib "${s_rss[$n]}")" "$(mib "${s_hwm[$n]}")" "${s_errs[$n]}"
+    done
+    if [ ${#counts[@]} -ge 2 ]; then
+        local lo=${counts[0]} hi=${counts[${#counts[@]} - 1]}
+        echo
+        if [ "${s_how[$lo]}" = skipped ] || [ "${s_how[$hi]}" = skipped ]; then
+            echo "ratio $hi/$lo: not available (a row was skipped)"
+        else
+            echo "== ratios $hi vs $lo sessions (target: within 10%) =="
+            local r
+            r=$(ratio "${s_rps[$hi]}" "${s_rps[$lo]}")
+            printf '%-30s %6sx  %s\n' "req/s" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r >= 0.9) }')"
+            r=$(ratio "${s_p99[$hi]}" "${s_p99[$lo]}")
+            printf '%-30s %6sx  %s\n' "p99 latency" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r <= 1.1) }')"
+            r=$(ratio "${s_rss[$hi]}" "${s_rss[$lo]}")
+            printf '%-30s %6sx  %s\n' "RSS after the run" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r <= 1.1) }')"
+            echo "(one token is replayed by every connection; the 60 s expiry sweep over all sessions does not fall inside a ${DURATION} run)"
+        fi
+    fi
+}
+
+# readyz_outbox PORT: the outbox length reported by /.auth/readyz.
+readyz_outbox() {
+    curl -s --max-time 10 "http://127.0.0.1:$1/.auth/readyz" | sed -n 's/.*"outbox":\([0-9]*\).*/\1/p'
+}
+
+sink_count() { cat "$TMP/sink.count" 2>/dev/null || echo 0; }
+
+# wait_drain PORT TARGET: until the sink holds TARGET mails and the outbox is empty; sets DRAIN_S.
+wait_drain() {
+    local port=$1 target=$2 t0 now got outbox last_report=0
+    t0=$(date +%s.%N)
+    while true; do
+        got=$(sink_count)
+        outbox=$(readyz_outbox "$port")
+        now=$(date +%s.%N)
+        if [ "$got" -ge "$target" ] && [ "${outbox:-1}" = 0 ]; then
+            break
+        fi
+        if awk -v a="$t0" -v b="$now" -v t="$DRAIN_TIMEOUT" 'BEGIN { exit !(b - a > t) }'; then
+            log "drain timeout after ${DRAIN_TIMEOUT}s: sink $got/$target, outbox ${outbox:-?}"
+            break
+        fi
+        if awk -v a="$t0" -v b="$now" -v l="$last_report" 'BEGIN { exit !(b - a - l >= 5) }'; then
+            last_report=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%d", b - a }')
+            log "draining: sink $got/$target, outbox ${outbox:-?}"
+        fi
+        sleep 0.1
+    done
+    DRAIN_S=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.2f", b - a }')
+}
+
+mode_login() {
+    machine_facts
+    start_upstream
+    local sink_port pc_port
+    sink_port=$(free_port)
+    pc_port=$(free_port)
+    start_bg smtp-sink python3 "$BENCH_DIR/smtp_sink.py" --port "$sink_port" --count-file "$TMP/sink.count"
+    local sink_pid=$LAST_PID i
+    for ((i = 0; i < 100; i++)); do
+        grep -q listening "$TMP/smtp-sink.log" 2>/dev/null && break
+        kill -0 "$sink_pid" 2>/dev/null || die "smtp sink died: $(cat "$TMP/smtp-sink.log")"
+        sleep 0.1
+    done
+    write_portcullis_config "$TMP/portcullis.yaml" "$pc_port" "$TMP/pc-data" \
+        "  transport: smtp
+  smtp:
+    host: 127.0.0.1
+    port: $sink_port
+    security: none
+    timeout: 10s"
+    start_portcullis portcullis "$TMP/portcullis.yaml" "$pc_port"
+    local url="http://127.0.0.1:$pc_port/"
+
+    log "login warm-up $WARMUP (addresses w<N>@example.com), then waiting for its mail to drain"
+    LOGIN_PREFIX=w wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login-warmup.txt" 2>&1 \
+        || die "wrk warm-up failed: $(cat "$TMP/wrk-login-warmup.txt")"
+    parse_bench "$TMP/wrk-login-warmup.txt"
+    wait_drain "$pc_port" "${W[accepted]}"
+    local base
+    base=$(sink_count)
+
+    log "login: wrk -t$THREADS -c$CONNS -d$DURATION POST /.auth/api/login"
+    LOGIN_PREFIX=u wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login.txt" 2>&1 \
+        || die "wrk failed: $(cat "$TMP/wrk-login.txt")"
+    parse_bench "$TMP/wrk-login.txt"
+    local at_end outbox_end
+    at_end=$(($(sink_count) - base))
+    outbox_end=$(readyz_outbox "$pc_port")
+    local accepted=${W[accepted]}
+    wait_drain "$pc_port" $((base + accepted))
+    # Requests still in flight when wrk stopped may have been accepted too: let them land.
+    sleep 1
+    local received=$(($(sink_count) - base))
+    local dur_s logins
+    dur_s=$(awk -v d="${W[duration_us]}" 'BEGIN { printf "%.2f", d / 1e6 }')
+    logins=$(awk -v a="$accepted" -v d="$dur_s" 'BEGIN { printf "%.0f", a / d }')
+
+    echo "== login: POST /.auth/api/login, distinct addresses, mail via SMTP to a local sink, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
+    printf '%-42s %s\n' "logins accepted (HTTP 200) / s" "$logins  ($accepted in ${dur_s}s)"
+    printf '%-42s %s\n' "other answers" "429: ${W[limited]}, other status: ${W[other]}, socket errors: $((W[err_connect] + W[err_read] + W[err_write] + W[err_timeout]))"
+    printf '%-42s %s / %s\n' "login latency p50 / p99" "$(ms "${W[p50_us]}")" "$(ms "${W[p99_us]}")"
+    printf '%-42s %s\n' "mails received during the run" "$at_end (outbox at the end of the run: ${outbox_end:-?})"
+    printf '%-42s %s / %s\n' "mails received / accepted" "$received" "$accepted"
+    printf '%-42s %ss\n' "time to drain after the run" "$DRAIN_S"
+    printf '%-42s %s\n' "mail delivery rate (run + drain)" "$(awk -v n="$received" -v a="$dur_s" -v b="$DRAIN_S" 'BEGIN { printf "%.0f mails/s", n / (a + b) }')"
+    if [ "$received" -lt "$accepted" ]; then
+        echo "WARNING: fewer mails received than sign-ins accepted"
+    fi
+    echo "(received may exceed accepted by requests that were in flight when wrk stopped; access logging off)"
+}
+
+# ---------------------------------------------------------------- main
+
+case "$MODE" in
+    proxy | scale | login) ;;
+    -h | --help | help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown mode '$MODE' (proxy | scale | login)" ;;
+esac
+
+ensure_tools
+build
+TMP=${BENCH_TMP:-$(mktemp -d /tmp/portcullis-bench.XXXXXX)}
+mkdir -p "$TMP"
+log "work dir $TMP"
+"mode_$MODE"
