@@ -45,10 +45,6 @@ impl App {
         clock: Arc<dyn Clock>,
         listeners: Listeners,
     ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
-        if let Some(t) = &config.tls {
-            // Fail at start, not at the first handshake.
-            server::tls::server_config(&t.cert, &t.key)?;
-        }
         let state = Arc::new(AppState::new(config, clock)?);
         Ok(App { state, listeners })
     }

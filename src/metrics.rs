@@ -33,6 +33,7 @@ counters! {
     mail_queued => "Sign-in mails queued.",
     mail_sent => "Sign-in mails delivered to the transport.",
     mail_failed => "Sign-in mails dropped after their challenge expired.",
+    mail_retries => "Failed delivery attempts (retried with backoff).",
     links_opened => "Sign-in link pages opened (GET /.auth/verify).",
     signins => "Successful sign-ins.",
     codes_failed => "Wrong one-time codes.",

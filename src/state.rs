@@ -25,8 +25,11 @@ pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, In
 pub struct AppState {
     config: ArcSwap<Config>,
     pub store: Store,
-    pub mailer: Mailer,
-    pub mail_templates: MailTemplates,
+    /// Rebuilt on reload (SMTP settings, templates).
+    pub mailer: ArcSwap<Mailer>,
+    pub mail_templates: ArcSwap<MailTemplates>,
+    /// The HTTPS listener's rustls config; swapped when the certificate files change.
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub pages: Pages,
     pub clock: Arc<dyn Clock>,
     pub client: UpstreamClient,
@@ -36,6 +39,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the outbox worker when mail is queued.
     pub outbox_wake: Notify,
+    /// Random per-process prefix of request ids.
+    pub instance_id: String,
 }
 
 /// Why the gateway could not start.
@@ -52,8 +57,8 @@ pub enum StartError {
     Mail(String),
     #[error("templates: {0}")]
     Templates(String),
-    #[error("upstream TLS roots: {0}")]
-    Roots(std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl AppState {
@@ -78,12 +83,20 @@ impl AppState {
         )
         .map_err(StartError::Templates)?;
         let pages = Pages::new().map_err(StartError::Templates)?;
+        let tls = match &config.tls {
+            Some(t) => Some(
+                crate::server::tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let client = upstream_client()?;
         Ok(AppState {
             config: ArcSwap::from_pointee(config),
             store,
-            mailer,
-            mail_templates,
+            mailer: ArcSwap::from_pointee(mailer),
+            mail_templates: ArcSwap::from_pointee(mail_templates),
+            tls: arc_swap::ArcSwapOption::new(tls),
             pages,
             clock,
             client,
@@ -91,6 +104,7 @@ impl AppState {
             limiter: RateLimiter::default(),
             metrics: Metrics::default(),
             outbox_wake: Notify::new(),
+            instance_id: crate::crypto::random_bytes(3).iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
 
@@ -99,9 +113,20 @@ impl AppState {
         self.config.load_full()
     }
 
-    /// Replaces the configuration (reload).
-    pub fn set_config(&self, config: Config) {
+    /// Replaces the configuration and what is built from it (reload). Route counters carry over by name.
+    pub fn set_config(&self, mut config: Config) -> Result<(), String> {
+        let templates = MailTemplates::new(config.email.text_template.clone(), config.email.html_template.clone())?;
+        let mailer = Mailer::new(&config.email).map_err(|e| format!("email: {e}"))?;
+        let old = self.config();
+        for r in &mut config.routes {
+            if let Some(o) = old.routes.iter().find(|o| o.name == r.name) {
+                r.stats = o.stats.clone();
+            }
+        }
+        self.mail_templates.store(Arc::new(templates));
+        self.mailer.store(Arc::new(mailer));
         self.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// An email address as logs may show it: `a***@example.com` unless `log_emails` is on.
@@ -129,10 +154,22 @@ fn upstream_client() -> Result<UpstreamClient, StartError> {
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    // System roots (where operators add their private CA); an empty store just fails https upstreams.
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "skipping unreadable system certificate");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(roots = added, "loaded system trust roots for https upstreams");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)
-        .map_err(StartError::Roots)?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);

@@ -99,6 +99,7 @@ fn queue_mail(
     };
     let (text, html) = state
         .mail_templates
+        .load()
         .render(&mail)
         .map_err(AuthError::Internal)?;
     if c.deliverable {
@@ -316,8 +317,16 @@ pub fn redeem_code(
             Modify::Write(c, Err(err))
         }
     })?;
-    if let Err(AuthError::WrongCode(_) | AuthError::Locked) = &result {
-        state.metrics.codes_failed();
+    match &result {
+        Err(AuthError::WrongCode(left)) => {
+            state.metrics.codes_failed();
+            tracing::warn!(target: "portcullis::audit", event = "code_failed", challenge = %challenge_id, attempts_left = left, "wrong sign-in code");
+        }
+        Err(AuthError::Locked) => {
+            state.metrics.codes_failed();
+            tracing::warn!(target: "portcullis::audit", event = "lockout", challenge = %challenge_id, "sign-in request locked after too many wrong codes");
+        }
+        _ => {}
     }
     result
 }

@@ -357,7 +357,7 @@ impl Ctx<'_> {
     async fn readyz(&self) -> Reply {
         let store_ok = self.state.store.flush().await.is_ok();
         let outbox = self.state.store.outbox_len();
-        let mail_ok = outbox < 1000 || self.state.mailer.healthy().await;
+        let mail_ok = outbox < 1000 || self.state.mailer.load_full().healthy().await;
         let status = if store_ok && mail_ok {
             StatusCode::OK
         } else {

@@ -34,6 +34,10 @@ pub struct RawConfig {
     pub log_format: String,
     #[serde(default)]
     pub log_emails: bool,
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// One entry of `routes:`.
@@ -61,6 +65,8 @@ pub struct RawRouteAccess {
     #[serde(default)]
     pub allowed_emails: Option<Vec<String>>,
     #[serde(default)]
+    pub allowed_emails_file: Option<String>,
+    #[serde(default)]
     pub public: bool,
 }
 
@@ -85,6 +91,8 @@ pub struct RawAccess {
     pub allowed_domains: Vec<String>,
     #[serde(default)]
     pub allowed_emails: Vec<String>,
+    #[serde(default)]
+    pub allowed_emails_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

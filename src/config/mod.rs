@@ -184,6 +184,12 @@ pub struct Config {
     pub limits: Limits,
     pub log_format: LogFormat,
     pub log_emails: bool,
+    /// Separate listener for Prometheus metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Canonical addresses that may open `/.auth/admin`.
+    pub admins: HashSet<String>,
+    /// Files whose change triggers a reload (the config itself, allowed_emails_file, templates).
+    pub watched_files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -260,6 +266,7 @@ impl Config {
 #[derive(Default)]
 struct Validator {
     problems: Vec<String>,
+    watched: Vec<PathBuf>,
 }
 
 impl Validator {
@@ -613,6 +620,19 @@ impl Validator {
             shutdown_grace: self.duration("limits.shutdown_grace", &lim.shutdown_grace),
         };
 
+        let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| self.socket_addr("metrics_listen", m));
+        let mut admins = HashSet::new();
+        for (i, a) in raw.admins.iter().enumerate() {
+            match parse_address(a) {
+                Ok(a) => {
+                    admins.insert(a.canonical().to_string());
+                }
+                Err(e) => self.problem(&format!("admins[{i}]"), format!("`{a}`: {e}")),
+            }
+        }
+        let mut watched_files = vec![path.to_path_buf()];
+        watched_files.append(&mut self.watched);
+
         let log_format = match raw.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -650,6 +670,9 @@ impl Validator {
             limits,
             log_format,
             log_emails: raw.log_emails,
+            metrics_listen,
+            admins,
+            watched_files,
         })
     }
 
@@ -748,6 +771,7 @@ impl Validator {
                         allowed_emails: a
                             .allowed_emails
                             .unwrap_or_else(|| global.allowed_emails.iter().cloned().collect()),
+                        allowed_emails_file: a.allowed_emails_file,
                     };
                     (
                         self.access_at(&format!("{key}.access"), raw, a.public),
@@ -804,6 +828,7 @@ impl Validator {
 
     fn template(&mut self, key: &str, path: Option<&str>) -> Option<String> {
         let path = path?;
+        self.watched.push(PathBuf::from(path));
         match std::fs::read_to_string(path) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -836,6 +861,26 @@ impl Validator {
                 Err(e) => {
                     self.problem(&format!("{key}.allowed_emails[{i}]"), format!("`{a}`: {e}"))
                 }
+            }
+        }
+        if let Some(f) = &raw.allowed_emails_file {
+            self.watched.push(PathBuf::from(f));
+            match std::fs::read_to_string(f) {
+                Ok(text) => {
+                    for (n, line) in text.lines().enumerate() {
+                        let line = line.trim();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        match parse_address(line) {
+                            Ok(a) => {
+                                access.allowed_emails.insert(a.canonical().to_string());
+                            }
+                            Err(e) => self.problem(&format!("{key}.allowed_emails_file"), format!("{f} line {}: `{line}`: {e}", n + 1)),
+                        }
+                    }
+                }
+                Err(e) => self.problem(&format!("{key}.allowed_emails_file"), format!("cannot read `{f}`: {e}")),
             }
         }
         if !public && access.allowed_domains.is_empty() && access.allowed_emails.is_empty() {

@@ -35,6 +35,8 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
 /// One pass over the queue: sends what is due, reschedules failures, drops mail for expired challenges.
 pub async fn deliver_due(state: &AppState) -> Result<(), crate::store::StoreError> {
     let now = state.clock.now();
+    let mailer = state.mailer.load_full();
+    let from = state.config().email.from.clone();
     for (id, mut item) in state.store.outbox()? {
         if item.next_attempt_at > now {
             continue;
@@ -45,7 +47,7 @@ pub async fn deliver_due(state: &AppState) -> Result<(), crate::store::StoreErro
             state.metrics.mail_failed();
             continue;
         }
-        match state.mailer.send(&state.config().email.from, &item).await {
+        match mailer.send(&from, &item).await {
             Ok(()) => {
                 state.store.remove_mail(id)?;
                 state.metrics.mail_sent();
@@ -53,6 +55,7 @@ pub async fn deliver_due(state: &AppState) -> Result<(), crate::store::StoreErro
             }
             Err(e) => {
                 item.attempts += 1;
+                state.metrics.mail_retries();
                 item.next_attempt_at = now + backoff(item.attempts);
                 item.last_error = Some(e.to_string());
                 state.store.update_mail(id, &item)?;

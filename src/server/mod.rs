@@ -1,15 +1,19 @@
 //! Listeners and connections: accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 with upgrades, limits, graceful shutdown.
 
+pub mod metrics;
+pub mod reload;
+pub mod systemd;
 pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -17,25 +21,34 @@ use crate::http::router::handle;
 use crate::http::ConnInfo;
 use crate::state::AppState;
 
-/// The bound sockets: plain HTTP and, optionally, HTTPS.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bound sockets: plain HTTP, optionally HTTPS and the metrics endpoint.
 pub struct Listeners {
     pub http: TcpListener,
     pub tls: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
+async fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
 }
 
 impl Listeners {
     /// Binds the addresses of the configuration.
     pub async fn bind(cfg: &crate::config::Config) -> std::io::Result<Listeners> {
-        let http = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", cfg.listen)))?;
+        let http = bind(cfg.listen, "listen").await?;
         let tls = match &cfg.tls {
-            Some(t) => Some(TcpListener::bind(t.listen).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("tls.listen {}: {e}", t.listen))
-            })?),
+            Some(t) => Some(bind(t.listen, "tls.listen").await?),
             None => None,
         };
-        Ok(Listeners { http, tls })
+        let metrics = match cfg.metrics_listen {
+            Some(m) => Some(bind(m, "metrics_listen").await?),
+            None => None,
+        };
+        Ok(Listeners { http, tls, metrics })
     }
 }
 
@@ -50,40 +63,47 @@ fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(250)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
 /// within the grace period, stops the background workers and flushes the store.
-pub async fn run(
-    state: Arc<AppState>,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
     let cfg = state.config();
-    let acceptor = match &cfg.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
-        None => None,
-    };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = vec![
+    let mut workers = vec![
         tokio::spawn(crate::mail::outbox::run(state.clone(), stop_rx.clone())),
         tokio::spawn(crate::store::sweeper::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(reload::run(state.clone(), stop_rx.clone())),
     ];
+    if let Some(m) = listeners.metrics {
+        tracing::info!(listen = %m.local_addr()?, "serving Prometheus metrics on /metrics");
+        workers.push(tokio::spawn(metrics::serve(state.clone(), m, stop_rx.clone())));
+    }
+    if let Some(interval) = systemd::watchdog_interval() {
+        workers.push(tokio::spawn(watchdog(state.clone(), interval, stop_rx.clone())));
+    }
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&cfg));
-    tracing::info!(listen = %listeners.http.local_addr()?, tls = ?listeners.tls.as_ref().and_then(|l| l.local_addr().ok()), public_url = %cfg.public_url, "portcullis is serving");
+    tracing::info!(
+        listen = %listeners.http.local_addr()?,
+        tls = ?listeners.tls.as_ref().and_then(|l| l.local_addr().ok()),
+        public_url = %cfg.public_url,
+        routes = cfg.routes.len(),
+        "portcullis is serving"
+    );
+    systemd::notify("READY=1\nSTATUS=serving");
     tokio::pin!(shutdown);
     loop {
         let (stream, peer, tls) = tokio::select! {
             r = listeners.http.accept() => match r {
                 Ok((s, p)) => (s, p, false),
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue; }
+                Err(e) => { accept_error(e).await; continue; }
             },
             r = accept_opt(listeners.tls.as_ref()) => match r {
                 Ok((s, p)) => (s, p, true),
-                Err(e) => { tracing::warn!(error = %e, "tls accept failed"); tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue; }
+                Err(e) => { accept_error(e).await; continue; }
             },
             _ = &mut shutdown => break,
         };
@@ -96,53 +116,40 @@ pub async fn run(
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        if tls {
-            let Some(acceptor) = acceptor.clone() else {
-                continue;
-            };
-            let timeout = cfg.limits.header_read_timeout;
+        if !tls {
             tokio::spawn(async move {
-                let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "tls handshake timed out");
-                        return;
-                    }
-                };
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(%peer, error = %e, "connection error");
                 }
             });
-        } else {
-            tokio::spawn(async move {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection error");
-                }
-            });
+            continue;
         }
+        let Some(tls_config) = state.tls.load_full() else {
+            continue;
+        };
+        let timeout = state.config().limits.header_read_timeout;
+        tokio::spawn(async move {
+            let Some(tls_stream) = handshake(TlsAcceptor::from(tls_config), stream, timeout).await else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection error");
+            }
+        });
     }
-    drop(listeners);
-    tracing::info!(connections = graceful.count(), grace = ?cfg.limits.shutdown_grace, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(cfg.limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(listeners.http);
+    drop(listeners.tls);
+    systemd::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
+    let grace = state.config().limits.shutdown_grace;
+    tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: finishing in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     let _ = stop_tx.send(true);
     for w in workers {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
     }
     state.store.flush_touches()?;
     state.store.flush().await?;
@@ -150,11 +157,44 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_opt(
-    l: Option<&TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, timeout: Duration) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("tls handshake timed out");
+            None
+        }
+    }
+}
+
+/// Out of file descriptors and similar: log, back off briefly, keep serving.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Pings the systemd watchdog at half its interval while the store answers.
+async fn watchdog(state: Arc<AppState>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval / 2) => {}
+            _ = stop.changed() => return,
+        }
+        if state.store.challenge("watchdog-probe").is_ok() {
+            systemd::notify("WATCHDOG=1");
+        } else {
+            tracing::error!("store does not answer; withholding the watchdog ping");
+        }
     }
 }
