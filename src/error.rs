@@ -50,6 +50,19 @@ pub enum AuthError {
     Internal(String),
 }
 
+/// "this link expired" -> "This link expired." for pages (JSON keeps the plain text).
+fn sentence(s: &str) -> String {
+    let mut c = s.chars();
+    let mut out: String = match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         use AuthError::*;
@@ -121,6 +134,7 @@ impl AuthError {
         self.log();
         let title = match self.status() {
             StatusCode::TOO_MANY_REQUESTS => "Slow down",
+            StatusCode::FORBIDDEN if matches!(self, AuthError::CrossOrigin) => "Request refused",
             StatusCode::FORBIDDEN => "Access denied",
             StatusCode::GONE => "Sign-in link expired",
             StatusCode::INTERNAL_SERVER_ERROR => "Something went wrong",
@@ -128,7 +142,7 @@ impl AuthError {
         };
         let page = state.pages.message(
             title,
-            &self.to_string(),
+            &sentence(&self.to_string()),
             Some(("/.auth/login", "Back to sign-in")),
         );
         self.finish(html(self.status(), page))

@@ -17,7 +17,7 @@ use crate::auth::session::{self, authenticate};
 use crate::config::Config;
 use crate::crypto;
 use crate::error::AuthError;
-use crate::http::response::{html, json, redirect, set_cookie, text, Body};
+use crate::http::response::{html, json, no_referrer, redirect, set_cookie, text, Body};
 use crate::http::router::{login_url, unauthenticated};
 use crate::http::{client_ip, ConnInfo};
 use crate::proxy::forward::request_host;
@@ -94,10 +94,16 @@ pub async fn dispatch(
         }
         _ => Err(AuthError::NotFound),
     };
-    match result {
+    let resp = match result {
         Ok(r) => r,
         Err(e) if wants_json => e.to_json(),
         Err(e) => e.to_page(state),
+    };
+    // The verify URL carries the link token: never let it leak through a Referer.
+    if path == "/.auth/verify" {
+        no_referrer(resp)
+    } else {
+        resp
     }
 }
 
@@ -518,9 +524,10 @@ impl Ctx<'_> {
             let done = challenge::redeem_link(self.state, self.cfg, &token)?;
             return self.finish_html(&done, true).await;
         }
+        let site = self.cfg.public_url.host_str().unwrap_or("this site");
         let page = self.state.pages.render(
             "confirm.html",
-            context! { title => "Confirm sign-in", email => &c.email, token => token },
+            context! { title => "Confirm sign-in", email => &c.email, token => token, host => site },
         );
         Ok(html(StatusCode::OK, page))
     }

@@ -105,10 +105,16 @@ fn checked_redirect(cfg: &Config, input: &str) -> Option<String> {
 /// failing that `Referer` must match. Requests without any of them (non-browsers) pass.
 pub fn same_origin(cfg: &Config, headers: &HeaderMap) -> bool {
     let public = cfg.public_origin();
-    if let Some(o) = headers.get(header::ORIGIN) {
+    let fetch_site = headers.get("sec-fetch-site");
+    // Under a no-referrer policy browsers send `Origin: null` even for same-origin posts;
+    // then `Sec-Fetch-Site` (set by the browser, not by scripts) decides.
+    let origin = headers
+        .get(header::ORIGIN)
+        .filter(|o| o.as_bytes() != b"null" || fetch_site.is_none());
+    if let Some(o) = origin {
         return o.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(&public));
     }
-    if let Some(s) = headers.get("sec-fetch-site") {
+    if let Some(s) = fetch_site {
         return matches!(s.to_str(), Ok("same-origin") | Ok("none"));
     }
     if let Some(r) = headers.get(header::REFERER) {
@@ -216,6 +222,10 @@ mod tests {
         h.insert("origin", "https://evil.com".parse().unwrap());
         assert!(!same_origin(&c, &h));
         h.insert("origin", "null".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+        h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        assert!(same_origin(&c, &h), "no-referrer pages post Origin: null + Sec-Fetch-Site");
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!same_origin(&c, &h));
         let mut h = HeaderMap::new();
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());

@@ -49,6 +49,13 @@ pub fn html(status: StatusCode, page: String) -> Response<Body> {
     r
 }
 
+/// Sends no `Referer` at all from this page (its URL holds a secret).
+pub fn no_referrer(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
 /// A JSON body.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = base(

@@ -244,6 +244,7 @@ fn whoami(state: &AppState, req: &Request<Incoming>, id: Option<&Identity>) -> R
         "whoami.html",
         context! {
             title => "Who am I",
+            wide => true,
             email => id.map_or("(anonymous: public path)", |i| i.email.as_str()),
             headers => headers,
             method => req.method().as_str(),
