@@ -3,9 +3,7 @@
 // Usage (from the repository root, after `cargo build --release`):
 //   npm ci --prefix e2e && node e2e/run.mjs
 // Env: PORTCULLIS_BIN (default target/release/portcullis), CHROMIUM_BIN (default /usr/bin/chromium),
-//      E2E_HEADFUL=1 to watch the browser, E2E_VERBOSE=1 to echo the gateway's log live,
-//      E2E_FIX_ORIGIN_NULL=1 rewrites the browser's `Origin: null` on POSTs to /.auth/ into the real
-//      origin (a diagnostic workaround for a gateway bug; never use it to make CI green).
+//      E2E_HEADFUL=1 to watch the browser, E2E_VERBOSE=1 to echo the gateway's log live.
 
 import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile, access } from 'node:fs/promises';
@@ -232,20 +230,6 @@ async function newPage(browser) {
   const context = await browser.newContext({ viewport: { width: 1000, height: 760 } });
   context.setDefaultTimeout(STEP_TIMEOUT);
   context.setDefaultNavigationTimeout(STEP_TIMEOUT);
-  if (process.env.E2E_FIX_ORIGIN_NULL) {
-    // Chromium will not let route.continue() change Origin, so such a POST is replayed from Node
-    // (route.fetch shares the context's cookie jar) and its answer handed back to the page.
-    await context.route(
-      (u) => u.pathname.startsWith('/.auth/'),
-      async (route) => {
-        const req = route.request();
-        const headers = req.headers();
-        if (req.method() !== 'POST' || headers.origin !== 'null') return route.continue();
-        const response = await route.fetch({ headers: { ...headers, origin: new URL(req.url()).origin }, maxRedirects: 0 });
-        return route.fulfill({ response });
-      },
-    );
-  }
   const page = await context.newPage();
   return { context, page };
 }
@@ -297,9 +281,8 @@ async function submit(page, selector, postPath) {
     throw new Failure(
       `clicking ${selector}: POST ${postPath} answered ${resp.status()}; page says "${text}".\n` +
         `  The browser sent Origin: ${h.origin ?? '(none)'}, Sec-Fetch-Site: ${h['sec-fetch-site'] ?? '(none)'}` +
-        (resp.status() === 403 && h.origin === 'null' && h['sec-fetch-site'] === 'same-origin'
-          ? '\n  => known gateway bug: the same-origin check refuses `Origin: null`, which browsers send on form POSTs' +
-            '\n     from pages served with Referrer-Policy: no-referrer (see e2e/README.md; E2E_FIX_ORIGIN_NULL=1 to look past it)'
+        (resp.status() === 403 && h.origin === 'null'
+          ? '\n  => the same-origin check refused `Origin: null` (sent by browsers under a no-referrer policy)'
           : ''),
     );
   }
@@ -371,7 +354,6 @@ async function main() {
           return b;
         });
 
-        if (process.env.E2E_FIX_ORIGIN_NULL) log('     WARNING: E2E_FIX_ORIGIN_NULL is set: `Origin: null` on POSTs is rewritten');
         const { page } = await newPage(browser);
         activePage = page;
 
