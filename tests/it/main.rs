@@ -1,1 +1,8 @@
-fn main(){}
+//! Portcullis integration tests: a real gateway on loopback with a real SMTP server, a real echo upstream and a real sled store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod api;
+mod flow;
+mod security;
