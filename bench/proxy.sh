@@ -2,7 +2,7 @@
 # bench/proxy.sh: Portcullis throughput/latency benchmark, everything on loopback.
 #
 # Usage:
-#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways
+#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways (~2.5 min)
 #   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
 #   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
 #
@@ -10,10 +10,14 @@
 # after a BENCH_WARMUP run that is thrown away), same ~100-byte upstream body:
 #   (a) the upstream itself: a separate nginx instance answering `return 200 "<100 bytes>"`
 #   (b) nginx proxy_pass -> upstream, upstream keepalive 64, HTTP/1.1, Connection ""
-#   (c) Caddy reverse_proxy -> upstream (Caddy's defaults; it keeps upstream connections alive)
+#   (c) Caddy reverse_proxy -> upstream (Caddy's defaults, which keep upstream connections alive,
+#       but keepalive_idle_conns_per_host 64 instead of 32, to match nginx's `keepalive 64`)
 #   (d) Portcullis -> upstream, with a valid session cookie (portcullis_session=<token>)
 #   (e) nginx auth_request -> Portcullis /.auth/check (keepalive), then proxy_pass -> upstream
-# It prints requests/s, p50 and p99 latency, req/s relative to (b), and checks the targets
+# It prints requests/s, p50 and p99 latency, req/s relative to (b), the CPU time the proxy's own
+# processes spent per request (robust against a busy shared machine), the upstream connections
+# opened during the run (nginx stub_status on the upstream: shows whether the proxy pools them),
+# and checks the targets
 #   (d) req/s >= 1.0 x nginx proxy_pass, (d) req/s >= 2.5 x Caddy, (d) p99 <= nginx p99
 # as PASS/FAIL lines (informational: the exit status is 0 unless something broke).
 # The session is obtained the real way: POST /.auth/api/login, read the mailed code from the
@@ -37,6 +41,11 @@
 #   BENCH_SKIP_BUILD=0     1: do not run `cargo build --release`
 #   PORTCULLIS_BIN=target/release/portcullis
 #   BENCH_TMP=(mktemp -d)  work dir (configs, logs, data); removed at exit unless BENCH_KEEP=1
+#   BENCH_ROUNDS=1         proxy mode: rounds over all targets, each row is the median round
+#   BENCH_DIAG=1           proxy mode: also measure Portcullis' /.auth/healthz and /.auth/check
+#                          directly (no upstream hop) to split its per-request cost; 0 skips them
+#   BENCH_CADDY_IDLE_CONNS=64  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
+#                          64 to match nginx's `keepalive 64`
 #   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000  BENCH_DRAIN_TIMEOUT=600 (s)
 #
 # Everything (nginx, caddy, portcullis, the SMTP sink) runs as the current user with its own
@@ -62,6 +71,9 @@ BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 SCALE_COUNTS=${BENCH_SCALE_COUNTS:-"1000 1000000"}
 API_SEED_MAX=${BENCH_API_SEED_MAX:-2000}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
+ROUNDS=${BENCH_ROUNDS:-1}
+DIAG=${BENCH_DIAG:-1}
+CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-64}
 
 # A fixed 100-byte body (99 characters and a newline), the same for every target.
 BODY="portcullis-bench upstream: the same small fixed response body for every target in this run."
@@ -239,7 +251,7 @@ start_nginx() {
     local name=$1 conf=$2
     nginx -t -q -p "$TMP/nginx-$name" -e "$TMP/nginx-$name/error.log" -c "$conf" \
         || die "nginx config $conf is invalid"
-    start_bg "$name" nginx -p "$TMP/nginx-$name" -e "$TMP/nginx-$name/error.log" -c "$conf" -g 'daemon off;'
+    start_bg "nginx-$name" nginx -p "$TMP/nginx-$name" -e "$TMP/nginx-$name/error.log" -c "$conf" -g 'daemon off;'
 }
 
 start_upstream() {
@@ -255,13 +267,17 @@ start_upstream() {
             default_type text/plain;
             return 200 "$BODY\n";
         }
+        # Connection counters: how many upstream connections each proxy opened during a run.
+        location = /_bench_status {
+            stub_status;
+        }
     }
 }
 EOF
     } >"$TMP/nginx-upstream.conf"
     start_nginx upstream "$TMP/nginx-upstream.conf"
     UP_PID=$LAST_PID
-    wait_http "http://127.0.0.1:$UP_PORT/" upstream "$UP_PID"
+    wait_http "http://127.0.0.1:$UP_PORT/" nginx-upstream "$UP_PID"
     printf '%s\n' "$BODY" >"$TMP/expected-body"
 }
 
@@ -321,22 +337,52 @@ check_target() {
     cmp -s "$TMP/check-body" "$TMP/expected-body" || die "$label: $url did not return the upstream body: $(head -c 300 "$TMP/check-body")"
 }
 
+# proc_ticks PID...: CPU time (clock ticks, user+system) of the given processes and their children.
+proc_ticks() {
+    local total=0 pid p t
+    for pid in "$@"; do
+        for p in "$pid" $(pgrep -P "$pid" || true); do
+            t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+            total=$((total + ${t:-0}))
+        done
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# upstream_accepts: connections the upstream nginx has accepted so far (stub_status), 0 if unknown.
+upstream_accepts() {
+    local n
+    n=$(curl -s --max-time 2 "http://127.0.0.1:$UP_PORT/_bench_status" | awk 'NR == 3 { print $1 }')
+    echo "${n:-0}"
+}
+CPU_PIDS=()
+
 # run_wrk KEY URL [wrk args]: warm-up, then the measured run; result in W[...] and $TMP/wrk-KEY.txt.
+# W[cpu_us] is the CPU time the processes in CPU_PIDS (and their children) spent per request.
 run_wrk() {
     local key=$1 url=$2
     shift 2
-    log "$key: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION $url"
+    log "$key: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION $url (load avg $(cut -d' ' -f1 /proc/loadavg))"
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key-warmup.txt" 2>&1 \
         || die "$key: wrk warm-up failed: $(cat "$TMP/wrk-$key-warmup.txt")"
+    local c0=0 c1=0 a0 a1
+    a0=$(upstream_accepts)
+    [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key.txt" 2>&1 \
         || die "$key: wrk failed: $(cat "$TMP/wrk-$key.txt")"
+    [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
+    a1=$(upstream_accepts)
     parse_bench "$TMP/wrk-$key.txt"
+    W[up_conns]=$((a1 - a0))
     local errs=$((W[err_connect] + W[err_read] + W[err_write] + W[err_status] + W[err_timeout]))
     W[errors]=$errs
+    W[cpu_us]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')
+    W[cpu_pct]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v d="${W[duration_us]}" 'BEGIN { printf "%.0f", t / hz * 1e8 / d }')
     if [ "$errs" -gt 0 ]; then
         log "$key: WARNING $errs errors (connect ${W[err_connect]}, read ${W[err_read]}, write ${W[err_write]}, status>=400 ${W[err_status]}, timeout ${W[err_timeout]})"
     fi
-    log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}")"
+    log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}"), CPU ${W[cpu_pct]}% = ${W[cpu_us]} us/req, upstream conns opened ${W[up_conns]}"
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
@@ -423,11 +469,21 @@ mode_proxy() {
 }
 EOF
     } >"$TMP/nginx-proxy.conf"
-    start_nginx nginx-proxy "$TMP/nginx-proxy.conf"
+    start_nginx proxy "$TMP/nginx-proxy.conf"
     local ngx_pid=$LAST_PID
     wait_http "http://127.0.0.1:$ngx_port/" nginx-proxy "$ngx_pid"
 
     mkdir -p "$TMP/caddy-data" "$TMP/caddy-config"
+    # Caddy keeps 32 idle upstream connections per host by default; nginx gets `keepalive 64`,
+    # so Caddy gets 64 too (BENCH_CADDY_IDLE_CONNS="" keeps Caddy's default).
+    local caddy_transport=""
+    if [ -n "$CADDY_IDLE" ]; then
+        caddy_transport=" {
+        transport http {
+            keepalive_idle_conns_per_host $CADDY_IDLE
+        }
+    }"
+    fi
     cat >"$TMP/Caddyfile" <<EOF
 {
     admin off
@@ -435,7 +491,7 @@ EOF
     storage file_system $TMP/caddy-data
 }
 http://127.0.0.1:$caddy_port {
-    reverse_proxy 127.0.0.1:$UP_PORT
+    reverse_proxy 127.0.0.1:$UP_PORT$caddy_transport
 }
 EOF
     start_bg caddy env XDG_DATA_HOME="$TMP/caddy-data" XDG_CONFIG_HOME="$TMP/caddy-config" HOME="$TMP" \
@@ -444,6 +500,9 @@ EOF
     wait_http "http://127.0.0.1:$caddy_port/" caddy "$caddy_pid"
 
     local keys=(a b c d e)
+    # Diagnostics (not the same response, not compared): Portcullis without the proxy hop.
+    local diag=()
+    [ "$DIAG" = 1 ] && diag=(f g)
     local -A label urls
     label[a]="(a) upstream direct (nginx)"
     label[b]="(b) nginx proxy_pass"
@@ -455,6 +514,10 @@ EOF
     urls[c]="http://127.0.0.1:$caddy_port/"
     urls[d]="http://127.0.0.1:$pc_port/"
     urls[e]="http://127.0.0.1:$ngx_auth_port/"
+    label[f]="(f) pc /.auth/healthz"
+    label[g]="(g) pc /.auth/check (cookie)"
+    urls[f]="http://127.0.0.1:$pc_port/.auth/healthz"
+    urls[g]="http://127.0.0.1:$pc_port/.auth/check"
 
     # Every target must serve the upstream's body before it is measured; without the cookie
     # Portcullis (d, e) must refuse, which shows the cookie is what lets the load through.
@@ -467,28 +530,65 @@ EOF
         [ "$code" = 401 ] || die "${label[$k]}: without the cookie expected 401, got $code"
     done
 
-    local -A rps p50 p99 errs
-    for k in "${keys[@]}"; do
-        if [ "$k" = d ] || [ "$k" = e ]; then
-            run_wrk "$k" "${urls[$k]}" -H "$cookie"
-        else
-            run_wrk "$k" "${urls[$k]}"
-        fi
-        rps[$k]=${W[rps]}
-        p50[$k]=${W[p50_us]}
-        p99[$k]=${W[p99_us]}
-        errs[$k]=${W[errors]}
+    if [ ${#diag[@]} -gt 0 ]; then
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "${urls[f]}")" = 200 ] || die "${urls[f]} does not answer 200"
+        [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "${urls[g]}")" = 200 ] || die "${urls[g]} does not answer 200 with the cookie"
+    fi
+
+    # Whose CPU time counts for each target (the upstream's only for (a); wrk's never).
+    local -A cpu_pids
+    cpu_pids[a]="$UP_PID"
+    cpu_pids[b]="$ngx_pid"
+    cpu_pids[c]="$caddy_pid"
+    cpu_pids[d]="$PC_PID"
+    cpu_pids[e]="$ngx_pid $PC_PID"
+    cpu_pids[f]="$PC_PID"
+    cpu_pids[g]="$PC_PID"
+
+    # BENCH_ROUNDS rounds over all targets (interleaved, so a noisy neighbour hits every target
+    # alike); each target's row is its median round by req/s.
+    local round
+    for ((round = 1; round <= ROUNDS; round++)); do
+        [ "$ROUNDS" -eq 1 ] || log "round $round/$ROUNDS"
+        for k in "${keys[@]}" "${diag[@]}"; do
+            read -r -a CPU_PIDS <<<"${cpu_pids[$k]}"
+            if [ "$k" = d ] || [ "$k" = e ] || [ "$k" = g ]; then
+                run_wrk "$k-$round" "${urls[$k]}" -H "$cookie"
+            else
+                run_wrk "$k-$round" "${urls[$k]}"
+            fi
+            echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[errors]} ${W[cpu_us]} ${W[cpu_pct]} ${W[up_conns]}" >>"$TMP/rounds-$k"
+        done
+    done
+    CPU_PIDS=()
+    local -A rps p50 p99 errs cpu cpupct upc
+    for k in "${keys[@]}" "${diag[@]}"; do
+        read -r "rps[$k]" "p50[$k]" "p99[$k]" "errs[$k]" "cpu[$k]" "cpupct[$k]" "upc[$k]" \
+            <<<"$(sort -g "$TMP/rounds-$k" | sed -n "$(((ROUNDS + 1) / 2))p")"
     done
     local pc_rss
     pc_rss=$(rss_kib "$PC_PID")
 
-    echo "== proxy: same ~100-byte upstream response, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
-    printf '%-30s %11s %9s %9s %10s %7s\n' target "req/s" p50 p99 "vs (b)" errors
+    echo
+    echo "== proxy: same 100-byte upstream response, wrk -t$THREADS -c$CONNS -d$DURATION, rounds $ROUNDS, nproc $(nproc) =="
+    printf '%-30s %9s %9s %9s %8s %11s %6s %9s %7s\n' target "req/s" p50 p99 "vs (b)" "CPU us/req" "CPU%" "up conns" errors
     for k in "${keys[@]}"; do
-        printf '%-30s %11.0f %9s %9s %9sx %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
-            "$(ratio "${rps[$k]}" "${rps[b]}")" "${errs[$k]}"
+        printf '%-30s %9.0f %9s %9s %7sx %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
+            "$(ratio "${rps[$k]}" "${rps[b]}")" "${cpu[$k]}" "${cpupct[$k]}" "${upc[$k]}" "${errs[$k]}"
     done
-    echo "(access logging off everywhere: PORTCULLIS_LOG=warn, nginx access_log off, Caddy default; portcullis RSS after the runs: $(mib "$pc_rss"))"
+    if [ ${#diag[@]} -gt 0 ]; then
+        echo "-- diagnostics: Portcullis alone, no upstream hop (other responses; not compared) --"
+        for k in "${diag[@]}"; do
+            printf '%-30s %9.0f %9s %9s %8s %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
+                "" "${cpu[$k]}" "${cpupct[$k]}" "" "${errs[$k]}"
+        done
+    fi
+    echo "CPU us/req, CPU%: user+system CPU of the proxy's processes only (for (a) the upstream nginx, for (e) nginx + portcullis),"
+    echo "  not the upstream's or wrk's; wrk and the upstream share the same $(nproc) cores, so req/s is bounded by all three."
+    echo "up conns: connections the upstream accepted during the measured run (for (a) wrk's own; for a proxy"
+    echo "  that keeps its upstream connections alive, close to 0)."
+    echo "Access logging off everywhere (PORTCULLIS_LOG=warn, nginx access_log off, Caddy default). Caddy: upstream"
+    echo "  keepalive_idle_conns_per_host ${CADDY_IDLE:-default}. Portcullis RSS after the runs: $(mib "$pc_rss")."
     echo
     echo "== targets for (d) portcullis =="
     printf '%-44s %-34s %s\n' "req/s >= 1.0 x nginx proxy_pass" "$(printf '%.0f vs %.0f (%sx)' "${rps[d]}" "${rps[b]}" "$(ratio "${rps[d]}" "${rps[b]}")")" \
