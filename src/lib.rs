@@ -6,6 +6,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod jwt;
 pub mod mail;
 pub mod metrics;
 pub mod net;

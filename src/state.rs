@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the outbox worker when mail is queued.
     pub outbox_wake: Notify,
+    /// JWT signing keys (always loaded; used when `headers.jwt` is set).
+    pub jwt: ArcSwap<crate::jwt::Keys>,
     /// Random per-process prefix of request ids.
     pub instance_id: String,
 }
@@ -75,7 +77,8 @@ impl AppState {
         })?;
         let secret = store
             .server_secret()
-            .map_err(|err| StartError::Store { dir, err })?;
+            .map_err(|err| StartError::Store { dir: dir.clone(), err })?;
+        let jwt = crate::jwt::load_or_rotate(&store, clock.now()).map_err(|err| StartError::Store { dir: dir.clone(), err })?;
         let mailer = Mailer::new(&config.email).map_err(|e| StartError::Mail(e.to_string()))?;
         let mail_templates = MailTemplates::new(
             config.email.text_template.clone(),
@@ -104,6 +107,7 @@ impl AppState {
             limiter: RateLimiter::default(),
             metrics: Metrics::default(),
             outbox_wake: Notify::new(),
+            jwt: ArcSwap::new(jwt),
             instance_id: crate::crypto::random_bytes(3).iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
@@ -127,6 +131,13 @@ impl AppState {
         self.mailer.store(Arc::new(mailer));
         self.config.store(Arc::new(config));
         Ok(())
+    }
+
+    /// The identity assertion for `email` at `audience` (a host), if `headers.jwt` is configured.
+    pub fn assertion(&self, cfg: &Config, email: &str, audience: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+        let name = cfg.headers.jwt.clone()?;
+        let token = self.jwt.load().assertion(&cfg.public_origin(), email, audience, self.clock.now(), cfg.headers.jwt_ttl.as_secs());
+        Some((name, http::HeaderValue::from_str(&token).ok()?))
     }
 
     /// An email address as logs may show it: `a***@example.com` unless `log_emails` is on.

@@ -27,7 +27,8 @@ use crate::store::Challenge;
 type Reply = Result<Response<Body>, AuthError>;
 
 /// Every `/.auth/` path this gateway answers (for 405 vs 404).
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 15] = [
+    "/.auth/jwks.json",
     "/.auth/healthz",
     "/.auth/login",
     "/.auth/code",
@@ -73,6 +74,7 @@ pub async fn dispatch(
     let result = match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
+        (&Method::GET | &Method::HEAD, "/.auth/jwks.json") => Ok(h.jwks()),
         (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req),
         (&Method::POST, "/.auth/login") => h.login_submit(req).await,
         (&Method::POST, "/.auth/code") => h.code_submit(req).await,
@@ -360,6 +362,14 @@ impl Ctx<'_> {
         }
     }
 
+    /// The public keys upstreams verify `headers.jwt` assertions with (RFC 7517).
+    fn jwks(&self) -> Response<Body> {
+        let mut r = text(StatusCode::OK, self.state.jwt.load().jwks.clone());
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        r
+    }
+
     async fn readyz(&self) -> Reply {
         let store_ok = self.state.store.flush().await.is_ok();
         let outbox = self.state.store.outbox_len();
@@ -608,6 +618,10 @@ impl Ctx<'_> {
                     if let Ok(v) = HeaderValue::from_str(&id.email) {
                         r.headers_mut().insert(name.clone(), v);
                     }
+                }
+                let audience = crate::routing::host_without_port(&orig.host);
+                if let Some((name, value)) = self.state.assertion(self.cfg, &id.email, &audience) {
+                    r.headers_mut().insert(name, value);
                 }
                 Ok(r)
             }

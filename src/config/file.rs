@@ -243,6 +243,10 @@ pub struct RawHeaders {
     pub email: String,
     #[serde(default = "default_user_header")]
     pub user: String,
+    #[serde(default)]
+    pub jwt: Option<String>,
+    #[serde(default = "default_jwt_ttl")]
+    pub jwt_ttl: String,
 }
 
 impl Default for RawHeaders {
@@ -250,6 +254,8 @@ impl Default for RawHeaders {
         Self {
             email: default_email_header(),
             user: default_user_header(),
+            jwt: None,
+            jwt_ttl: default_jwt_ttl(),
         }
     }
 }
@@ -349,6 +355,9 @@ fn default_email_header() -> String {
 }
 fn default_user_header() -> String {
     "X-Forwarded-User".into()
+}
+fn default_jwt_ttl() -> String {
+    "2m".into()
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024

@@ -148,6 +148,9 @@ pub struct EmailConfig {
 pub struct HeadersConfig {
     pub email: HeaderName,
     pub user: HeaderName,
+    /// Signed identity assertion header (off when `None`).
+    pub jwt: Option<HeaderName>,
+    pub jwt_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +237,13 @@ impl Config {
             Some(cfg) if v.problems.is_empty() => Ok(cfg),
             _ => Err(fail(v.problems)),
         }
+    }
+
+    /// The configured identity header names (stripped from client requests).
+    pub fn identity_headers(&self) -> Vec<&HeaderName> {
+        let mut v = vec![&self.headers.email, &self.headers.user];
+        v.extend(self.headers.jwt.as_ref());
+        v
     }
 
     /// Whether an address may receive a sign-in mail: allowed globally or by any route.
@@ -588,6 +598,11 @@ impl Validator {
 
         let email_h = self.header_name("headers.email", &raw.headers.email);
         let user_h = self.header_name("headers.user", &raw.headers.user);
+        let jwt_h = raw.headers.jwt.as_deref().and_then(|j| self.header_name("headers.jwt", j));
+        let jwt_ttl = self.positive_duration("headers.jwt_ttl", &raw.headers.jwt_ttl);
+        if jwt_ttl > Duration::from_secs(300) {
+            self.problem("headers.jwt_ttl", "must be at most 5m: assertions are meant to be short-lived");
+        }
 
         let mut trusted_proxies = Vec::new();
         for (i, c) in raw.trusted_proxies.iter().enumerate() {
@@ -662,10 +677,7 @@ impl Validator {
                 text_template,
                 html_template,
             },
-            headers: HeadersConfig {
-                email: email_h?,
-                user: user_h?,
-            },
+            headers: HeadersConfig { email: email_h?, user: user_h?, jwt: jwt_h, jwt_ttl },
             trusted_proxies,
             limits,
             log_format,

@@ -46,6 +46,7 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// Rewrites the request headers for the upstream. Order matters: hop-by-hop headers (and those
 /// named in `Connection`) go first, then client-sent identity, then our credentials; identity is injected last.
 pub fn prepare(
+    state: &AppState,
     cfg: &Config,
     req: &mut Request<Incoming>,
     id: Option<&Identity>,
@@ -56,7 +57,7 @@ pub fn prepare(
     let trusted = is_trusted(&cfg.trusted_proxies, conn.peer.ip());
     let h = req.headers_mut();
     remove_hop_by_hop(h);
-    strip_identity(h, &[&cfg.headers.email, &cfg.headers.user]);
+    strip_identity(h, &cfg.identity_headers());
     strip_credentials(
         h,
         &cfg.session.cookie_name,
@@ -66,6 +67,10 @@ pub fn prepare(
     if let Some(id) = id {
         inject(h, &cfg.headers.email, &id.email);
         inject(h, &cfg.headers.user, &id.email);
+        let audience = crate::routing::host_without_port(host.as_deref().unwrap_or(""));
+        if let Some((name, value)) = state.assertion(cfg, &id.email, &audience) {
+            h.insert(name, value);
+        }
     }
     if let Some(u) = &upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -129,7 +134,7 @@ pub async fn forward(
     conn: &ConnInfo,
 ) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
-    let upgrade = prepare(cfg, &mut req, id, conn);
+    let upgrade = prepare(state, cfg, &mut req, id, conn);
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => return whoami(state, &req, id),
         Upstream::Http { scheme, authority } => (scheme, authority),

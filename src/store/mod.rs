@@ -155,6 +155,16 @@ impl Store {
         }
     }
 
+    /// A raw value of the `meta` tree.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
+
     /// Atomic read-modify-write of one JSON record with a compare-and-swap loop.
     fn modify<T, R>(
         tree: &sled::Tree,

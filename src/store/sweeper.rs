@@ -25,6 +25,16 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         }
         tick += 1;
         if tick % SWEEP_EVERY == 0 {
+            let current = state.jwt.load().created_at;
+            if current + crate::jwt::ROTATE_AFTER <= state.clock.now() {
+                match crate::jwt::load_or_rotate(&state.store, state.clock.now()) {
+                    Ok(k) => {
+                        tracing::info!("rotated the JWT signing key");
+                        state.jwt.store(k);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot rotate the JWT signing key"),
+                }
+            }
             let st = state.clone();
             let swept = tokio::task::spawn_blocking(move || {
                 let cfg = st.config();
