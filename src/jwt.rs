@@ -51,7 +51,7 @@ pub fn load_or_rotate(store: &Store, now: u64) -> Result<Arc<Keys>, StoreError> 
         })?,
         None => Vec::new(),
     };
-    keys.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
     let mut changed = false;
     if keys.first().is_none_or(|k| k.created_at + ROTATE_AFTER <= now) {
         let seed = crate::crypto::random_bytes(32);
