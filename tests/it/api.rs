@@ -261,7 +261,7 @@ async fn oversized_api_bodies_get_413() {
     assert_eq!(r.error_code(), "payload_too_large");
 
     // Without a Content-Length (chunked) the limit holds as well.
-    let (tx, body) = crate::support::ChannelBody::new();
+    let (tx, body) = crate::support::ChannelBody::pair();
     let send = tokio::spawn(async move {
         let chunk = bytes::Bytes::from(vec![b' '; 4096]);
         for _ in 0..16 {

@@ -4,5 +4,8 @@
 mod support;
 
 mod api;
+mod cli;
+mod durability;
 mod flow;
+mod proxy;
 mod security;

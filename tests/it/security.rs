@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::upstream::echoed;
-use crate::support::{enc, keys, raw_exchange, raw_status, Req, TestGateway, WAIT};
+use crate::support::{enc, keys, raw_exchange, raw_status, Http, Req, TestGateway, WAIT};
 
 fn is_b64url(s: &str) -> bool {
     s.bytes()
@@ -620,24 +620,28 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     let token = gw.sign_in("real@example.com").await;
     let c = gw.http();
     c.set_cookie("portcullis_session", &token);
-    let r = c
-        .send(
-            Req::get("/whoami")
-                .header("X-Forwarded-Email", "admin@example.com")
-                .header("X-Forwarded-Email", "second@example.com")
-                .header("x_forwarded_email", "admin@example.com")
-                .header("X-FORWARDED-USER", "admin")
-                .header("x_forwarded_user", "admin")
-                .header("Remote-User", "admin")
-                .header("remote_user", "admin")
-                .header("X-Auth-Request-Email", "admin@example.com")
-                .header("X-Auth-Request-User", "admin")
-                .header("X-Remote-User", "admin")
-                .header("X-WebAuth-User", "admin")
-                .header("X-Forwarded-Groups", "admins")
-                .header("X-Forwarded-Access-Token", "forged"),
-        )
-        .await;
+    let forged = || {
+        Req::get("/whoami")
+            .header("X-Forwarded-Email", "admin@example.com")
+            .header("X-Forwarded-Email", "second@example.com")
+            .header("x_forwarded_email", "admin@example.com")
+            .header("X-FORWARDED-USER", "admin")
+            .header("x_forwarded_user", "admin")
+            .header("Remote-User", "admin")
+            .header("remote_user", "admin")
+            .header("X-Auth-Request-Email", "admin@example.com")
+            .header("X-Auth-Request-User", "admin")
+            .header("X-Remote-User", "admin")
+            .header("X-WebAuth-User", "admin")
+            .header("X-Forwarded-Groups", "admins")
+            .header("X-Forwarded-Access-Token", "forged")
+    };
+    // Control: sent straight to the upstream, every one of these arrives.
+    let direct = Http::new(&gw.upstream().url).send(forged()).await.json();
+    assert_eq!(echoed(&direct, "x_forwarded_email"), ["admin@example.com"]);
+    assert_eq!(echoed(&direct, "x-forwarded-email").len(), 2);
+    assert_eq!(echoed(&direct, "remote_user"), ["admin"]);
+    let r = c.send(forged()).await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     assert_eq!(echoed(&v, "x-forwarded-email"), ["real@example.com"]);
@@ -698,21 +702,32 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     let token = gw.sign_in("hop@example.com").await;
     let c = gw.http();
     c.set_cookie("portcullis_session", &token);
-    let r = c
-        .send(
-            Req::get("/hop")
-                .header("connection", "keep-alive, X-Secret-Hop")
-                .header("x-secret-hop", "must-not-pass")
-                .header("keep-alive", "timeout=5")
-                .header("te", "trailers")
-                .header("trailer", "X-Foo")
-                .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-                .header("proxy-connection", "keep-alive")
-                .header("upgrade", "h2c")
-                .header("x-normal", "passes"),
-        )
-        .await;
-    let v = r.json();
+    let hop = || {
+        Req::get("/hop")
+            .header("connection", "keep-alive, X-Secret-Hop")
+            .header("x-secret-hop", "must-not-pass")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("trailer", "X-Foo")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("proxy-connection", "keep-alive")
+            .header("upgrade", "h2c")
+            .header("x-normal", "passes")
+    };
+    let direct = Http::new(&gw.upstream().url).send(hop()).await.json();
+    for name in [
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert!(
+            !echoed(&direct, name).is_empty(),
+            "control: the client did not send {name}"
+        );
+    }
+    let v = c.send(hop()).await.json();
     for name in [
         "x-secret-hop",
         "keep-alive",
@@ -1169,26 +1184,48 @@ async fn invalid_framing_is_rejected_and_never_reaches_the_upstream() {
     }
 }
 
+/// A classic smuggling body: the chunked body hides a second request.
+fn smuggling_body() -> String {
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_with_transfer_encoding_is_rejected() {
+async fn conflicting_length_headers_cannot_smuggle_a_request() {
     let gw = TestGateway::builder().echo_upstream().start().await;
     let token = gw.sign_in("smuggle@example.com").await;
-    // A classic CL.TE smuggling attempt: the chunked body hides a second request.
-    let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let body = format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len());
-    let resp = framing_case(
-        &gw,
-        &token,
-        "/cl-te",
-        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n",
-        &body,
-    )
-    .await;
+    for framing in [
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+        "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let _ = framing_case(&gw, &token, "/cl-te", framing, &smuggling_body()).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         gw.upstream().seen_path("/smuggled").is_empty(),
         "request smuggled to the upstream"
     );
+    for s in gw.upstream().seen() {
+        assert!(
+            s.all("content-length").is_empty() || s.all("transfer-encoding").is_empty(),
+            "the upstream got both framings: {s:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_rejected() {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let token = gw.sign_in("smuggle@example.com").await;
+    let resp = framing_case(
+        &gw,
+        &token,
+        "/cl-te",
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+        &smuggling_body(),
+    )
+    .await;
     assert_eq!(raw_status(&resp), Some(400), "{resp:.300}");
     assert!(
         gw.upstream().seen_path("/cl-te").is_empty(),

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use mail::{Mail, Smtp};
-pub use upstream::{Seen, Upstream};
+pub use upstream::Upstream;
 
 /// Generous timeout for anything that should "just happen" (a mail, a response) on a busy machine.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -144,7 +144,6 @@ impl GatewayBuilder {
             system_clock: self.system_clock,
             dir,
             smtp,
-            smtp_port,
             upstream,
             cfg,
             shutdown: None,
@@ -165,7 +164,6 @@ pub struct TestGateway {
     system_clock: bool,
     pub dir: Arc<tempfile::TempDir>,
     pub smtp: Option<Arc<Smtp>>,
-    pub smtp_port: u16,
     pub upstream: Option<Arc<Upstream>>,
     pub cfg: Value,
     shutdown: Option<oneshot::Sender<()>>,
@@ -396,7 +394,6 @@ pub struct Req {
     target: String,
     headers: Vec<(String, String)>,
     body: ReqBody,
-    jar: bool,
 }
 
 fn full_body(b: impl Into<Bytes>) -> ReqBody {
@@ -410,7 +407,6 @@ impl Req {
             target: target.to_string(),
             headers: Vec::new(),
             body: full_body(Bytes::new()),
-            jar: true,
         }
     }
     pub fn get(target: &str) -> Req {
@@ -446,11 +442,6 @@ impl Req {
     pub fn json(self, v: &Value) -> Req {
         self.header("content-type", "application/json")
             .body(serde_json::to_vec(v).unwrap())
-    }
-    /// Do not send the jar's cookies (explicit `cookie` headers still go).
-    pub fn no_jar(mut self) -> Req {
-        self.jar = false;
-        self
     }
 }
 
@@ -547,10 +538,6 @@ impl Http {
         );
     }
 
-    pub fn remove_cookie(&self, name: &str) {
-        self.jar.lock().unwrap().remove(name);
-    }
-
     fn cookie_header(&self, path: &str) -> Option<String> {
         let jar = self.jar.lock().unwrap();
         let mut pairs: Vec<String> = jar
@@ -607,7 +594,7 @@ impl Http {
         for (n, v) in &req.headers {
             b = b.header(n.as_str(), v.as_str());
         }
-        if req.jar && !explicit_cookie {
+        if !explicit_cookie {
             if let Some(c) = self.cookie_header(&path) {
                 b = b.header("cookie", c);
             }
@@ -630,7 +617,7 @@ pub struct ChannelBody {
 }
 
 impl ChannelBody {
-    pub fn new() -> (tokio::sync::mpsc::Sender<Bytes>, ReqBody) {
+    pub fn pair() -> (tokio::sync::mpsc::Sender<Bytes>, ReqBody) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         (tx, ChannelBody { rx }.boxed())
     }

@@ -2,7 +2,6 @@
 //! plus a WebSocket echo (`/ws`), a slow endpoint, and streaming probes.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +50,6 @@ struct Shared {
 }
 
 pub struct Upstream {
-    pub addr: SocketAddr,
     /// `http://127.0.0.1:{port}`
     pub url: String,
     shared: Arc<Shared>,
@@ -86,7 +84,6 @@ impl Upstream {
             }
         });
         Upstream {
-            addr,
             url: format!("http://{addr}"),
             shared,
             task,

@@ -1,0 +1,246 @@
+//! The `portcullis` binary: `check` reports config problems with file and line or key path;
+//! `serve` refuses bad configs, serves, and exits cleanly on SIGTERM with its data intact.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::support::{free_port, Http, Req, Smtp, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn check(path: &Path) -> Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const MIN: &str = "public_url: http://127.0.0.1:8080\nupstream: builtin:whoami\naccess:\n  allowed_domains: [example.com]\n";
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+    let out = check(&example);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("config OK"), "{stdout}");
+}
+
+/// Runs `check` on `text` and returns stderr, asserting exit code 1 and the file name in it.
+fn check_fails(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "gateway.yaml", text);
+    let out = check(&p);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&p.display().to_string()),
+        "file not named: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("config OK"));
+    stderr
+}
+
+#[test]
+fn check_names_the_line_of_an_unknown_key() {
+    let err = check_fails(&format!("{MIN}login:\n  ttl: 10m\n  resend_cooldwn: 5s\n"));
+    assert!(err.contains("line 7"), "{err}");
+    assert!(err.contains("resend_cooldwn"), "{err}");
+}
+
+#[test]
+fn check_names_the_key_of_a_bad_duration() {
+    let err = check_fails(&format!("{MIN}login:\n  ttl: ten minutes\n"));
+    assert!(err.contains("login.ttl"), "{err}");
+    assert!(err.contains("ten minutes"), "{err}");
+}
+
+#[test]
+fn check_names_the_index_of_a_bad_allowed_email() {
+    let err = check_fails(&format!(
+        "{MIN}  allowed_emails: [\"ok@example.org\", \"Bob <bob@example.org>\"]\n"
+    ));
+    assert!(err.contains("access.allowed_emails[1]"), "{err}");
+    assert!(!err.contains("allowed_emails[0]"), "{err}");
+}
+
+#[test]
+fn check_requires_public_url() {
+    let err = check_fails("upstream: builtin:whoami\naccess:\n  allowed_domains: [example.com]\n");
+    assert!(err.contains("public_url"), "{err}");
+    assert!(err.contains("required"), "{err}");
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let err = check_fails(
+        "public_url: ftp://x\nupstream: builtin:whoami\nlogin: { code_length: 2, max_code_attempts: 0 }\naccess: { allowed_domains: [\"bad domain\"] }\n",
+    );
+    for key in [
+        "public_url",
+        "login.code_length",
+        "login.max_code_attempts",
+        "access.allowed_domains[0]",
+    ] {
+        assert!(err.contains(key), "{key} missing: {err}");
+    }
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = check(Path::new("/nonexistent/portcullis.yaml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/portcullis.yaml"));
+}
+
+#[test]
+fn serve_refuses_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = write(
+        dir.path(),
+        "bad.yaml",
+        &format!("listen: 127.0.0.1:{port}\npublic_url: http://127.0.0.1:{port}\nupstream: builtin:whoami\naccess: {{ allowed_domains: [example.com] }}\nsession: {{ ttl: forever }}\n"),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, WAIT).expect("serve kept running with a bad config");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("session.ttl"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "it listens anyway"
+    );
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `portcullis serve` process; killed if the test fails half-way.
+struct Served {
+    child: Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(config: &Path, log: &Path, base: &str) -> Served {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let served = Served { child };
+    let http = Http::new(base);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http.try_send(Req::get("/.auth/healthz")).await {
+            if r.status == StatusCode::OK {
+                return served;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm(s: &mut Served) -> std::process::ExitStatus {
+    let ok = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    wait_exit(&mut s.child, WAIT).expect("serve did not exit after SIGTERM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_cleanly_on_sigterm_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = write(
+        dir.path(),
+        "portcullis.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\npublic_url: {base}\ndata_dir: {}\nupstream: builtin:whoami\naccess:\n  allowed_domains: [example.com]\nemail:\n  transport: smtp\n  smtp: {{ host: 127.0.0.1, port: {}, security: none }}\nlimits:\n  shutdown_grace: 2s\n",
+            dir.path().join("data").display(),
+            smtp.port
+        ),
+    );
+    let log = dir.path().join("serve.log");
+    let mut s = serve(&config, &log, &base).await;
+
+    let http = Http::new(&base);
+    let r = http
+        .send(Req::post("/.auth/api/login").json(&json!({"email": "cli@example.com"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.json()["challenge_id"].clone();
+    let code = smtp.wait_for_mail("cli@example.com", WAIT).await.code();
+    let r = http
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": id, "code": code, "issue_token": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let token = r.json()["session_token"].as_str().unwrap().to_string();
+
+    let status = sigterm(&mut s);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "exit on SIGTERM: {status}\n{logs}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    // Started again on the same data_dir, the session is still there.
+    let mut s = serve(&config, &log, &base).await;
+    let r = Http::new(&base)
+        .send(Req::get("/.auth/api/session").header("authorization", &format!("Bearer {token}")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["email"], "cli@example.com");
+    let status = sigterm(&mut s);
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,346 @@
+//! Forwarding signed-in traffic to a real upstream: requests and responses intact and streamed,
+//! forwarding headers, WebSockets, upstream failures.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::upstream::echoed;
+use crate::support::{free_port, ChannelBody, Http, Req, TestGateway, WAIT};
+
+/// A gateway in front of the echo upstream and a client signed in to it (by cookie).
+async fn signed_in(email: &str) -> (TestGateway, Http, String) {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let token = gw.sign_in(email).await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    (gw, c, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_path_query_body_and_forwarding_headers_arrive() {
+    let (gw, c, _) = signed_in("alice@example.com").await;
+    let r = c
+        .send(
+            Req::new(http::Method::PUT, "/a/b%20c/../d?x=1&y=%2F&x=2")
+                .header("content-type", "text/plain")
+                .header("x-custom", "kept")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "evil.com")
+                .body("hello upstream"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-upstream").as_deref(), Some("echo"));
+    let v = r.json();
+    assert_eq!(v["method"], "PUT");
+    assert_eq!(v["uri"], "/a/b%20c/../d?x=1&y=%2F&x=2");
+    assert_eq!(v["body"], "hello upstream");
+    assert_eq!(echoed(&v, "content-type"), ["text/plain"]);
+    assert_eq!(echoed(&v, "x-custom"), ["kept"]);
+    // The client is not a trusted proxy: its X-Forwarded-* are replaced.
+    assert_eq!(echoed(&v, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed(&v, "x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        echoed(&v, "x-forwarded-host"),
+        [format!("127.0.0.1:{}", gw.port)]
+    );
+    assert_eq!(echoed(&v, "host"), [format!("127.0.0.1:{}", gw.port)]);
+    assert_eq!(echoed(&v, "x-forwarded-email"), ["alice@example.com"]);
+    assert_eq!(echoed(&v, "x-forwarded-user"), ["alice@example.com"]);
+
+    for method in ["GET", "POST", "DELETE", "PATCH", "OPTIONS"] {
+        let r = c
+            .send(
+                Req::new(method.parse().unwrap(), "/m").body(if method == "GET" {
+                    ""
+                } else {
+                    "b"
+                }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{method}");
+        assert_eq!(r.json()["method"], method);
+    }
+    let r = c.send(Req::new(http::Method::HEAD, "/head")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+    assert_eq!(gw.upstream().seen_path("/head")[0].method, "HEAD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_keep_forwarding_headers() {
+    let gw = TestGateway::builder()
+        .echo_upstream()
+        .set("trusted_proxies", serde_json::json!(["127.0.0.1/32"]))
+        .start()
+        .await;
+    let token = gw.sign_in("t@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    let r = c
+        .send(
+            Req::get("/t")
+                .header("x-forwarded-for", "203.0.113.7")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "app.example.com"),
+        )
+        .await;
+    let v = r.json();
+    assert_eq!(echoed(&v, "x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
+    assert_eq!(echoed(&v, "x-forwarded-proto"), ["https"]);
+    assert_eq!(echoed(&v, "x-forwarded-host"), ["app.example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_intact_both_ways() {
+    let (gw, c, _) = signed_in("big@example.com").await;
+    let body: String = (0..3_000_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let r = c.send(Req::post("/upload").body(body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["body_len"], 3_000_000);
+    assert!(
+        v["body"].as_str().unwrap() == body,
+        "request body changed on the way"
+    );
+
+    let r = c.send(Req::get("/bytes/5000000")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 5_000_000);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == b'a' + (i % 26) as u8));
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_streamed_not_buffered() {
+    let (gw, c, _) = signed_in("stream@example.com").await;
+    let (tx, body) = ChannelBody::pair();
+    let req = c.clone();
+    let pending = tokio::spawn(async move { req.send(Req::post("/stream-in").stream(body)).await });
+
+    tx.send(Bytes::from_static(b"part one;")).await.unwrap();
+    // The upstream must see the first part while the client still holds back the second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.upstream().chunks().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first part of the body never reached the upstream: the gateway buffers request bodies"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.upstream().chunks().concat(), b"part one;");
+    tx.send(Bytes::from_static(b"part two")).await.unwrap();
+    drop(tx);
+    let r = pending.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["body"], "part one;part two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_are_streamed_not_buffered() {
+    let (gw, _c, token) = signed_in("drip@example.com").await;
+    // Read the response frame by frame with a raw hyper connection.
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/drip")
+        .header("host", format!("127.0.0.1:{}", gw.port))
+        .header("cookie", format!("portcullis_session={token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("first chunk held back: the gateway buffers response bodies")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, Bytes::from_static(b"first chunk\n"));
+    gw.upstream().release();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second chunk\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_status_and_headers_come_back() {
+    let (_gw, c, _) = signed_in("status@example.com").await;
+    for code in [201u16, 404, 418, 500, 503] {
+        let r = c.send(Req::get(&format!("/status/{code}"))).await;
+        assert_eq!(r.status.as_u16(), code);
+        assert_eq!(r.header("x-upstream-status"), Some(code.to_string()));
+        assert_eq!(r.text(), format!("status {code}"));
+        // The application's own cookies reach the browser.
+        assert_eq!(r.set_cookie("app_cookie").unwrap().value(), "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_works_through_the_gateway() {
+    let (gw, _c, token) = signed_in("ws@example.com").await;
+    let mut req = format!("ws://127.0.0.1:{}/ws", gw.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        format!("portcullis_session={token}").parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("x-forwarded-email", "admin@example.com".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("websocket handshake timed out")
+        .expect("websocket handshake failed");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let hello = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(hello, Message::Text("hello ws@example.com".into()));
+    for i in 0..3 {
+        ws.send(Message::Text(format!("ping {i}"))).await.unwrap();
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m, Message::Text(format!("echo: ping {i}")));
+    }
+    ws.send(Message::Binary(vec![0, 1, 2, 255])).await.unwrap();
+    let m = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, Message::Binary(vec![0, 1, 2, 255]));
+    ws.close(None).await.unwrap();
+    // The upgrade request carried the session-derived identity and no session cookie.
+    let seen = gw.upstream().seen_path("/ws");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("x-forwarded-email"), ["ws@example.com"]);
+    assert!(seen[0].all("cookie").iter().all(|c| !c.contains(&token)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_without_a_session_is_refused() {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let req = format!("ws://127.0.0.1:{}/ws", gw.port)
+        .into_client_request()
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap()
+        .expect_err("websocket opened without a session");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(gw.upstream().seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gives_502() {
+    let port = free_port();
+    let gw = TestGateway::builder()
+        .set("upstream", format!("http://127.0.0.1:{port}"))
+        .start()
+        .await;
+    let token = gw.sign_in("down@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    let r = c.send(Req::get("/api/x")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.error_code(), "upstream_unreachable");
+    let r = c.send(Req::get("/page").navigate()).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text().contains("502"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_gives_504_instead_of_hanging() {
+    let gw = TestGateway::builder()
+        .echo_upstream()
+        .set("limits.upstream_timeout", "1s")
+        .start()
+        .await;
+    let token = gw.sign_in("slow@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    let r = c.send(Req::get("/slow")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.error_code(), "upstream_timeout");
+    let r = c.send(Req::get("/slow").navigate()).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text().contains("504"));
+    // A quick answer right after is fine.
+    let r = c.send(Req::get("/delay/10")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_traffic_is_not_rate_limited_like_sign_ins() {
+    let gw = TestGateway::builder()
+        .echo_upstream()
+        .set("login.rate_limit.per_ip_per_minute", 1)
+        .start()
+        .await;
+    let token = gw.sign_in("busy@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    for i in 0..30 {
+        let r = c.send(Req::get(&format!("/n/{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(gw.upstream().seen().len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_are_all_answered() {
+    let (gw, c, _) = signed_in("many@example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c.send(Req::get(&format!("/c/{i}"))).await;
+            (r.status, r.json()["uri"].as_str().unwrap().to_string())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, uri) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(uri, format!("/c/{i}"));
+    }
+    assert_eq!(gw.upstream().seen().len(), 40);
+}
