@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List or revoke sessions of the running server (through its control socket in data_dir).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
     /// Benchmarks only: write COUNT sessions into the (stopped) gateway's store and print one valid token.
     #[command(hide = true)]
     BenchSeed {
@@ -43,6 +48,80 @@ enum Command {
         #[arg(long, default_value = "bench@example.com")]
         email: String,
     },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// List sessions (all, or one user's).
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Sign a user out everywhere.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        email: String,
+    },
+}
+
+fn sessions_cmd(action: SessionsAction) -> ExitCode {
+    use portcullis::server::control::{call, Command};
+    let (config, cmd) = match action {
+        SessionsAction::List { config, email } => (config, Command { cmd: "list".into(), email }),
+        SessionsAction::Revoke { config, email } => (config, Command { cmd: "revoke".into(), email: Some(email) }),
+    };
+    let cfg = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let reply = match rt.block_on(call(&cfg.data_dir, &cmd)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis sessions: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(err) = reply.get("error").and_then(|e| e.as_str()) {
+        eprintln!("portcullis sessions: {err}");
+        return ExitCode::from(1);
+    }
+    if let Some(n) = reply.get("revoked") {
+        println!("revoked {n} session(s) of {}", reply["email"].as_str().unwrap_or(""));
+        return ExitCode::SUCCESS;
+    }
+    let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
+    println!("{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE", "ID", "EMAIL", "IP", "CREATED", "LAST SEEN");
+    let t = |v: &serde_json::Value| {
+        let secs = v.as_u64().unwrap_or(0);
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    };
+    for s in &sessions {
+        println!(
+            "{:<14} {:<32} {:<16} {:<20} {:<20} {}",
+            s["id"].as_str().unwrap_or(""),
+            s["email"].as_str().unwrap_or(""),
+            s["ip"].as_str().unwrap_or(""),
+            t(&s["created_at"]),
+            t(&s["last_seen"]),
+            portcullis::auth::account::device(s["user_agent"].as_str().unwrap_or("")),
+        );
+    }
+    println!("{} session(s)", sessions.len());
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {
@@ -110,6 +189,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Sessions { action } => sessions_cmd(action),
         Command::BenchSeed {
             config,
             count,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub outbox_wake: Notify,
     /// JWT signing keys (always loaded; used when `headers.jwt` is set).
     pub jwt: ArcSwap<crate::jwt::Keys>,
+    /// Recent security events for the admin page (newest last).
+    pub recent: std::sync::Mutex<std::collections::VecDeque<AuditEvent>>,
     /// Random per-process prefix of request ids.
     pub instance_id: String,
 }
@@ -108,6 +110,7 @@ impl AppState {
             metrics: Metrics::default(),
             outbox_wake: Notify::new(),
             jwt: ArcSwap::new(jwt),
+            recent: Default::default(),
             instance_id: crate::crypto::random_bytes(3).iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
@@ -146,6 +149,37 @@ impl AppState {
             return email.to_string();
         }
         mask_email(email)
+    }
+}
+
+/// One security event (sign-in, failure, lockout, logout, revoke, denial).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEvent {
+    pub at: u64,
+    pub event: &'static str,
+    pub email: String,
+    pub ip: String,
+    pub detail: String,
+}
+
+/// How many recent events the admin page keeps.
+const RECENT_EVENTS: usize = 200;
+
+impl AppState {
+    /// Writes an audit log line (target `portcullis::audit`) and remembers the event for the admin page.
+    pub fn audit(&self, event: &'static str, email: &str, ip: &str, detail: &str) {
+        let shown = self.mask(email);
+        match event {
+            "code_failed" | "lockout" | "denied" | "cross_origin" => {
+                tracing::warn!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event")
+            }
+            _ => tracing::info!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event"),
+        }
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= RECENT_EVENTS {
+            r.pop_front();
+        }
+        r.push_back(AuditEvent { at: self.clock.now(), event, email: email.to_string(), ip: ip.to_string(), detail: detail.to_string() });
     }
 }
 

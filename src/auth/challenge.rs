@@ -284,6 +284,7 @@ pub fn redeem_code(
     cfg: &Config,
     challenge_id: &str,
     code: &str,
+    ip: &str,
 ) -> Result<Challenge, AuthError> {
     if !cfg.login.code {
         return Err(AuthError::BadRequest(
@@ -294,7 +295,9 @@ pub fn redeem_code(
     let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
     let now = state.clock.now();
     let max = cfg.login.max_code_attempts;
+    let mut failed: Option<(String, u32)> = None;
     let result = state.store.modify_challenge(challenge_id, |c| {
+        failed = None;
         let Some(mut c) = c else {
             return Modify::Keep(Err(AuthError::UnknownChallenge));
         };
@@ -309,6 +312,7 @@ pub fn redeem_code(
         } else {
             c.attempts += 1;
             let left = max.saturating_sub(c.attempts);
+            failed = Some((c.email.clone(), left));
             let err = if left == 0 {
                 AuthError::Locked
             } else {
@@ -317,16 +321,10 @@ pub fn redeem_code(
             Modify::Write(c, Err(err))
         }
     })?;
-    match &result {
-        Err(AuthError::WrongCode(left)) => {
-            state.metrics.codes_failed();
-            tracing::warn!(target: "portcullis::audit", event = "code_failed", challenge = %challenge_id, attempts_left = left, "wrong sign-in code");
-        }
-        Err(AuthError::Locked) => {
-            state.metrics.codes_failed();
-            tracing::warn!(target: "portcullis::audit", event = "lockout", challenge = %challenge_id, "sign-in request locked after too many wrong codes");
-        }
-        _ => {}
+    if let Some((email, left)) = failed {
+        state.metrics.codes_failed();
+        let detail = format!("challenge {challenge_id}, {left} attempts left");
+        state.audit(if left == 0 { "lockout" } else { "code_failed" }, &email, ip, &detail);
     }
     result
 }

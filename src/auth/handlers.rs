@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use minijinja::context;
 use serde::Deserialize;
 
+use crate::auth::account;
 use crate::auth::challenge::{self, Requester};
 use crate::auth::policy::{is_navigation, same_origin};
 use crate::auth::session::{self, authenticate};
@@ -27,7 +28,11 @@ use crate::store::Challenge;
 type Reply = Result<Response<Body>, AuthError>;
 
 /// Every `/.auth/` path this gateway answers (for 405 vs 404).
-const KNOWN: [&str; 15] = [
+const KNOWN: [&str; 19] = [
+    "/.auth/sessions",
+    "/.auth/sessions/revoke",
+    "/.auth/admin",
+    "/.auth/admin/revoke",
     "/.auth/jwks.json",
     "/.auth/healthz",
     "/.auth/login",
@@ -75,6 +80,10 @@ pub async fn dispatch(
         (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
         (&Method::GET | &Method::HEAD, "/.auth/jwks.json") => Ok(h.jwks()),
+        (&Method::GET, "/.auth/sessions") => account::sessions_page(state, &cfg, &req),
+        (&Method::POST, "/.auth/sessions/revoke") => account::revoke_own(state, &cfg, req, &who).await,
+        (&Method::GET, "/.auth/admin") => account::admin_page(state, &cfg, &req),
+        (&Method::POST, "/.auth/admin/revoke") => account::admin_revoke(state, &cfg, req, &who).await,
         (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req),
         (&Method::POST, "/.auth/login") => h.login_submit(req).await,
         (&Method::POST, "/.auth/code") => h.code_submit(req).await,
@@ -237,6 +246,11 @@ struct Ctx<'a> {
     who: &'a Requester,
 }
 
+/// One query parameter.
+pub(crate) fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    query(req).remove(name)
+}
+
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
@@ -244,7 +258,7 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 /// Reads a request body up to the configured limit.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Bytes), AuthError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Bytes), AuthError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -266,7 +280,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, B
     }
 }
 
-fn form(body: &[u8]) -> HashMap<String, String> {
+pub(crate) fn form(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
@@ -492,7 +506,7 @@ impl Ctx<'_> {
         let (headers, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
         let c = self.bound_challenge(&headers)?;
         let code = form(&body).remove("code").unwrap_or_default();
-        match challenge::redeem_code(self.state, self.cfg, &c.id, &code) {
+        match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip) {
             Ok(done) => self.finish_html(&done, true).await,
             Err(e @ AuthError::WrongCode(_)) => {
                 Ok(self.render_check(e.status(), &c, Some(e.to_string()), None))
@@ -564,7 +578,7 @@ impl Ctx<'_> {
         )?;
         self.state.store.flush().await?;
         self.state.metrics.signins();
-        tracing::info!(target: "portcullis::audit", event = "sign_in", email = %self.state.mask(&c.email), ip = %self.who.ip, session = %s.id, challenge = %c.id, "signed in");
+        self.state.audit("sign_in", &c.email, &self.who.ip, &format!("session {}", s.id));
         Ok((token, s))
     }
 
@@ -593,7 +607,7 @@ impl Ctx<'_> {
         if let Some(id) = authenticate(self.state, self.cfg, headers, None)? {
             self.state.store.remove_session(&id.token_hash)?;
             self.state.store.flush().await?;
-            tracing::info!(target: "portcullis::audit", event = "logout", email = %self.state.mask(&id.email), ip = %self.who.ip, session = %id.session.id, "signed out");
+            self.state.audit("logout", &id.email, &self.who.ip, &format!("session {}", id.session.id));
         }
         Ok(())
     }
@@ -703,7 +717,7 @@ impl Ctx<'_> {
     async fn api_verify(&self, req: Request<Incoming>) -> Reply {
         let b: ApiVerify = self.api_body(req).await?;
         let done = match (&b.challenge_id, &b.code, &b.link_token) {
-            (Some(id), Some(code), None) => challenge::redeem_code(self.state, self.cfg, id, code)?,
+            (Some(id), Some(code), None) => challenge::redeem_code(self.state, self.cfg, id, code, &self.who.ip)?,
             (None, None, Some(token)) => challenge::redeem_link(self.state, self.cfg, token)?,
             _ => {
                 return Err(AuthError::BadRequest(

@@ -1,5 +1,6 @@
 //! Authentication: addresses, challenges (link + code), sessions, rate limits, redirect policy, endpoints.
 
+pub mod account;
 pub mod address;
 pub mod challenge;
 pub mod handlers;

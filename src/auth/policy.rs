@@ -92,7 +92,8 @@ fn checked_redirect(cfg: &Config, input: &str) -> Option<String> {
         }
         u
     };
-    if url.path().starts_with("/.auth/") {
+    // Gateway endpoints are no place to land after sign-in, except the session pages.
+    if url.path().starts_with("/.auth/") && !matches!(url.path(), "/.auth/sessions" | "/.auth/admin") {
         return None;
     }
     let mut url = url;

@@ -12,7 +12,9 @@ const SITE: &str = "Portcullis";
 impl Pages {
     pub fn new() -> Result<Self, String> {
         let mut env = Environment::new();
-        let pages: [(&str, &str); 6] = [
+        let pages: [(&str, &str); 8] = [
+            ("sessions.html", include_str!("../../templates/pages/sessions.html")),
+            ("admin.html", include_str!("../../templates/pages/admin.html")),
             ("base.html", include_str!("../../templates/pages/base.html")),
             (
                 "login.html",

@@ -1,5 +1,6 @@
 //! Listeners and connections: accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 with upgrades, limits, graceful shutdown.
 
+pub mod control;
 pub mod metrics;
 pub mod reload;
 pub mod systemd;
@@ -80,6 +81,10 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     if let Some(m) = listeners.metrics {
         tracing::info!(listen = %m.local_addr()?, "serving Prometheus metrics on /metrics");
         workers.push(tokio::spawn(metrics::serve(state.clone(), m, stop_rx.clone())));
+    }
+    match control::bind(&cfg.data_dir) {
+        Ok(l) => workers.push(tokio::spawn(control::serve(state.clone(), l, stop_rx.clone()))),
+        Err(e) => tracing::warn!(error = %e, "no control socket; `portcullis sessions` will not reach this server"),
     }
     if let Some(interval) = systemd::watchdog_interval() {
         workers.push(tokio::spawn(watchdog(state.clone(), interval, stop_rx.clone())));

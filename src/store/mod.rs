@@ -82,10 +82,20 @@ pub struct Store {
     challenges: sled::Tree,
     links: sled::Tree,
     sessions: sled::Tree,
+    /// `email \0 token_hash` -> (): a user's sessions without a full scan.
+    sessions_by_email: sled::Tree,
     outbox: sled::Tree,
     meta: sled::Tree,
     /// Pending `last_seen` updates, written in batches by the sweeper (no sled write per request).
     touches: [Mutex<HashMap<[u8; 32], u64>>; SHARDS],
+}
+
+fn email_key(email: &str, hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(email.len() + 33);
+    k.extend_from_slice(email.as_bytes());
+    k.push(0);
+    k.extend_from_slice(hash);
+    k
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -119,6 +129,7 @@ impl Store {
             challenges: db.open_tree("challenges")?,
             links: db.open_tree("links")?,
             sessions: db.open_tree("sessions")?,
+            sessions_by_email: db.open_tree("sessions_by_email")?,
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("meta")?,
             touches: Default::default(),
@@ -259,7 +270,24 @@ impl Store {
 
     pub fn insert_session(&self, token_hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
         self.sessions.insert(token_hash, encode(s))?;
+        self.sessions_by_email.insert(email_key(&s.email, token_hash), &[])?;
         Ok(())
+    }
+
+    /// A user's sessions, via the email index.
+    pub fn sessions_for(&self, email: &str) -> Result<Vec<([u8; 32], Session)>, StoreError> {
+        let mut prefix = email.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for r in self.sessions_by_email.scan_prefix(&prefix) {
+            let (k, _) = r?;
+            let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) else { continue };
+            if let Some(s) = self.session(&hash)? {
+                out.push((hash, s));
+            }
+        }
+        out.sort_by_key(|(_, s)| std::cmp::Reverse(s.created_at));
+        Ok(out)
     }
 
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
@@ -271,7 +299,26 @@ impl Store {
 
     pub fn remove_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
         self.shard(token_hash).remove(token_hash);
-        Ok(self.sessions.remove(token_hash)?.is_some())
+        match self.sessions.remove(token_hash)? {
+            Some(v) => {
+                if let Ok(s) = decode::<Session>("sessions", &v) {
+                    self.sessions_by_email.remove(email_key(&s.email, token_hash))?;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Revokes every session of `email`. Returns how many.
+    pub fn remove_sessions_for(&self, email: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (hash, _) in self.sessions_for(email)? {
+            if self.remove_session(&hash)? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// All sessions with their keys (admin views, sweeping). Skips corrupt records.
@@ -480,6 +527,8 @@ mod tests {
                 },
             )
             .unwrap();
+        assert_eq!(store.sessions_for("a@example.com").unwrap().len(), 2);
+        assert!(store.sessions_for("b@example.com").unwrap().is_empty());
         store.touch_session(&[1; 32], 500);
         assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 0);
         assert_eq!(store.flush_touches().unwrap(), 1);
@@ -487,6 +536,7 @@ mod tests {
         assert_eq!(store.sweep(600, Some(1000)).unwrap(), (0, 1));
         assert_eq!(store.sweep(2000, Some(1000)).unwrap(), (0, 1));
         assert_eq!(store.session_count(), 0);
+        assert!(store.sessions_for("a@example.com").unwrap().is_empty(), "index follows removals");
         store.insert_challenge(&challenge("old")).unwrap();
         assert_eq!(store.sweep(2000, None).unwrap(), (1, 0));
         assert!(store.challenge_for_link(&[7; 32]).unwrap().is_none());
