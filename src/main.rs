@@ -8,6 +8,14 @@ use clap::{Parser, Subcommand};
 use portcullis::config::LogFormat;
 use portcullis::{App, Config, SystemClock};
 
+/// Prints to stdout, ignoring a closed pipe (`portcullis check | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -100,17 +108,17 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
         return ExitCode::from(1);
     }
     if let Some(n) = reply.get("revoked") {
-        println!("revoked {n} session(s) of {}", reply["email"].as_str().unwrap_or(""));
+        out!("revoked {n} session(s) of {}", reply["email"].as_str().unwrap_or(""));
         return ExitCode::SUCCESS;
     }
     let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
-    println!("{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE", "ID", "EMAIL", "IP", "CREATED", "LAST SEEN");
+    out!("{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE", "ID", "EMAIL", "IP", "CREATED", "LAST SEEN");
     let t = |v: &serde_json::Value| {
         let secs = v.as_u64().unwrap_or(0);
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
     };
     for s in &sessions {
-        println!(
+        out!(
             "{:<14} {:<32} {:<16} {:<20} {:<20} {}",
             s["id"].as_str().unwrap_or(""),
             s["email"].as_str().unwrap_or(""),
@@ -120,7 +128,7 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
             portcullis::auth::account::device(s["user_agent"].as_str().unwrap_or("")),
         );
     }
-    println!("{} session(s)", sessions.len());
+    out!("{} session(s)", sessions.len());
     ExitCode::SUCCESS
 }
 
@@ -141,8 +149,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
-                println!("config OK: {}", config.display());
-                println!(
+                out!("config OK: {}", config.display());
+                out!(
                     "  listen        {}{}",
                     cfg.listen,
                     cfg.tls
@@ -150,9 +158,9 @@ fn main() -> ExitCode {
                         .map(|t| format!(" + TLS on {}", t.listen))
                         .unwrap_or_default()
                 );
-                println!("  public_url    {}", cfg.public_url);
-                println!("  data_dir      {}", cfg.data_dir.display());
-                println!(
+                out!("  public_url    {}", cfg.public_url);
+                out!("  data_dir      {}", cfg.data_dir.display());
+                out!(
                     "  sign-in       {} (ttl {:?}), mail via {}",
                     cfg.login.method_name(),
                     cfg.login.ttl,
@@ -180,7 +188,7 @@ fn main() -> ExitCode {
                             format!("{scheme}://{authority}")
                         }
                     };
-                    println!("  route         {} -> {} ({who})", r.name, up);
+                    out!("  route         {} -> {} ({who})", r.name, up);
                 }
                 ExitCode::SUCCESS
             }
@@ -196,7 +204,7 @@ fn main() -> ExitCode {
             email,
         } => match bench_seed(&config, count, &email) {
             Ok(token) => {
-                println!("{token}");
+                out!("{token}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
