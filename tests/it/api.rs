@@ -621,3 +621,45 @@ async fn health_and_unknown_paths() {
     let r = c.send(Req::new(http::Method::DELETE, "/.auth/login")).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resends_send_one_mail() {
+    let gw = TestGateway::builder()
+        .set("login.resend_cooldown", "30s")
+        .start()
+        .await;
+    let v = gw.api_login("twice@example.com").await;
+    gw.mail("twice@example.com").await;
+    gw.clock.advance(30);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let c = gw.http();
+        let body = json!({"challenge_id": v["challenge_id"]});
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            c.send(Req::post("/.auth/api/resend").json(&body))
+                .await
+                .status
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        if s == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    assert_eq!(ok, 1, "resends racing past the cooldown");
+    let second = gw.mail("twice@example.com").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(gw.smtp().mails_to("twice@example.com").len(), 2);
+    let r = gw
+        .http()
+        .send(Req::post("/.auth/api/verify").json(&json!({"link_token": second.token()})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}

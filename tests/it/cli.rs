@@ -244,3 +244,31 @@ async fn serve_exits_cleanly_on_sigterm_and_keeps_its_data() {
     let status = sigterm(&mut s);
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn serve_reports_a_busy_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let p = write(
+        dir.path(),
+        "busy.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\npublic_url: http://127.0.0.1:{port}\ndata_dir: {}\nupstream: builtin:whoami\naccess: {{ allowed_domains: [example.com] }}\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, WAIT).expect("serve kept running on a busy port");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&port.to_string()), "{stderr}");
+    drop(busy);
+}

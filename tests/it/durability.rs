@@ -144,7 +144,20 @@ async fn mail_for_an_expired_sign_in_is_dropped_not_sent() {
     let smtp_port = free_port();
     let gw = TestGateway::builder().smtp_port(smtp_port).start().await;
     gw.api_login("stale@example.com").await;
-    assert_eq!(gw.state().store.outbox_len(), 1);
+    // Wait for the first (failed) attempt, so no delivery pass is in flight with the old time.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let q = gw.state().store.outbox().unwrap();
+        assert_eq!(q.len(), 1);
+        if q[0].1.attempts >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gw.clock.advance(16 * 60);
     let smtp = Smtp::start_on(smtp_port);
     gw.state().outbox_wake.notify_one();
@@ -252,4 +265,31 @@ async fn in_flight_requests_finish_during_a_graceful_stop() {
     let r = pending.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["delayed_ms"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_activity_is_kept_across_a_restart() {
+    let mut gw = TestGateway::builder()
+        .set("session.idle_timeout", "1h")
+        .start()
+        .await;
+    let token = gw.sign_in("busy@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    gw.clock.advance(50 * 60);
+    // Activity now: recorded in memory, written in batches or at shutdown.
+    assert_eq!(
+        c.send(Req::get("/.auth/api/session")).await.status,
+        StatusCode::OK
+    );
+    gw.restart().await;
+    gw.clock.advance(50 * 60);
+    // 100 minutes after sign-in but 50 after the last activity: still signed in.
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    assert_eq!(
+        c.send(Req::get("/.auth/api/session")).await.status,
+        StatusCode::OK,
+        "activity before the restart was lost"
+    );
 }

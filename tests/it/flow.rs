@@ -427,3 +427,42 @@ async fn invalid_email_in_the_form_shows_an_error() {
     assert!(r.set_cookie("portcullis_session_login").is_none());
     assert_eq!(gw.state().store.challenge_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_typed_with_spaces_or_dashes_are_accepted() {
+    let gw = TestGateway::start().await;
+    let b = gw.http();
+    b.send(Req::post("/.auth/login").form(&[("email", "typist@example.com")]))
+        .await;
+    let code = gw.mail("typist@example.com").await.code();
+    let typed = format!(" {}-{} ", &code[..3], &code[3..]);
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &typed)]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{typed:?}: {}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_lifetimes_follow_the_configuration() {
+    let gw = TestGateway::builder()
+        .set("session.ttl", "2d")
+        .set("login.ttl", "10m")
+        .start()
+        .await;
+    let b = gw.http();
+    let r = b
+        .send(Req::post("/.auth/login").form(&[("email", "life@example.com")]))
+        .await;
+    let binding = r.set_cookie("portcullis_session_login").unwrap();
+    let binding_age = binding.max_age().unwrap().whole_seconds();
+    assert!(
+        binding_age >= 600,
+        "binding cookie dies before the code: {binding_age}"
+    );
+    let code = gw.mail("life@example.com").await.code();
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &code)]))
+        .await;
+    let session = r.set_cookie("portcullis_session").unwrap();
+    assert_eq!(session.max_age().unwrap().whole_seconds(), 2 * 86400);
+}

@@ -344,3 +344,63 @@ async fn many_concurrent_requests_are_all_answered() {
     }
     assert_eq!(gw.upstream().seen().len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_choose_the_request_id() {
+    let (_gw, c, _) = signed_in("rid@example.com").await;
+    let v = c
+        .send(Req::get("/rid").header("x-request-id", "forged-id"))
+        .await
+        .json();
+    let ids = echoed(&v, "x-request-id");
+    assert_eq!(ids.len(), 1, "{v}");
+    assert_ne!(ids[0], "forged-id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_forwarded_with_identity() {
+    let (gw, _c, token) = signed_in("h2@example.com").await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::get(gw.url("/h2?x=1"))
+        .header("cookie", format!("portcullis_session={token}"))
+        .header("x-forwarded-email", "admin@example.com")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["uri"], "/h2?x=1");
+    assert_eq!(echoed(&v, "x-forwarded-email"), ["h2@example.com"]);
+    assert_eq!(echoed(&v, "x-forwarded-user"), ["h2@example.com"]);
+    assert_eq!(
+        echoed(&v, "x-forwarded-host"),
+        [format!("127.0.0.1:{}", gw.port)]
+    );
+    assert_eq!(echoed(&v, "host"), [format!("127.0.0.1:{}", gw.port)]);
+    assert!(!v.to_string().contains(&token));
+
+    // Without a session over HTTP/2: the same redirect as over HTTP/1.1.
+    let req = http::Request::get(gw.url("/h2page"))
+        .header("sec-fetch-mode", "navigate")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    assert_eq!(
+        resp.headers()["location"].to_str().unwrap(),
+        format!(
+            "{}/.auth/login?rd={}",
+            gw.base,
+            crate::support::enc(&gw.url("/h2page"))
+        )
+    );
+}

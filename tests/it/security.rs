@@ -1265,3 +1265,190 @@ async fn login_form_with_a_crlf_in_the_rd_keeps_headers_intact() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.set_cookie("evil").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emailed_links_are_built_from_public_url_not_the_host_header() {
+    let gw = TestGateway::start().await;
+    for host in ["evil.com", "127.0.0.1:1", "attacker.example.com"] {
+        let r = gw
+            .http()
+            .send(
+                Req::post("/.auth/api/login")
+                    .header("host", host)
+                    .header("x-forwarded-host", "evil.com")
+                    .json(&json!({"email": "victim@example.com"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let link = gw.mail("victim@example.com").await.link();
+        assert!(
+            link.starts_with(&format!("{}/.auth/verify?token=", gw.base)),
+            "Host {host} changed the mailed link: {link}"
+        );
+    }
+    // The redirect to the login page also points at public_url.
+    let r = gw
+        .http()
+        .send(Req::get("/x").header("host", "evil.com").navigate())
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert!(
+        r.location().starts_with(&gw.url("/.auth/login?rd=")),
+        "{}",
+        r.location()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_details_in_the_mail_are_escaped() {
+    let gw = TestGateway::start().await;
+    let r = gw
+        .http()
+        .send(
+            Req::post("/.auth/api/login")
+                .header(
+                    "user-agent",
+                    "<img src=x onerror=alert(1)><a href=\"https://evil.com\">click</a>",
+                )
+                .json(&json!({"email": "ua@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mail = gw.mail("ua@example.com").await;
+    let html = mail.html();
+    assert!(!html.contains("<img src=x"), "{html}");
+    assert!(!html.contains("<a href=\"https://evil.com\""), "{html}");
+    assert!(html.contains("&lt;img"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_x_forwarded_for_does_not_evade_the_ip_limit() {
+    let gw = TestGateway::builder()
+        .set("login.rate_limit.per_ip_per_minute", 2)
+        .start()
+        .await;
+    let c = gw.http();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = c
+            .send(
+                Req::post("/.auth/api/login")
+                    .header("x-forwarded-for", &format!("10.0.0.{i}"))
+                    .header("x-real-ip", &format!("10.0.1.{i}"))
+                    .json(&json!({"email": format!("s{i}@example.com")})),
+            )
+            .await;
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_clients_are_limited_one_by_one() {
+    let gw = TestGateway::builder()
+        .set("login.rate_limit.per_ip_per_minute", 1)
+        .set("trusted_proxies", json!(["127.0.0.1"]))
+        .start()
+        .await;
+    let c = gw.http();
+    let login = |xff: &'static str, email: &'static str| {
+        let c = c.clone();
+        async move {
+            c.send(
+                Req::post("/.auth/api/login")
+                    .header("x-forwarded-for", xff)
+                    .json(&json!({ "email": email })),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(login("198.51.100.1", "a@example.com").await, StatusCode::OK);
+    assert_eq!(login("198.51.100.2", "b@example.com").await, StatusCode::OK);
+    assert_eq!(
+        login("198.51.100.1", "c@example.com").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A client cannot pick its own bucket by prepending addresses: the nearest untrusted hop counts.
+    assert_eq!(
+        login("203.0.113.9, 198.51.100.1", "d@example.com").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_are_secure_when_public_url_is_https() {
+    let gw = TestGateway::builder().public_https().start().await;
+    let b = gw.http();
+    let r = b
+        .send(Req::post("/.auth/login").form(&[("email", "tls@example.com")]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let binding = r.set_cookie("portcullis_session_login").unwrap();
+    assert_eq!(binding.secure(), Some(true), "{binding}");
+    let mail = gw.mail("tls@example.com").await;
+    assert!(
+        mail.link().starts_with(&format!(
+            "https://127.0.0.1:{}/.auth/verify?token=",
+            gw.port
+        )),
+        "{}",
+        mail.link()
+    );
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &mail.code())]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let session = r.set_cookie("portcullis_session").unwrap();
+    assert_eq!(session.secure(), Some(true), "{session}");
+    assert_eq!(r.location(), format!("https://127.0.0.1:{}/", gw.port));
+    // An https deployment never redirects to http.
+    let b2 = gw.http();
+    b2.send(
+        Req::post("/.auth/login").form(&[("email", "tls2@example.com"), ("rd", &gw.url("/plain"))]),
+    )
+    .await;
+    let code = gw.mail("tls2@example.com").await.code();
+    let r = b2
+        .send(Req::post("/.auth/code").form(&[("code", &code)]))
+        .await;
+    assert_eq!(r.location(), format!("https://127.0.0.1:{}/", gw.port));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_zero_disables_the_idle_check() {
+    let gw = TestGateway::builder()
+        .set("session.idle_timeout", "0")
+        .set("session.ttl", "7d")
+        .start()
+        .await;
+    let token = gw.sign_in("noidle@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    gw.clock.advance(6 * 86400);
+    assert_eq!(
+        c.send(Req::get("/.auth/api/session")).await.status,
+        StatusCode::OK
+    );
+    gw.clock.advance(86400);
+    assert_eq!(
+        c.send(Req::get("/.auth/api/session")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_head_request_does_not_spend_the_link() {
+    let gw = TestGateway::start().await;
+    let b = gw.http();
+    b.send(Req::post("/.auth/login").form(&[("email", "head@example.com")]))
+        .await;
+    let mail = gw.mail("head@example.com").await;
+    // Even from the bound browser, a HEAD (link preview, prefetch) does not sign in.
+    let r = b.send(Req::new(http::Method::HEAD, &mail.link())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookie("portcullis_session").is_none());
+    assert_eq!(gw.state().store.session_count(), 0);
+    let r = b.send(Req::get(&mail.link())).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+}

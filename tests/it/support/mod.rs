@@ -72,6 +72,7 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) {
 pub struct GatewayBuilder {
     cfg: Value,
     system_clock: bool,
+    public_https: bool,
     smtp_port: Option<u16>,
     echo: bool,
 }
@@ -92,6 +93,13 @@ impl GatewayBuilder {
     /// Points SMTP at `port` without starting a server there (mail stays queued).
     pub fn smtp_port(mut self, port: u16) -> Self {
         self.smtp_port = Some(port);
+        self
+    }
+
+    /// Declares an `https://` public_url (the test still talks plain HTTP to the listener,
+    /// as behind a TLS-terminating proxy).
+    pub fn public_https(mut self) -> Self {
+        self.public_https = true;
         self
     }
 
@@ -142,6 +150,7 @@ impl GatewayBuilder {
             state: None,
             clock,
             system_clock: self.system_clock,
+            public_https: self.public_https,
             dir,
             smtp,
             upstream,
@@ -162,6 +171,7 @@ pub struct TestGateway {
     state: Option<Arc<AppState>>,
     pub clock: ManualClock,
     system_clock: bool,
+    public_https: bool,
     pub dir: Arc<tempfile::TempDir>,
     pub smtp: Option<Arc<Smtp>>,
     pub upstream: Option<Arc<Upstream>>,
@@ -187,6 +197,7 @@ impl TestGateway {
                 "log_emails": true,
             }),
             system_clock: false,
+            public_https: false,
             smtp_port: None,
             echo: false,
         }
@@ -210,7 +221,12 @@ impl TestGateway {
             "listen",
             json!(format!("127.0.0.1:{}", self.port)),
         );
-        set_path(&mut self.cfg, "public_url", json!(self.base.clone()));
+        let scheme = if self.public_https { "https" } else { "http" };
+        set_path(
+            &mut self.cfg,
+            "public_url",
+            json!(format!("{scheme}://127.0.0.1:{}", self.port)),
+        );
         let yaml = self.yaml();
         let cfg = portcullis::Config::parse(&yaml, Path::new("test.yaml"))
             .unwrap_or_else(|e| panic!("test config rejected: {e}\n{yaml}"));
