@@ -33,8 +33,9 @@
 # login mode: wrk POSTs /.auth/api/login with a distinct address per request (u<N>@example.com,
 # bench/login.lua), rate limits raised to 1,000,000, mail via SMTP (security: none) to
 # bench/smtp_sink.py. After the run it waits until the sink has received every mail the gateway
-# accepted (HTTP 200 counted by wrk) and the outbox (/.auth/readyz) is empty, then prints
-# logins/s, mails received/accepted and the time to drain.
+# accepted (HTTP 200 counted by wrk; the gateway's portcullis_mail_queued_total also counts the
+# requests in flight when wrk stopped) and the outbox is empty (portcullis_outbox_depth on
+# metrics_listen), then prints logins/s, mails received/accepted and the time to drain.
 #
 # Environment (defaults):
 #   BENCH_THREADS=2 BENCH_CONNS=64 BENCH_DURATION=10s BENCH_WARMUP=2s   wrk load, every target
@@ -46,7 +47,9 @@
 #                          directly (no upstream hop) to split its per-request cost; 0 skips them
 #   BENCH_CADDY_IDLE_CONNS=64  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
 #                          64 to match nginx's `keepalive 64`
-#   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000  BENCH_DRAIN_TIMEOUT=600 (s)
+#   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000
+#   BENCH_DRAIN_TIMEOUT=600 BENCH_DRAIN_STALL=30   login mode: give up waiting for the mail after
+#                          600 s in all, or after 30 s without progress
 #
 # Everything (nginx, caddy, portcullis, the SMTP sink) runs as the current user with its own
 # config, pid and log files under the work dir, and is stopped at exit. Missing tools (nginx,
@@ -71,6 +74,8 @@ BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 SCALE_COUNTS=${BENCH_SCALE_COUNTS:-"1000 1000000"}
 API_SEED_MAX=${BENCH_API_SEED_MAX:-2000}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-600}
+DRAIN_STALL=${BENCH_DRAIN_STALL:-30}
+METRICS_PORT=""
 ROUNDS=${BENCH_ROUNDS:-1}
 DIAG=${BENCH_DIAG:-1}
 CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-64}
@@ -612,7 +617,7 @@ mode_scale() {
 
     local counts=()
     read -r -a counts <<<"$SCALE_COUNTS"
-    local -A s_rps s_p50 s_p99 s_rss0 s_rss s_hwm s_seed s_db s_how s_errs
+    local -A s_rps s_p50 s_p99 s_rss0 s_rss s_hwm s_seed s_start s_db s_how s_errs s_cpu
     local n
     for n in "${counts[@]}"; do
         local dir="$TMP/scale-$n" port
@@ -621,34 +626,44 @@ mode_scale() {
         write_portcullis_config "$dir/portcullis.yaml" "$port" "$dir/data" \
             "  transport: file
   dir: \"$dir/mail\""
-        local token="" t0 t1
+        local token="" t0 t1 t2 seed_from seed_to
         t0=$(date +%s.%N)
         if [ "$has_seed" = 1 ]; then
             log "seeding $n sessions: portcullis bench-seed --count $n"
             token=$("$BIN" bench-seed --config "$dir/portcullis.yaml" --count "$n" 2>"$TMP/seed-$n.log" | tail -n1) \
                 || die "bench-seed failed: $(tail -n 20 "$TMP/seed-$n.log")"
             s_how[$n]="bench-seed"
+            t1=$(date +%s.%N)
             start_portcullis "pc-$n" "$dir/portcullis.yaml" "$port"
+            t2=$(date +%s.%N)
+            seed_from=$t0 seed_to=$t1
+            s_start[$n]=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2fs", b - a }')
         elif [ "$n" -le "$API_SEED_MAX" ]; then
             start_portcullis "pc-$n" "$dir/portcullis.yaml" "$port"
+            t1=$(date +%s.%N)
             log "creating $n sessions through the HTTP API"
             token=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$port" --mail-dir "$dir/mail" \
                 --count "$n" --prefix s 2>"$TMP/get_session-$n.log") \
                 || die "could not create sessions: $(tail -n 20 "$TMP/get_session-$n.log")"
             s_how[$n]="HTTP API"
+            t2=$(date +%s.%N)
+            seed_from=$t1 seed_to=$t2
+            s_start[$n]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2fs", b - a }')
         else
             log "skipping $n sessions: needs 'portcullis bench-seed'"
             s_how[$n]="skipped"
             continue
         fi
-        t1=$(date +%s.%N)
-        s_seed[$n]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1fs", b - a }')
+        s_seed[$n]=$(awk -v a="$seed_from" -v b="$seed_to" 'BEGIN { printf "%.1fs", b - a }')
         [ -n "$token" ] || die "no session token for $n sessions"
         s_db[$n]=$(du -sh "$dir/data" | cut -f1)
         local url="http://127.0.0.1:$port/" cookie="Cookie: portcullis_session=$token"
         check_target "portcullis with $n sessions" "$url" -H "$cookie"
         s_rss0[$n]=$(rss_kib "$PC_PID")
+        CPU_PIDS=("$PC_PID")
         run_wrk "scale-$n" "$url" -H "$cookie"
+        CPU_PIDS=()
+        s_cpu[$n]=${W[cpu_us]}
         s_rps[$n]=${W[rps]}
         s_p50[$n]=${W[p50_us]}
         s_p99[$n]=${W[p99_us]}
@@ -659,14 +674,14 @@ mode_scale() {
     done
 
     echo "== scale: authenticated throughput vs number of stored sessions, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
-    printf '%-10s %-11s %9s %8s %11s %9s %9s %13s %13s %13s %6s\n' sessions created-by "time" "db size" "req/s" p50 p99 "RSS at start" "RSS after" "peak RSS" errors
+    printf '%-10s %-11s %7s %8s %8s %9s %9s %9s %11s %11s %11s %11s %6s\n' sessions created-by "time" startup "db size" "req/s" p50 p99 "CPU us/req" "RSS idle" "RSS after" "peak RSS" errors
     for n in "${counts[@]}"; do
         if [ "${s_how[$n]}" = skipped ]; then
             printf '%-10s %-11s %s\n' "$n" skipped "(needs: portcullis bench-seed --config FILE --count N)"
             continue
         fi
-        printf '%-10s %-11s %9s %8s %11.0f %9s %9s %13s %13s %13s %6s\n' "$n" "${s_how[$n]}" "${s_seed[$n]}" "${s_db[$n]}" "${s_rps[$n]}" \
-            "$(ms "${s_p50[$n]}")" "$(ms "${s_p99[$n]}")" "$(mib "${s_rss0[$n]}")" "$(mib "${s_rss[$n]}")" "$(mib "${s_hwm[$n]}")" "${s_errs[$n]}"
+        printf '%-10s %-11s %7s %8s %8s %9.0f %9s %9s %11s %11s %11s %11s %6s\n' "$n" "${s_how[$n]}" "${s_seed[$n]}" "${s_start[$n]}" "${s_db[$n]}" \
+            "${s_rps[$n]}" "$(ms "${s_p50[$n]}")" "$(ms "${s_p99[$n]}")" "${s_cpu[$n]}" "$(mib "${s_rss0[$n]}")" "$(mib "${s_rss[$n]}")" "$(mib "${s_hwm[$n]}")" "${s_errs[$n]}"
     done
     if [ ${#counts[@]} -ge 2 ]; then
         local lo=${counts[0]} hi=${counts[${#counts[@]} - 1]}
@@ -678,42 +693,62 @@ mode_scale() {
             local r
             r=$(ratio "${s_rps[$hi]}" "${s_rps[$lo]}")
             printf '%-30s %6sx  %s\n' "req/s" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r >= 0.9) }')"
+            r=$(ratio "${s_cpu[$hi]}" "${s_cpu[$lo]}")
+            printf '%-30s %6sx  %s\n' "CPU per request" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r <= 1.1) }')"
             r=$(ratio "${s_p99[$hi]}" "${s_p99[$lo]}")
             printf '%-30s %6sx  %s\n' "p99 latency" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r <= 1.1) }')"
             r=$(ratio "${s_rss[$hi]}" "${s_rss[$lo]}")
             printf '%-30s %6sx  %s\n' "RSS after the run" "$r" "$(pass_fail awk -v r="$r" 'BEGIN { exit !(r <= 1.1) }')"
-            echo "(one token is replayed by every connection; the 60 s expiry sweep over all sessions does not fall inside a ${DURATION} run)"
+            echo "time: bench-seed (or API sign-ins); startup: until /.auth/healthz answers; RSS idle: after one request."
+            echo "(one token is replayed by every connection, so lookups hit one hot path of the tree; the 60 s"
+            echo " expiry sweep over all sessions does not fall inside a ${DURATION} run unless BENCH_DURATION is raised)"
         fi
     fi
 }
 
-# readyz_outbox PORT: the outbox length reported by /.auth/readyz.
-readyz_outbox() {
-    curl -s --max-time 10 "http://127.0.0.1:$1/.auth/readyz" | sed -n 's/.*"outbox":\([0-9]*\).*/\1/p'
-}
-
 sink_count() { cat "$TMP/sink.count" 2>/dev/null || echo 0; }
 
-# wait_drain PORT TARGET: until the sink holds TARGET mails and the outbox is empty; sets DRAIN_S.
+# gateway_metrics: the gateway's Prometheus text (metrics_listen), empty when it does not answer.
+gateway_metrics() { curl -s --max-time 3 "http://127.0.0.1:$METRICS_PORT/metrics" || true; }
+# metric NAME TEXT: one unlabelled value (portcullis_NAME) out of gateway_metrics' output.
+metric() { awk -v n="portcullis_$1" '$1 == n { print $2 }' <<<"$2"; }
+
+# wait_drain TARGET: until the sink holds TARGET mails and the gateway's outbox is empty.
+# Gives up after BENCH_DRAIN_TIMEOUT s, or after BENCH_DRAIN_STALL s without any progress
+# (neither the sink count nor the outbox depth moved). Sets DRAIN_S and DRAIN_OK (1/0).
 wait_drain() {
-    local port=$1 target=$2 t0 now got outbox last_report=0
+    local target=$1 t0 now got outbox m state last_state="" last_change last_report=0 waited
     t0=$(date +%s.%N)
+    last_change=$t0
+    DRAIN_OK=0
     while true; do
         got=$(sink_count)
-        outbox=$(readyz_outbox "$port")
+        m=$(gateway_metrics)
+        outbox=$(metric outbox_depth "$m")
         now=$(date +%s.%N)
-        if [ "$got" -ge "$target" ] && [ "${outbox:-1}" = 0 ]; then
+        if [ "$got" -ge "$target" ] && [ "${outbox:-x}" = 0 ]; then
+            DRAIN_OK=1
             break
         fi
-        if awk -v a="$t0" -v b="$now" -v t="$DRAIN_TIMEOUT" 'BEGIN { exit !(b - a > t) }'; then
-            log "drain timeout after ${DRAIN_TIMEOUT}s: sink $got/$target, outbox ${outbox:-?}"
+        state="$got/${outbox:-?}"
+        if [ "$state" != "$last_state" ]; then
+            last_state=$state
+            last_change=$now
+        fi
+        waited=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%d", b - a }')
+        if [ "$waited" -ge "$DRAIN_TIMEOUT" ]; then
+            log "drain: giving up after ${DRAIN_TIMEOUT}s: sink $got/$target, outbox ${outbox:-? (metrics do not answer)}"
             break
         fi
-        if awk -v a="$t0" -v b="$now" -v l="$last_report" 'BEGIN { exit !(b - a - l >= 5) }'; then
-            last_report=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%d", b - a }')
+        if awk -v a="$last_change" -v b="$now" -v t="$DRAIN_STALL" 'BEGIN { exit !(b - a > t) }'; then
+            log "drain: no progress for ${DRAIN_STALL}s: sink $got/$target, outbox ${outbox:-? (metrics do not answer)}; giving up"
+            break
+        fi
+        if [ $((waited - last_report)) -ge 5 ]; then
+            last_report=$waited
             log "draining: sink $got/$target, outbox ${outbox:-?}"
         fi
-        sleep 0.1
+        sleep 0.25
     done
     DRAIN_S=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.2f", b - a }')
 }
@@ -724,6 +759,7 @@ mode_login() {
     local sink_port pc_port
     sink_port=$(free_port)
     pc_port=$(free_port)
+    METRICS_PORT=$(free_port)
     start_bg smtp-sink python3 "$BENCH_DIR/smtp_sink.py" --port "$sink_port" --count-file "$TMP/sink.count"
     local sink_pid=$LAST_PID i
     for ((i = 0; i < 100; i++)); do
@@ -737,46 +773,73 @@ mode_login() {
     host: 127.0.0.1
     port: $sink_port
     security: none
-    timeout: 10s"
+    timeout: 10s
+metrics_listen: \"127.0.0.1:$METRICS_PORT\""
     start_portcullis portcullis "$TMP/portcullis.yaml" "$pc_port"
     local url="http://127.0.0.1:$pc_port/"
+    [ -n "$(metric outbox_depth "$(gateway_metrics)")" ] || die "no portcullis_outbox_depth on http://127.0.0.1:$METRICS_PORT/metrics"
 
     log "login warm-up $WARMUP (addresses w<N>@example.com), then waiting for its mail to drain"
     LOGIN_PREFIX=w wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login-warmup.txt" 2>&1 \
         || die "wrk warm-up failed: $(cat "$TMP/wrk-login-warmup.txt")"
     parse_bench "$TMP/wrk-login-warmup.txt"
-    wait_drain "$pc_port" "${W[accepted]}"
-    local base
+    log "warm-up: ${W[accepted]} accepted, ${W[err_timeout]} timeouts"
+    local m0
+    m0=$(gateway_metrics)
+    wait_drain "$(metric mail_queued_total "$m0")"
+    [ "$DRAIN_OK" = 1 ] || log "WARNING: the warm-up's mail did not drain; measuring anyway"
+    local base q0 s0
     base=$(sink_count)
+    m0=$(gateway_metrics)
+    q0=$(metric mail_queued_total "$m0")
+    s0=$(metric mail_sent_total "$m0")
 
-    log "login: wrk -t$THREADS -c$CONNS -d$DURATION POST /.auth/api/login"
+    log "login: wrk -t$THREADS -c$CONNS -d$DURATION POST /.auth/api/login (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    local c0 c1
+    c0=$(proc_ticks "$PC_PID")
     LOGIN_PREFIX=u wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login.txt" 2>&1 \
         || die "wrk failed: $(cat "$TMP/wrk-login.txt")"
+    c1=$(proc_ticks "$PC_PID")
     parse_bench "$TMP/wrk-login.txt"
-    local at_end outbox_end
+    local at_end m1 outbox_end queued accepted=${W[accepted]}
     at_end=$(($(sink_count) - base))
-    outbox_end=$(readyz_outbox "$pc_port")
-    local accepted=${W[accepted]}
-    wait_drain "$pc_port" $((base + accepted))
-    # Requests still in flight when wrk stopped may have been accepted too: let them land.
-    sleep 1
-    local received=$(($(sink_count) - base))
-    local dur_s logins
+    m1=$(gateway_metrics)
+    outbox_end=$(metric outbox_depth "$m1")
+    # The gateway's own count also includes requests still in flight when wrk stopped.
+    queued=$(($(metric mail_queued_total "$m1") - q0))
+    wait_drain $((base + (queued > accepted ? queued : accepted)))
+    local received=$(($(sink_count) - base)) m2 sent retries
+    m2=$(gateway_metrics)
+    sent=$(($(metric mail_sent_total "$m2") - s0))
+    retries=$(metric mail_retries_total "$m2")
+    local dur_s
     dur_s=$(awk -v d="${W[duration_us]}" 'BEGIN { printf "%.2f", d / 1e6 }')
-    logins=$(awk -v a="$accepted" -v d="$dur_s" 'BEGIN { printf "%.0f", a / d }')
 
+    echo
     echo "== login: POST /.auth/api/login, distinct addresses, mail via SMTP to a local sink, wrk -t$THREADS -c$CONNS -d$DURATION, nproc $(nproc) =="
-    printf '%-42s %s\n' "logins accepted (HTTP 200) / s" "$logins  ($accepted in ${dur_s}s)"
-    printf '%-42s %s\n' "other answers" "429: ${W[limited]}, other status: ${W[other]}, socket errors: $((W[err_connect] + W[err_read] + W[err_write] + W[err_timeout]))"
-    printf '%-42s %s / %s\n' "login latency p50 / p99" "$(ms "${W[p50_us]}")" "$(ms "${W[p99_us]}")"
-    printf '%-42s %s\n' "mails received during the run" "$at_end (outbox at the end of the run: ${outbox_end:-?})"
-    printf '%-42s %s / %s\n' "mails received / accepted" "$received" "$accepted"
-    printf '%-42s %ss\n' "time to drain after the run" "$DRAIN_S"
-    printf '%-42s %s\n' "mail delivery rate (run + drain)" "$(awk -v n="$received" -v a="$dur_s" -v b="$DRAIN_S" 'BEGIN { printf "%.0f mails/s", n / (a + b) }')"
-    if [ "$received" -lt "$accepted" ]; then
-        echo "WARNING: fewer mails received than sign-ins accepted"
+    printf '%-40s %s\n' "logins/s (HTTP 200)" "$(awk -v a="$accepted" -v d="$dur_s" 'BEGIN { printf "%.0f", a / d }')  ($accepted accepted in ${dur_s}s)"
+    printf '%-40s %s\n' "other answers" "429: ${W[limited]}, other status: ${W[other]}, timeouts: ${W[err_timeout]}, socket errors: $((W[err_connect] + W[err_read] + W[err_write]))"
+    printf '%-40s %s / %s\n' "login latency p50 / p99" "$(ms "${W[p50_us]}")" "$(ms "${W[p99_us]}")"
+    printf '%-40s %s\n' "gateway CPU per login" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.0f us", t / hz * 1e6 / n; else print "n/a" }')"
+    printf '%-40s %s\n' "mails queued by the gateway" "$queued (HTTP 200 seen by wrk: $accepted; the rest were in flight at the end)"
+    printf '%-40s %s\n' "mails received during the run" "$at_end (outbox at the end of the run: ${outbox_end:-?})"
+    printf '%-40s %s / %s   (sent per gateway metrics: %s, delivery retries: %s)\n' "mails received / accepted" "$received" "$accepted" "$sent" "${retries:-?}"
+    if [ "$DRAIN_OK" = 1 ]; then
+        printf '%-40s %ss\n' "time to drain after the run" "$DRAIN_S"
+    else
+        printf '%-40s %s\n' "time to drain after the run" "DID NOT DRAIN (gave up after ${DRAIN_S}s)"
     fi
-    echo "(received may exceed accepted by requests that were in flight when wrk stopped; access logging off)"
+    printf '%-40s %s\n' "mail delivery rate (run + drain)" "$(awk -v n="$received" -v a="$dur_s" -v b="$DRAIN_S" 'BEGIN { printf "%.0f mails/s", n / (a + b) }')"
+    if [ "$received" -lt "$accepted" ]; then
+        echo "WARNING: fewer mails received ($received) than sign-ins accepted ($accepted)"
+    fi
+    if [ "${W[err_timeout]}" -gt 0 ] || [ "$DRAIN_OK" != 1 ]; then
+        local code
+        code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+            -d '{"email":"probe@example.com"}' "http://127.0.0.1:$pc_port/.auth/api/login" || true)
+        echo "WARNING: logins timed out or mail did not drain; one more POST /.auth/api/login now answers: ${code:-000} (000 = no answer in 5 s)"
+    fi
+    echo "(access logging off: PORTCULLIS_LOG=warn)"
 }
 
 # ---------------------------------------------------------------- main
