@@ -132,16 +132,21 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer, so a busy gateway never waits on the terminal
+/// or journald. Keep the guard alive: dropping it flushes what is left.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Not lossy: under extreme load logging slows requests rather than dropping audit lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -220,7 +225,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_logging(cfg.log_format);
+            let _log_guard = init_logging(cfg.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

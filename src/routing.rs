@@ -252,6 +252,12 @@ pub fn sort_routes(routes: &mut [Route]) {
 
 /// The route for a host (with or without port) and raw path.
 pub fn find<'a>(routes: &'a [Route], host: &str, path: &str) -> Option<&'a Route> {
+    // The one-upstream shorthand matches everything: skip the string work on the hot path.
+    if let [only] = routes {
+        if only.host == HostPattern::Any && only.path_prefix == "/" {
+            return Some(only);
+        }
+    }
     let host = host_without_port(host);
     let npath = normalize_path(path).unwrap_or_else(|| path.to_string());
     routes.iter().find(|r| r.matches(&host, &npath))

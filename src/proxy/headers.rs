@@ -54,31 +54,33 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The comparison form of a header name: lower case with `_` read as `-` (RFC 9110 names are case-insensitive;
-/// CGI-style servers turn both `-` and `_` into `_`).
-fn normalized(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b == b'_' {
-                '-'
-            } else {
-                (b as char).to_ascii_lowercase()
-            }
-        })
-        .collect()
+/// Header names compare case-insensitively (RFC 9110 §5.1) and CGI-style servers turn both `-`
+/// and `_` into `_`, so `_` reads as `-`. `b` is already lower-case with `-`. No allocation.
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == *y)
+}
+
+fn norm(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+fn is_identity_name(name: &[u8], configured: &[&HeaderName]) -> bool {
+    configured.iter().any(|c| same_name(name, c.as_str().as_bytes()))
+        || IDENTITY_NAMES.iter().any(|n| same_name(name, n.as_bytes()))
+        || IDENTITY_PREFIXES
+            .iter()
+            .any(|p| name.len() >= p.len() && same_name(&name[..p.len()], p.as_bytes()))
 }
 
 /// Removes every header that is, or spells like, an identity header.
 pub fn strip_identity(headers: &mut HeaderMap, configured: &[&HeaderName]) {
-    let configured: Vec<String> = configured.iter().map(|h| normalized(h.as_str())).collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let n = normalized(k.as_str());
-            configured.contains(&n)
-                || IDENTITY_NAMES.contains(&n.as_str())
-                || IDENTITY_PREFIXES.iter().any(|p| n.starts_with(p))
-        })
+        .filter(|k| is_identity_name(k.as_str().as_bytes(), configured))
         .cloned()
         .collect();
     for k in doomed {
