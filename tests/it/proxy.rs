@@ -404,3 +404,102 @@ async fn http2_prior_knowledge_is_forwarded_with_identity() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keep_alive_connection_carries_many_requests() {
+    let (gw, _c, token) = signed_in("keepalive@example.com").await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    use http_body_util::BodyExt;
+    for i in 0..5 {
+        // Mix signed-in, auth-endpoint and unauthenticated requests on the same connection.
+        let (path, cookie) = match i % 3 {
+            0 => (format!("/k/{i}"), Some(token.clone())),
+            1 => ("/.auth/api/session".to_string(), Some(token.clone())),
+            _ => (format!("/k/{i}"), None),
+        };
+        let method = if i % 3 == 1 { "GET" } else { "POST" };
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("host", format!("127.0.0.1:{}", gw.port))
+            .header("accept", "application/json");
+        if let Some(t) = &cookie {
+            b = b.header("cookie", format!("portcullis_session={t}"));
+        }
+        let body = if i % 3 == 1 {
+            String::new()
+        } else {
+            format!("body {i}")
+        };
+        let req = b
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap();
+        tokio::time::timeout(WAIT, sender.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        match i % 3 {
+            0 => {
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(v["body"], format!("body {i}"));
+                assert_eq!(echoed(&v, "x-forwarded-email"), ["keepalive@example.com"]);
+            }
+            1 => assert_eq!(v["email"], "keepalive@example.com"),
+            _ => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED);
+                assert!(v["headers"].is_null());
+            }
+        }
+    }
+    assert!(
+        !conn.is_finished(),
+        "the connection was closed between requests"
+    );
+    assert_eq!(gw.upstream().seen().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_with_expect_100_continue_work() {
+    let (gw, _c, token) = signed_in("expect@example.com").await;
+    let body = "x".repeat(100_000);
+    let head = format!(
+        "PUT /upload HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: portcullis_session={token}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        gw.port,
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Like curl: wait (a while) for "100 Continue", then send the body anyway.
+    let mut buf = vec![0u8; 4096];
+    let got = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    let interim = match got {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        _ => String::new(),
+    };
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("no response to an Expect: 100-continue upload")
+        .unwrap();
+    let all = format!("{interim}{}", String::from_utf8_lossy(&rest));
+    assert!(all.starts_with("HTTP/1.1 100 Continue"), "{all:.300}");
+    let final_head = all.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(final_head.starts_with("HTTP/1.1 200"), "{all:.500}");
+    assert!(all.contains("\"body_len\":100000"), "{all:.500}");
+}

@@ -63,7 +63,20 @@ async fn code_length_is_configurable() {
 
 /// Every key and value of every tree of a (stopped) gateway's database.
 fn dump_db(dir: &std::path::Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-    let db = sled::open(dir.join("db")).unwrap();
+    // The stopped gateway's last handles may take a moment to let go of the lock.
+    let deadline = std::time::Instant::now() + WAIT;
+    let db = loop {
+        match sled::open(dir.join("db")) {
+            Ok(db) => break db,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cannot open the database: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
     let mut out = Vec::new();
     for name in db.tree_names() {
         let tree = db.open_tree(&name).unwrap();
