@@ -913,6 +913,29 @@ async fn allowed_and_disallowed_addresses_are_indistinguishable() {
             v["expires_in"].clone(),
             r.header("content-type"),
         ));
+        // Resending and polling the challenge look the same too.
+        let id = v["challenge_id"].clone();
+        let r = c
+            .send(Req::post("/.auth/api/resend").json(&json!({ "challenge_id": id })))
+            .await;
+        let v = r.json();
+        api.push((
+            r.status,
+            keys(&v),
+            v["method"].clone(),
+            v["expires_in"].clone(),
+            r.header("content-type"),
+        ));
+        let r = c
+            .send(Req::get(&format!(
+                "/.auth/api/challenge/{}",
+                id.as_str().unwrap()
+            )))
+            .await;
+        let v = r.json();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(v["expired"], false);
+        assert_eq!(v["completed"], false);
         let page = c
             .send(Req::post("/.auth/login").form(&[("email", e)]))
             .await;
@@ -932,6 +955,14 @@ async fn allowed_and_disallowed_addresses_are_indistinguishable() {
     }
     assert_eq!(api[0].0, StatusCode::OK);
     assert_eq!(pages[0].0, StatusCode::OK);
+    // Mail went only to the allowed addresses (two logins and a resend each).
+    gw.api_login("marker@example.com").await;
+    gw.mail("marker@example.com").await;
+    for e in ["someone@elsewhere.org", "nobody@partner.org"] {
+        assert!(gw.smtp().mails_to(e).is_empty(), "mail sent to {e}");
+    }
+    assert_eq!(gw.smtp().mails_to("someone@example.com").len(), 3);
+    assert_eq!(gw.smtp().mails_to("guest@partner.org").len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
