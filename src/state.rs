@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// The pooled upstream client (HTTP/1.1, plain or TLS).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::proxy::forward::ForwardBody>;
 
 /// Everything a request handler needs. Shared as `Arc<AppState>`; nothing here is locked per request.
 pub struct AppState {

@@ -13,7 +13,13 @@ fn suspicious(s: &str) -> bool {
         .any(|b| b < 0x20 || b == 0x7f || b == b'\\' || b == b' ' || !b.is_ascii())
 }
 
-/// Decodes percent-escapes (up to three layers) and reports whether any layer hides a trick.
+fn control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// Decodes percent-escapes (up to three layers) and reports whether any layer hides a trick that
+/// a browser or the url parser might act on: a leading `//`, a backslash in the part before the
+/// query, or control characters. Ordinary escapes (`%20`, `%C3%A9`) are fine.
 fn hides_tricks(s: &str) -> bool {
     let mut cur = s.to_string();
     for _ in 0..3 {
@@ -23,7 +29,8 @@ fn hides_tricks(s: &str) -> bool {
         if dec == cur {
             return false;
         }
-        if suspicious(&dec) || dec.starts_with("//") || dec.contains("/\\") || dec.contains("\\/") {
+        let before_query = dec.split(['?', '#']).next().unwrap_or("");
+        if control(&dec) || dec.starts_with("//") || before_query.contains('\\') {
             return true;
         }
         cur = dec;

@@ -613,10 +613,11 @@ impl Validator {
         }
 
         let lim = raw.limits;
-        if !(1024..=1024 * 1024).contains(&lim.max_header_bytes) {
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if !(8192..=1024 * 1024).contains(&lim.max_header_bytes) {
             self.problem(
                 "limits.max_header_bytes",
-                "must be between 1024 and 1048576",
+                "must be between 8192 and 1048576",
             );
         }
         if !(1024..=10 * 1024 * 1024).contains(&lim.max_auth_body_bytes) {

@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use minijinja::context;
 
@@ -162,10 +167,20 @@ pub async fn forward(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let req = match with_first_frame(req, cfg.limits.header_read_timeout).await {
+        Ok(r) => r,
+        Err(status) => {
+            return upstream_error(status, "the request body is malformed or incomplete", navigation)
+        }
+    };
     let started = std::time::Instant::now();
     let sent = tokio::time::timeout(cfg.limits.upstream_timeout, state.client.request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
+        Ok(Err(e)) if caused_by_request_body(&e) => {
+            tracing::info!(error = %e, "request body failed while streaming upstream");
+            return upstream_error(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete", navigation);
+        }
         Ok(Err(e)) => {
             state.metrics.upstream_errors();
             tracing::warn!(error = %e, upstream = %authority, "upstream request failed");
@@ -209,6 +224,69 @@ pub async fn forward(
     resp.map(http_body_util::Either::Right)
 }
 
+/// Reads the first body frame before anything is sent upstream, so a body that is malformed from
+/// its first byte (bad chunk size, early EOF) gets a 400 and never reaches the upstream.
+async fn with_first_frame(req: Request<Incoming>, wait: std::time::Duration) -> Result<Request<ForwardBody>, StatusCode> {
+    let (parts, mut body) = req.into_parts();
+    let first = if body.is_end_stream() {
+        None
+    } else {
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(None) => None,
+            Ok(Some(Err(_))) => return Err(StatusCode::BAD_REQUEST),
+            Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
+        }
+    };
+    Ok(Request::from_parts(parts, ForwardBody { first, rest: body }))
+}
+
+/// Whether a failed upstream exchange was the client's body's fault (hyper marks those "user" errors).
+fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The request body sent upstream: the frame already read, then the rest, streamed.
+pub struct ForwardBody {
+    first: Option<Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl HttpBody for ForwardBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(f) = this.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + extra);
+        if let Some(u) = rest.upper() {
+            hint.set_upper(u + extra);
+        }
+        hint
+    }
+}
+
 fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Response<Body> {
     if navigation {
         let page = format!(
@@ -220,10 +298,11 @@ fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Respon
         );
         html(status, page)
     } else {
-        let code = if status == StatusCode::GATEWAY_TIMEOUT {
-            "upstream_timeout"
-        } else {
-            "upstream_unreachable"
+        let code = match status {
+            StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
+            StatusCode::BAD_GATEWAY => "upstream_unreachable",
+            StatusCode::REQUEST_TIMEOUT => "body_timeout",
+            _ => "bad_request_body",
         };
         json(
             status,

@@ -58,7 +58,7 @@ fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.limits.header_read_timeout)
-        .max_buf_size(cfg.limits.max_header_bytes.max(8192))
+        .max_buf_size(cfg.limits.max_header_bytes)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
