@@ -272,3 +272,181 @@ fn serve_reports_a_busy_port() {
     assert!(stderr.contains(&port.to_string()), "{stderr}");
     drop(busy);
 }
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 made with Debian's openssl; returns its DER.
+fn make_cert(cert: &Path, key: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl is needed for the TLS test (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read(cert).unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    der
+}
+
+/// Connects with TLS offering one ALPN protocol; returns the stream, the negotiated protocol and
+/// the server's certificate. The client trusts exactly `trusted` (DER).
+async fn tls_connect(
+    port: u16,
+    alpn: &[u8],
+    trusted: &[Vec<u8>],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    for t in trusted {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(t.clone()))
+            .unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (_, conn) = tls.get_ref();
+    let proto = conn.alpn_protocol().map(|p| p.to_vec());
+    let peer = conn.peer_certificates().unwrap()[0].to_vec();
+    (tls, proto, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_speaks_h2_and_http1_by_alpn_and_reloads_its_certificate() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let first = make_cert(&cert, &key);
+    let (port, tls_port) = (free_port(), free_port());
+    let config = write(
+        dir.path(),
+        "gateway.yaml",
+        &format!(
+            "listen: 127.0.0.1:{port}\ntls: {{ listen: \"127.0.0.1:{tls_port}\", cert: {}, key: {} }}\npublic_url: https://localhost:{tls_port}\nupstream: builtin:whoami\ndata_dir: {}\naccess: {{ allowed_domains: [example.com] }}\nemail: {{ transport: file, dir: {} }}\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("data").display(),
+            dir.path().join("mail").display()
+        ),
+    );
+    let mut served = serve(
+        &config,
+        &dir.path().join("log"),
+        &format!("http://127.0.0.1:{port}"),
+    )
+    .await;
+
+    // HTTP/2 by ALPN.
+    let (tls, proto, peer) = tls_connect(tls_port, b"h2", &[first.clone()]).await;
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(peer, first);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://localhost:{tls_port}/.auth/healthz"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    // A protected page over h2 redirects to the https login page.
+    let req = http::Request::get(format!("https://localhost:{tls_port}/app"))
+        .header("sec-fetch-mode", "navigate")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        loc.starts_with(&format!(
+            "https://localhost:{tls_port}/.auth/login?rd=https%3A%2F%2Flocalhost"
+        )),
+        "{loc}"
+    );
+
+    // HTTP/1.1 by ALPN.
+    let (tls, proto, _) = tls_connect(tls_port, b"http/1.1", &[first.clone()]).await;
+    assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/.auth/healthz")
+        .header("host", format!("localhost:{tls_port}"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok\n");
+
+    // A broken replacement is refused and the old certificate keeps serving.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, _, peer) = tls_connect(tls_port, b"http/1.1", &[first.clone()]).await;
+    assert_eq!(
+        peer, first,
+        "a broken certificate file replaced the working one"
+    );
+
+    // A new certificate is picked up without a restart.
+    let (cert2, key2) = (dir.path().join("cert2.pem"), dir.path().join("key2.pem"));
+    let second = make_cert(&cert2, &key2);
+    std::fs::rename(&key2, &key).unwrap();
+    std::fs::rename(&cert2, &cert).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, peer) =
+            tls_connect(tls_port, b"http/1.1", &[first.clone(), second.clone()]).await;
+        if peer == second {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(sigterm(&mut served).success());
+}
