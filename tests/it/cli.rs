@@ -377,7 +377,7 @@ async fn https_speaks_h2_and_http1_by_alpn_and_reloads_its_certificate() {
     .await;
 
     // HTTP/2 by ALPN.
-    let (tls, proto, peer) = tls_connect(tls_port, b"h2", &[first.clone()]).await;
+    let (tls, proto, peer) = tls_connect(tls_port, b"h2", std::slice::from_ref(&first)).await;
     assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
     assert_eq!(peer, first);
     let (mut send, conn) =
@@ -407,7 +407,7 @@ async fn https_speaks_h2_and_http1_by_alpn_and_reloads_its_certificate() {
     );
 
     // HTTP/1.1 by ALPN.
-    let (tls, proto, _) = tls_connect(tls_port, b"http/1.1", &[first.clone()]).await;
+    let (tls, proto, _) = tls_connect(tls_port, b"http/1.1", std::slice::from_ref(&first)).await;
     assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -424,7 +424,7 @@ async fn https_speaks_h2_and_http1_by_alpn_and_reloads_its_certificate() {
     // A broken replacement is refused and the old certificate keeps serving.
     std::fs::write(&cert, "not a certificate").unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (_, _, peer) = tls_connect(tls_port, b"http/1.1", &[first.clone()]).await;
+    let (_, _, peer) = tls_connect(tls_port, b"http/1.1", std::slice::from_ref(&first)).await;
     assert_eq!(
         peer, first,
         "a broken certificate file replaced the working one"
