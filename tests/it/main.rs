@@ -8,4 +8,5 @@ mod cli;
 mod durability;
 mod flow;
 mod proxy;
+mod routes;
 mod security;

@@ -3,11 +3,13 @@
 //! and raw-socket helpers.
 
 pub mod mail;
+pub mod process;
+pub mod proxies;
 pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +77,9 @@ pub struct GatewayBuilder {
     public_https: bool,
     smtp_port: Option<u16>,
     echo: bool,
+    metrics: bool,
+    config_file: bool,
+    public_url: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -106,6 +111,25 @@ impl GatewayBuilder {
     /// Uses the wall clock instead of the manual one (outbox backoff needs real time).
     pub fn system_clock(mut self) -> Self {
         self.system_clock = true;
+        self
+    }
+
+    /// Also serves Prometheus metrics on a loopback port ([`TestGateway::metrics_port`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
+    /// Writes the configuration to `{dir}/portcullis.yaml` and loads it from there, so the
+    /// gateway's reloader (SIGHUP or file change) can re-read it ([`TestGateway::write_config`]).
+    pub fn config_file(mut self) -> Self {
+        self.config_file = true;
+        self
+    }
+
+    /// Uses this public_url instead of the listener's own address (a proxy in front).
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.to_string());
         self
     }
 
@@ -151,6 +175,10 @@ impl GatewayBuilder {
             clock,
             system_clock: self.system_clock,
             public_https: self.public_https,
+            public_url: self.public_url,
+            metrics_port: None,
+            config_path: self.config_file.then(|| dir.path().join("portcullis.yaml")),
+            want_metrics: self.metrics,
             dir,
             smtp,
             upstream,
@@ -172,6 +200,12 @@ pub struct TestGateway {
     pub clock: ManualClock,
     system_clock: bool,
     public_https: bool,
+    public_url: Option<String>,
+    /// The Prometheus listener's port (with [`GatewayBuilder::metrics`]).
+    pub metrics_port: Option<u16>,
+    /// Where the configuration is written (with [`GatewayBuilder::config_file`]).
+    pub config_path: Option<PathBuf>,
+    want_metrics: bool,
     pub dir: Arc<tempfile::TempDir>,
     pub smtp: Option<Arc<Smtp>>,
     pub upstream: Option<Arc<Upstream>>,
@@ -200,6 +234,9 @@ impl TestGateway {
             public_https: false,
             smtp_port: None,
             echo: false,
+            metrics: false,
+            config_file: false,
+            public_url: None,
         }
     }
 
@@ -222,14 +259,36 @@ impl TestGateway {
             json!(format!("127.0.0.1:{}", self.port)),
         );
         let scheme = if self.public_https { "https" } else { "http" };
-        set_path(
-            &mut self.cfg,
-            "public_url",
-            json!(format!("{scheme}://127.0.0.1:{}", self.port)),
-        );
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://127.0.0.1:{}", self.port));
+        set_path(&mut self.cfg, "public_url", json!(public_url));
+        let metrics = if self.want_metrics {
+            let l = match self.metrics_port {
+                Some(p) => rebind(p).await,
+                None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            };
+            let port = l.local_addr().unwrap().port();
+            self.metrics_port = Some(port);
+            set_path(
+                &mut self.cfg,
+                "metrics_listen",
+                json!(format!("127.0.0.1:{port}")),
+            );
+            Some(l)
+        } else {
+            None
+        };
         let yaml = self.yaml();
-        let cfg = portcullis::Config::parse(&yaml, Path::new("test.yaml"))
-            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{yaml}"));
+        let cfg = match &self.config_path {
+            Some(p) => {
+                std::fs::write(p, &yaml).unwrap();
+                portcullis::Config::load(p)
+            }
+            None => portcullis::Config::parse(&yaml, Path::new("test.yaml")),
+        }
+        .unwrap_or_else(|e| panic!("test config rejected: {e}\n{yaml}"));
         let clock: Arc<dyn Clock> = if self.system_clock {
             Arc::new(SystemClock)
         } else {
@@ -237,6 +296,7 @@ impl TestGateway {
         };
         // The previous instance may still be letting go of the sled lock: retry for a while.
         let mut listener = Some(listener);
+        let mut metrics = metrics;
         let deadline = tokio::time::Instant::now() + WAIT;
         let app = loop {
             let l = listener.take().unwrap();
@@ -246,7 +306,7 @@ impl TestGateway {
                 portcullis::Listeners {
                     http: l,
                     tls: None,
-                    metrics: None,
+                    metrics: metrics.take(),
                 },
             ) {
                 Ok(app) => break app,
@@ -257,6 +317,9 @@ impl TestGateway {
                     );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     listener = Some(rebind(self.port).await);
+                    if let Some(p) = self.metrics_port {
+                        metrics = Some(rebind(p).await);
+                    }
                 }
             }
         };
@@ -303,6 +366,29 @@ impl TestGateway {
 
     pub async fn restart(&mut self) {
         self.restart_with(|_| {}).await;
+    }
+
+    /// Edits the configuration and writes it to the config file of a running gateway (needs
+    /// [`GatewayBuilder::config_file`]); the gateway's reloader picks it up (or send SIGHUP).
+    pub fn write_config(&mut self, change: impl FnOnce(&mut Value)) {
+        change(&mut self.cfg);
+        let path = self
+            .config_path
+            .clone()
+            .expect("write_config needs GatewayBuilder::config_file");
+        std::fs::write(path, self.yaml()).unwrap();
+    }
+
+    /// The Prometheus text of the metrics listener (needs [`GatewayBuilder::metrics`]).
+    pub async fn metrics_text(&self) -> String {
+        let port = self
+            .metrics_port
+            .expect("this gateway has no metrics listener");
+        let r = Http::new(&format!("http://127.0.0.1:{port}"))
+            .send(Req::get("/metrics"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.text()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -703,4 +789,51 @@ pub fn unescape(html: &str) -> String {
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&amp;", "&")
+}
+
+/// The value of one sample (`name` or `name{labels}`, exactly as exposed) of a Prometheus text.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == sample).then(|| v.parse().ok())?
+    })
+}
+
+/// Signs `email` in through the JSON API of the gateway at `base` (code from `smtp`); returns the
+/// session token.
+pub async fn api_sign_in(base: &str, smtp: &Smtp, email: &str) -> String {
+    let http = Http::new(base);
+    let r = http
+        .send(Req::post("/.auth/api/login").json(&json!({ "email": email })))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "api/login {email}: {}", r.text());
+    let id = r.json()["challenge_id"].clone();
+    let code = smtp.wait_for_mail(email, WAIT).await.code();
+    let r = http
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": id, "code": code, "issue_token": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "api/verify: {}", r.text());
+    r.json()["session_token"].as_str().unwrap().to_string()
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing the test with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (waited {timeout:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
