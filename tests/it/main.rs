@@ -7,6 +7,8 @@ mod api;
 mod cli;
 mod durability;
 mod flow;
+mod forward_auth;
+mod jwt;
 mod proxy;
 mod routes;
 mod security;
