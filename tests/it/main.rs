@@ -9,6 +9,7 @@ mod durability;
 mod flow;
 mod forward_auth;
 mod jwt;
+mod ops;
 mod proxy;
 mod routes;
 mod security;
