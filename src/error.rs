@@ -32,7 +32,7 @@ pub enum AuthError {
     InvalidLink,
     #[error("you are not signed in")]
     Unauthenticated,
-    #[error("{0} may not access this site")]
+    #[error("the address {0} may not access this site")]
     NotAllowed(String),
     #[error("this request came from another site and was refused")]
     CrossOrigin,

@@ -643,11 +643,17 @@ impl Ctx<'_> {
             Some(id) => Ok(forbidden(self.state, &id.email, false)),
             None => {
                 let login = login_url(self.cfg, &orig.url);
-                let navigation = orig.method == "GET" && is_navigation(&Method::GET, req.headers());
-                let mut r = if navigation && !orig.nginx {
-                    redirect(StatusCode::FOUND, &login)
-                } else {
+                let navigation =
+                    orig.method == "GET" && is_navigation(&Method::GET, req.headers());
+                if !navigation {
+                    return Ok(unauthenticated(self.cfg));
+                }
+                // Caddy and Traefik pass the 302 on; nginx's auth_request only takes 401 and
+                // builds the redirect from this Location (see docs/forward-auth/nginx.conf).
+                let mut r = if orig.nginx {
                     unauthenticated(self.cfg)
+                } else {
+                    redirect(StatusCode::FOUND, &login)
                 };
                 if let Ok(v) = HeaderValue::from_str(&login) {
                     r.headers_mut().insert(header::LOCATION, v);
