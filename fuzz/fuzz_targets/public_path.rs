@@ -46,7 +46,12 @@ fuzz_target!(|data: &[u8]| {
     if !input.is_ascii() && !strict() {
         return;
     }
-    assert!(!n.chars().any(char::is_control), "control character in {n:?} from {input:?}");
+    // No C0/C1 controls. DEL passes through like any other byte (hyper refuses it in request
+    // targets before routing), so it is not checked.
+    assert!(
+        !n.chars().any(|c| c.is_control() && c != '\u{7f}'),
+        "control character in {n:?} from {input:?}"
+    );
     // Idempotent, and acceptable as a configured public path.
     let again = normalize_path(&n);
     assert_eq!(again.as_deref(), Some(n.as_str()), "not idempotent for {input:?}");
