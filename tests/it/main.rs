@@ -13,3 +13,4 @@ mod ops;
 mod proxy;
 mod routes;
 mod security;
+mod sessions;

@@ -48,10 +48,8 @@ pub fn with(mut cfg: Value, path: &str, value: Value) -> Value {
 /// A running `portcullis serve`; killed when dropped.
 pub struct Served {
     pub child: Child,
-    pub config: PathBuf,
     pub log: PathBuf,
     pub base: String,
-    pub port: u16,
 }
 
 impl Drop for Served {
@@ -142,10 +140,8 @@ impl Served {
         let child = cmd.spawn().unwrap();
         let mut served = Served {
             child,
-            config: config.to_path_buf(),
             log: log.to_path_buf(),
             base: format!("http://127.0.0.1:{port}"),
-            port,
         };
         let http = Http::new(&served.base);
         let deadline = tokio::time::Instant::now() + WAIT;
