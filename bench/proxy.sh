@@ -667,7 +667,7 @@ mode_scale() {
             s_how[$n]="skipped"
             continue
         fi
-        s_seed[$n]=$(awk -v a="$seed_from" -v b="$seed_to" 'BEGIN { printf "%.1fs", b - a }')
+        s_seed[$n]=$(awk -v a="$seed_from" -v b="$seed_to" 'BEGIN { printf "%.2fs", b - a }')
         [ -n "$token" ] || die "no session token for $n sessions"
         s_db[$n]=$(du -sh "$dir/data" | cut -f1)
         local url="http://127.0.0.1:$port/" cookie="Cookie: portcullis_session=$token"
