@@ -388,6 +388,9 @@ async fn allowed_emails_file_is_honoured_and_reread_when_it_changes() {
     let apps = apps_with(GatewayBuilder::config_file).await;
     let mut gw = apps.gw;
     let a_url = apps.a.url.clone();
+    // The reloader snapshots the files' mtimes when its task starts (shortly after `start`
+    // returns) and mtimes are coarse: let both settle before editing the config file.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     gw.write_config(|cfg| {
         cfg["routes"].as_array_mut().unwrap().push(json!({
             "host": "files.example.com",
