@@ -2,7 +2,7 @@
 # bench/proxy.sh: Portcullis throughput/latency benchmark, everything on loopback.
 #
 # Usage:
-#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways (~2.5 min)
+#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways (~3-4 min)
 #   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
 #   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
 #
@@ -35,7 +35,8 @@
 # bench/smtp_sink.py. After the run it waits until the sink has received every mail the gateway
 # accepted (HTTP 200 counted by wrk; the gateway's portcullis_mail_queued_total also counts the
 # requests in flight when wrk stopped) and the outbox is empty (portcullis_outbox_depth on
-# metrics_listen), then prints logins/s, mails received/accepted and the time to drain.
+# metrics_listen), then prints logins/s, mails received/accepted and the time to drain. It never
+# waits forever: stalled sign-ins or mail are reported (plus one probe login after the run).
 #
 # Environment (defaults):
 #   BENCH_THREADS=2 BENCH_CONNS=64 BENCH_DURATION=10s BENCH_WARMUP=2s   wrk load, every target
