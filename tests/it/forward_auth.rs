@@ -34,6 +34,7 @@ async fn gateway(trusted: bool) -> (TestGateway, Upstream) {
                     "access": {"allowed_emails": ["alice@example.com"], "allowed_domains": []},
                 },
                 {"host": "127.0.0.1", "upstream": up.url, "public_paths": ["/public/"]},
+                {"host": "status.example.com", "upstream": up.url, "access": {"public": true}},
             ]),
         )
         .set("trusted_proxies", trusted)
@@ -146,6 +147,14 @@ async fn nginx_style_check_answers_401_with_the_login_location() {
     ] {
         assert_anonymous_401(&anon.send(orig(url)).await);
     }
+    // A public route needs no session; with one, the identity is still passed on.
+    let r = anon.send(orig("http://status.example.com/anything")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("x-forwarded-email").is_none());
+    assert_identity(
+        &bob.send(orig("http://status.example.com/anything")).await,
+        "bob@example.com",
+    );
     // A host no route serves.
     let r = bob.send(orig("http://unknown.example.org/")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);

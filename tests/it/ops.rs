@@ -482,3 +482,95 @@ async fn text_logs_show_addresses_only_with_log_emails() {
     assert!(failed.contains("carol@example.com"), "{failed}");
     assert!(!log.contains("b***@example.com"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_metrics_are_per_route_and_survive_a_reload() {
+    let up = Upstream::start().await;
+    let mut gw = TestGateway::builder()
+        .set("upstream", Value::Null)
+        .set(
+            "routes",
+            json!([
+                {"host": "app.example.com", "upstream": up.url},
+                {"host": "app.example.com", "path_prefix": "/api", "upstream": up.url},
+            ]),
+        )
+        .metrics()
+        .config_file()
+        .start()
+        .await;
+    let token = gw.sign_in("bob@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    let send = |path: &'static str, authed: bool| {
+        let c = if authed { c.clone() } else { gw.http() };
+        async move {
+            c.send(Req::get(path).header("host", "app.example.com"))
+                .await
+                .status
+        }
+    };
+    assert_eq!(send("/x", true).await, StatusCode::OK);
+    assert_eq!(send("/api/y", true).await, StatusCode::OK);
+    assert_eq!(send("/api/z", true).await, StatusCode::OK);
+    assert_eq!(send("/w", false).await, StatusCode::UNAUTHORIZED);
+    let key = |route: &str, class: &str| {
+        format!("portcullis_route_responses_total{{route=\"{route}\",status=\"{class}\"}}")
+    };
+    let text = gw.metrics_text().await;
+    assert_eq!(
+        metric(&text, &key("app.example.com", "2xx")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &key("app.example.com/api", "2xx")),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &key("app.example.com", "4xx")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &key("app.example.com/api", "4xx")),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "portcullis_upstream_latency_seconds_count{route=\"app.example.com/api\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+
+    // A reload adds a route; the existing routes keep their counts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let url = up.url.clone();
+    gw.write_config(|cfg| {
+        cfg["routes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"host": "new.example.com", "upstream": url}));
+    });
+    let gw = &gw;
+    eventually(WAIT, "the reloaded route never showed up", || async move {
+        let text = gw.metrics_text().await;
+        metric(&text, &key("new.example.com", "2xx")).map(|_| ())
+    })
+    .await;
+    let text = gw.metrics_text().await;
+    assert_eq!(
+        metric(&text, &key("app.example.com", "2xx")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &key("app.example.com/api", "2xx")),
+        Some(2.0),
+        "{text}"
+    );
+}

@@ -457,3 +457,36 @@ async fn allowed_emails_file_is_honoured_and_reread_when_it_changes() {
     // (`/dave` was polled and served until the reload; the page after it was not.)
     assert!(apps.a.seen_path("/dave-page").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_disable_the_idle_timeout() {
+    let a = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .set("upstream", Value::Null)
+        .set("session.idle_timeout", "1h")
+        .set(
+            "routes",
+            json!([
+                {"host": "app.example.com", "upstream": a.url},
+                {"host": "kiosk.example.com", "upstream": a.url, "session": {"idle_timeout": "0"}},
+            ]),
+        )
+        .start()
+        .await;
+    let c = client(&gw, "bob@example.com").await;
+    gw.clock.advance(3 * 3600);
+    assert_eq!(
+        get(&c, "app.example.com", "/app").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&c, "kiosk.example.com", "/kiosk").await.status,
+        StatusCode::OK
+    );
+    // The absolute lifetime (7d) still ends it.
+    gw.clock.advance(7 * 24 * 3600);
+    assert_eq!(
+        get(&c, "kiosk.example.com", "/kiosk2").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
