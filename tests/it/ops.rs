@@ -254,6 +254,19 @@ async fn sighup_and_file_edits_reload_and_a_bad_config_keeps_the_old_one() {
     .await;
     let log = s.wait_log("file changed").await;
     assert!(log.contains("configuration reloaded"), "{log}");
+
+    // Listeners are not rebound by a reload, and the log says so.
+    let mport = free_port();
+    let moved = with(
+        cfg.clone(),
+        "metrics_listen",
+        json!(format!("127.0.0.1:{mport}")),
+    );
+    write_yaml(&setup.config, &moved);
+    let log = s.wait_log("takes effect only after a restart").await;
+    assert!(log.contains("metrics_listen"), "{log}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", mport)).is_err());
+    assert_eq!(session_status(&s, &bob).await, StatusCode::OK);
 }
 
 /// The notify socket systemd would listen on.
@@ -571,6 +584,56 @@ async fn route_metrics_are_per_route_and_survive_a_reload() {
     assert_eq!(
         metric(&text, &key("app.example.com/api", "2xx")),
         Some(2.0),
+        "{text}"
+    );
+}
+
+/// Asks for a sign-in mail for `email` and returns its text part.
+async fn fresh_mail_text(gw: &TestGateway, email: &str) -> String {
+    gw.api_login(email).await;
+    gw.mail(email).await.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_templates_are_reloaded_when_they_change_and_a_broken_one_is_refused() {
+    let mut gw = TestGateway::builder().config_file().start().await;
+    let template = gw.dir.path().join("signin.txt");
+    std::fs::write(&template, "version one for {{ email }}\n\n{{ code }}\n").unwrap();
+    // Let the reloader snapshot the files first (it starts with the gateway; mtimes are coarse).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let path = template.display().to_string();
+    gw.write_config(|cfg| cfg["email"]["templates"] = json!({"text": path}));
+    let gw = &gw;
+    eventually(
+        WAIT,
+        "the configured template was never used",
+        || async move {
+            let text = fresh_mail_text(gw, "tpl@example.com").await;
+            text.starts_with("version one for tpl@example.com")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Editing the template file alone is enough.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&template, "version two\n\n{{ code }}\n").unwrap();
+    eventually(WAIT, "the edited template was never used", || async move {
+        let text = fresh_mail_text(gw, "tpl@example.com").await;
+        text.starts_with("version two").then_some(())
+    })
+    .await;
+
+    // A template that does not compile is refused; mail keeps the running one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&template, "broken {% if %}\n").unwrap();
+    // Two polls of the reloader.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = fresh_mail_text(gw, "tpl@example.com").await;
+    assert!(text.starts_with("version two"), "{text}");
+    let code = text.lines().nth(2).unwrap_or("");
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
         "{text}"
     );
 }
