@@ -55,6 +55,9 @@ enum Command {
         count: u64,
         #[arg(long, default_value = "bench@example.com")]
         email: String,
+        /// Print the tokens of this many sessions (one per line), spread over the whole set.
+        #[arg(long, default_value_t = 1)]
+        print_tokens: u64,
     },
 }
 
@@ -207,9 +210,12 @@ fn main() -> ExitCode {
             config,
             count,
             email,
-        } => match bench_seed(&config, count, &email) {
-            Ok(token) => {
-                out!("{token}");
+            print_tokens,
+        } => match bench_seed(&config, count, &email, print_tokens) {
+            Ok(tokens) => {
+                for t in tokens {
+                    out!("{t}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -248,23 +254,27 @@ fn main() -> ExitCode {
 }
 
 /// Writes `count` sessions for `email` directly into the store; returns the token of the last one.
+/// Sessions go to `local+N@domain`, so each user has one (like a real population).
 fn bench_seed(
     config: &std::path::Path,
     count: u64,
     email: &str,
-) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    print: u64,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
     use portcullis::crypto;
     use portcullis::store::{Session, Store};
     let cfg = Config::load(config)?;
     let store = Store::open(&cfg.data_dir)?;
     let now = portcullis::Clock::now(&SystemClock);
-    let mut token = String::new();
-    for _ in 0..count {
-        token = crypto::random_token();
+    let (local, domain) = email.split_once('@').ok_or("--email needs an @")?;
+    let every = (count / print.max(1)).max(1);
+    let mut tokens = Vec::new();
+    for i in 0..count {
+        let token = crypto::random_token();
         let hash = crypto::sha256(token.as_bytes());
         let session = Session {
             id: portcullis::auth::session::hex_prefix(&hash),
-            email: email.to_string(),
+            email: format!("{local}+{i}@{domain}"),
             created_at: now,
             expires_at: now + cfg.session.ttl.as_secs(),
             last_seen: now,
@@ -272,9 +282,12 @@ fn bench_seed(
             user_agent: "bench-seed".into(),
         };
         store.insert_session(&hash, &session)?;
+        if i % every == every - 1 && (tokens.len() as u64) < print.max(1) {
+            tokens.push(token);
+        }
     }
     store.flush_blocking()?;
-    Ok(token)
+    Ok(tokens)
 }
 
 async fn serve(cfg: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

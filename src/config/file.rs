@@ -221,6 +221,8 @@ pub struct RawSmtp {
     pub password_file: Option<String>,
     #[serde(default = "default_smtp_timeout")]
     pub timeout: String,
+    #[serde(default = "default_smtp_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for RawSmtp {
@@ -232,6 +234,7 @@ impl Default for RawSmtp {
             username: None,
             password_file: None,
             timeout: default_smtp_timeout(),
+            max_connections: default_smtp_connections(),
         }
     }
 }
@@ -349,6 +352,9 @@ fn default_smtp_security() -> String {
 }
 fn default_smtp_timeout() -> String {
     "10s".into()
+}
+fn default_smtp_connections() -> u32 {
+    4
 }
 fn default_email_header() -> String {
     "X-Forwarded-Email".into()

@@ -126,6 +126,8 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub timeout: Duration,
+    /// Mails sent at once, each over its own pooled connection.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -571,6 +573,9 @@ impl Validator {
                     );
                 }
                 let timeout = self.positive_duration("email.smtp.timeout", &e.smtp.timeout);
+                if !(1..=64).contains(&e.smtp.max_connections) {
+                    self.problem("email.smtp.max_connections", "must be between 1 and 64");
+                }
                 Some(MailTransport::Smtp(SmtpConfig {
                     host: e.smtp.host,
                     port: e.smtp.port,
@@ -578,6 +583,7 @@ impl Validator {
                     username: e.smtp.username,
                     password,
                     timeout,
+                    max_connections: e.smtp.max_connections,
                 }))
             }
             "log" => Some(MailTransport::Log),

@@ -25,7 +25,8 @@ pub enum MailError {
 
 /// The configured transport.
 pub enum Mailer {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// The transport and how many mails it may send at once.
+    Smtp(AsyncSmtpTransport<Tokio1Executor>, usize),
     Log,
     File(PathBuf),
 }
@@ -49,11 +50,12 @@ impl Mailer {
                     }
                     SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)?,
                 };
-                let mut builder = builder.port(s.port).timeout(Some(s.timeout));
+                let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.max_connections);
+                let mut builder = builder.port(s.port).timeout(Some(s.timeout)).pool_config(pool);
                 if let (Some(u), Some(p)) = (&s.username, &s.password) {
                     builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
                 }
-                Mailer::Smtp(builder.build())
+                Mailer::Smtp(builder.build(), s.max_connections as usize)
             }
         })
     }
@@ -62,7 +64,7 @@ impl Mailer {
     pub async fn send(&self, from: &Mailbox, item: &OutboxItem) -> Result<(), MailError> {
         let message = build_message(from, item)?;
         match self {
-            Mailer::Smtp(t) => {
+            Mailer::Smtp(t, _) => {
                 t.send(message).await?;
             }
             Mailer::Log => {
@@ -86,10 +88,19 @@ impl Mailer {
         Ok(())
     }
 
+    /// How many mails may be in flight at once.
+    pub fn parallelism(&self) -> usize {
+        match self {
+            Mailer::Smtp(_, n) => (*n).max(1),
+            Mailer::Log => 1,
+            Mailer::File(_) => 4,
+        }
+    }
+
     /// Whether the transport is usable now (SMTP: connects and says NOOP).
     pub async fn healthy(&self) -> bool {
         match self {
-            Mailer::Smtp(t) => t.test_connection().await.unwrap_or(false),
+            Mailer::Smtp(t, _) => t.test_connection().await.unwrap_or(false),
             Mailer::Log => true,
             Mailer::File(dir) => dir.is_dir(),
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -21,8 +22,11 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
-        if let Err(e) = deliver_due(&state).await {
-            tracing::error!(error = %e, "outbox: cannot read the queue");
+        match deliver_due(&state).await {
+            // More is waiting: go again without sleeping.
+            Ok(n) if n == BATCH => continue,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "outbox: cannot read the queue"),
         }
         tokio::select! {
             _ = state.outbox_wake.notified() => {}
@@ -32,38 +36,49 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One pass over the queue: sends what is due, reschedules failures, drops mail for expired challenges.
-pub async fn deliver_due(state: &AppState) -> Result<(), crate::store::StoreError> {
+/// Mails taken per pass; a full batch means "go again at once".
+pub const BATCH: usize = 256;
+
+/// One pass over the queue: sends up to [`BATCH`] due mails, `email.smtp.max_connections` at a time; reschedules
+/// failures with backoff; drops mail for expired challenges. Returns how many it handled.
+pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreError> {
     let now = state.clock.now();
     let mailer = state.mailer.load_full();
     let from = state.config().email.from.clone();
-    for (id, mut item) in state.store.outbox()? {
-        if item.next_attempt_at > now {
-            continue;
-        }
-        if item.expires_at <= now {
-            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
-            state.store.remove_mail(id)?;
-            state.metrics.mail_failed();
-            continue;
-        }
-        match mailer.send(&from, &item).await {
-            Ok(()) => {
-                state.store.remove_mail(id)?;
-                state.metrics.mail_sent();
-                tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
+    let due = state.store.outbox_due(now, BATCH)?;
+    let handled = due.len();
+    futures_util::stream::iter(due)
+        .for_each_concurrent(mailer.parallelism(), |(id, mut item)| {
+            let (mailer, from) = (&mailer, &from);
+            async move {
+                let outcome = if item.expires_at <= now {
+                    tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
+                    state.metrics.mail_failed();
+                    state.store.remove_mail(id)
+                } else {
+                    match mailer.send(from, &item).await {
+                        Ok(()) => {
+                            state.metrics.mail_sent();
+                            tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
+                            state.store.remove_mail(id)
+                        }
+                        Err(e) => {
+                            item.attempts += 1;
+                            state.metrics.mail_retries();
+                            item.next_attempt_at = now + backoff(item.attempts);
+                            item.last_error = Some(e.to_string());
+                            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error = %e, "mail not sent; will retry");
+                            state.store.update_mail(id, &item)
+                        }
+                    }
+                };
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "outbox: cannot update the queue");
+                }
             }
-            Err(e) => {
-                item.attempts += 1;
-                state.metrics.mail_retries();
-                item.next_attempt_at = now + backoff(item.attempts);
-                item.last_error = Some(e.to_string());
-                state.store.update_mail(id, &item)?;
-                tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error = %e, "mail not sent; will retry");
-            }
-        }
-    }
-    Ok(())
+        })
+        .await;
+    Ok(handled)
 }
 
 #[cfg(test)]

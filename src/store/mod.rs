@@ -88,6 +88,48 @@ pub struct Store {
     meta: sled::Tree,
     /// Pending `last_seen` updates, written in batches by the sweeper (no sled write per request).
     touches: [Mutex<HashMap<[u8; 32], u64>>; SHARDS],
+    flusher: Option<Flusher>,
+}
+
+type FlushReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The group-commit thread: takes every pending request, flushes once, answers them all.
+struct Flusher {
+    tx: std::sync::mpsc::Sender<FlushReply>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Result<Flusher, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<FlushReply>();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for w in waiting {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
+        Ok(Flusher { tx, thread: Some(thread) })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Stop the flush thread and wait for it, so its database handle is gone (and the
+        // directory lock released) when the Store is.
+        if let Some(mut f) = self.flusher.take() {
+            drop(f.tx);
+            if let Some(t) = f.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 fn email_key(email: &str, hash: &[u8; 32]) -> Vec<u8> {
@@ -133,14 +175,29 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             meta: db.open_tree("meta")?,
             touches: Default::default(),
+            flusher: Some(Flusher::start(db.clone())?),
             db,
         })
     }
 
     /// Makes every write so far durable (fsync). Call before telling a client about a write.
+    ///
+    /// Group commit: concurrent callers share one `flush()` on a dedicated thread that starts
+    /// after their writes. (sled 0.34's `flush_async` deadlocks under concurrent callers,
+    /// spacejam/sled#1308; this never calls it.)
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let Some(f) = &self.flusher else {
+            return self.flush_blocking();
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if f.tx.send(tx).is_err() {
+            return self.flush_blocking();
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
+            Err(_) => self.flush_blocking(),
+        }
     }
 
     /// Blocking flush, for shutdown.
@@ -391,6 +448,24 @@ impl Store {
             let (k, v) = r?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             out.push((id, decode("outbox", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` queued mails due at `now`, oldest first (without decoding the whole queue
+    /// into memory when it is long).
+    pub fn outbox_due(&self, now: u64, limit: usize) -> Result<Vec<(u64, OutboxItem)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.outbox.iter() {
+            let (k, v) = r?;
+            let item: OutboxItem = decode("outbox", &v)?;
+            if item.next_attempt_at <= now {
+                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                out.push((id, item));
+                if out.len() >= limit {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

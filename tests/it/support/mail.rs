@@ -96,7 +96,7 @@ impl Smtp {
             .with_name("smtp.test")
             .with_ssl(SslConfig::None)
             .unwrap()
-            .with_num_threads(2)
+            .with_num_threads(8)
             .with_tcp_listener(l);
         std::thread::spawn(move || {
             let _ = server.serve();
