@@ -32,10 +32,13 @@ else
 fi
 
 start=$(date +%s)
-cargo fuzz build -s "$san"
-echo "build: $(( $(date +%s) - start ))s"
-
 mkdir -p target/fuzz-logs
+if ! cargo fuzz build -s "$san" >target/fuzz-logs/build.log 2>&1; then
+    grep -E -A 12 '^error' target/fuzz-logs/build.log | head -n 80 || tail -n 40 target/fuzz-logs/build.log
+    echo "FAILED  build (log: fuzz/target/fuzz-logs/build.log)" >&2
+    exit 1
+fi
+echo "build: $(( $(date +%s) - start ))s"
 failed=()
 for t in "${targets[@]}"; do
     log="target/fuzz-logs/$t.log"
@@ -54,7 +57,7 @@ for t in "${targets[@]}"; do
         echo "ok      $t: ${runs:-?} executions"
     else
         echo "FAILED  $t (log: fuzz/$log)"
-        grep -E -m 20 'panicked at|assertion|left:|right:|ERROR: libFuzzer|Test unit written|^Output of|Reproduce with' "$log" | sed 's/^/        /' || tail -n 20 "$log"
+        grep -E -m 20 'panicked at|assertion|left:|right:|ERROR: libFuzzer|Test unit written|^Output of|Reproduce with' "$log" | cut -c 1-300 | sed 's/^/        /' || tail -n 20 "$log"
         failed+=("$t")
     fi
 done

@@ -37,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(parse_domain(domain).as_deref(), Ok(domain), "domain {domain:?}");
     // Canonicalisation only trims blanks and lower-cases: nothing else is rewritten.
     assert_eq!(c, input.trim_matches([' ', '\t']).to_ascii_lowercase());
+    // The mailer can send to it: it re-parses the canonical form with lettre (src/mail/mod.rs).
+    let to: lettre::Address = c
+        .parse()
+        .unwrap_or_else(|e| panic!("lettre refuses canonical {c:?}: {e}"));
+    assert_eq!(AsRef::<str>::as_ref(&to), c);
     // Idempotent.
     let again = parse_address(c).unwrap_or_else(|e| panic!("canonical {c:?} refused: {e}"));
     assert_eq!(again.canonical(), c);
