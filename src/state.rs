@@ -31,7 +31,9 @@ pub struct AppState {
     pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub pages: Pages,
     pub clock: Arc<dyn Clock>,
-    pub client: UpstreamClient,
+    /// One pooled upstream client per connection worker, so a request and its upstream
+    /// connection stay on one thread.
+    pub clients: Vec<UpstreamClient>,
     /// HMAC key for codes; random, created in the data directory on first start.
     pub secret: Vec<u8>,
     pub limiter: RateLimiter,
@@ -94,7 +96,9 @@ impl AppState {
             ),
             None => None,
         };
-        let client = upstream_client()?;
+        let clients = (0..worker_count())
+            .map(|_| upstream_client())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(AppState {
             config: ArcSwap::from_pointee(config),
             store,
@@ -103,7 +107,7 @@ impl AppState {
             tls: arc_swap::ArcSwapOption::new(tls),
             pages,
             clock,
-            client,
+            clients,
             secret,
             limiter: RateLimiter::default(),
             metrics: Metrics::default(),
@@ -179,6 +183,18 @@ impl AppState {
             r.pop_front();
         }
         r.push_back(AuditEvent { at: self.clock.now(), event, email: email.to_string(), ip: ip.to_string(), detail: detail.to_string() });
+    }
+}
+
+/// Connection workers: one single-threaded runtime per CPU (at least 1, at most 64).
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64)
+}
+
+impl AppState {
+    /// The upstream client of a connection worker.
+    pub fn client(&self, worker: usize) -> &UpstreamClient {
+        &self.clients[worker % self.clients.len()]
     }
 }
 

@@ -15,6 +15,8 @@ use crate::config::{is_trusted, Config};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The connection worker (thread) serving it; picks that worker's upstream client.
+    pub worker: usize,
 }
 
 /// The client's IP: the peer, or, when the peer is a trusted proxy, the nearest untrusted

@@ -174,7 +174,7 @@ pub async fn forward(
         }
     };
     let started = std::time::Instant::now();
-    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, state.client.request(req)).await;
+    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, state.client(conn.worker).request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) if caused_by_request_body(&e) => {

@@ -91,15 +91,18 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     }
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&cfg));
+    let workers_io = Workers::start(state.clone(), builder)?;
     tracing::info!(
         listen = %listeners.http.local_addr()?,
         tls = ?listeners.tls.as_ref().and_then(|l| l.local_addr().ok()),
         public_url = %cfg.public_url,
         routes = cfg.routes.len(),
+        workers = workers_io.len(),
         "portcullis is serving"
     );
     systemd::notify("READY=1\nSTATUS=serving");
     tokio::pin!(shutdown);
+    let mut next = 0usize;
     loop {
         let (stream, peer, tls) = tokio::select! {
             r = listeners.http.accept() => match r {
@@ -113,36 +116,11 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { peer, tls };
-        let st = state.clone();
-        let service = service_fn(move |req| {
-            let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(st, req, conn).await) }
-        });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        if !tls {
-            tokio::spawn(async move {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection error");
-                }
-            });
-            continue;
-        }
-        let Some(tls_config) = state.tls.load_full() else {
+        let Ok(std_stream) = stream.into_std() else {
             continue;
         };
-        let timeout = state.config().limits.header_read_timeout;
-        tokio::spawn(async move {
-            let Some(tls_stream) = handshake(TlsAcceptor::from(tls_config), stream, timeout).await else {
-                return;
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection error");
-            }
-        });
+        next = (next + 1) % workers_io.len();
+        workers_io.send(next, Job { stream: std_stream, peer, tls, watcher: graceful.watcher() });
     }
     drop(listeners.http);
     drop(listeners.tls);
@@ -152,6 +130,7 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    workers_io.stop();
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
@@ -160,6 +139,105 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     state.store.flush().await?;
     tracing::info!("stopped; database flushed");
     Ok(())
+}
+
+/// One accepted connection, handed to a worker.
+struct Job {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+/// Connection workers: each a thread with a single-threaded runtime that serves whole
+/// connections (TLS, HTTP, and the upstream exchange with its own client), so a request never
+/// hops between threads. The accept loop deals connections out round-robin.
+struct Workers {
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(state: Arc<AppState>, builder: Arc<auto::Builder<TokioExecutor>>) -> std::io::Result<Workers> {
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for worker in 0..state.clients.len() {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (state, builder) = (state.clone(), builder.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-w{worker}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        while let Some(job) = rx.recv().await {
+                            tokio::spawn(serve_connection(state.clone(), builder.clone(), job, worker));
+                        }
+                    });
+                })?;
+            senders.push(tx);
+            threads.push(thread);
+        }
+        Ok(Workers { senders, threads })
+    }
+
+    fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    fn send(&self, worker: usize, job: Job) {
+        if self.senders[worker].send(job).is_err() {
+            tracing::error!(worker, "connection worker is gone; connection dropped");
+        }
+    }
+
+    /// Closes the queues; each worker's runtime ends (dropping what is left) and its thread is joined.
+    fn stop(self) {
+        drop(self.senders);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<AppState>, builder: Arc<auto::Builder<TokioExecutor>>, job: Job, worker: usize) {
+    let Job { stream, peer, tls, watcher } = job;
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register connection");
+            return;
+        }
+    };
+    let tls_config = if tls {
+        match state.tls.load_full() {
+            Some(c) => Some(c),
+            None => return,
+        }
+    } else {
+        None
+    };
+    let timeout = state.config().limits.header_read_timeout;
+    let conn_info = ConnInfo { peer, tls, worker };
+    let service = service_fn(move |req| {
+        let st = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(st, req, conn_info).await) }
+    });
+    let result = match tls_config {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+        Some(c) => {
+            let Some(tls_stream) = handshake(TlsAcceptor::from(c), stream, timeout).await else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection error");
+    }
 }
 
 async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, timeout: Duration) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
