@@ -57,7 +57,7 @@ for t in "${targets[@]}"; do
         echo "ok      $t: ${runs:-?} executions"
     else
         echo "FAILED  $t (log: fuzz/$log)"
-        grep -E -m 20 'panicked at|assertion|left:|right:|ERROR: libFuzzer|Test unit written|^Output of|Reproduce with' "$log" | cut -c 1-300 | sed 's/^/        /' || tail -n 20 "$log"
+        { grep -E -A 3 -m 1 'panicked at' "$log" | grep -v -E '^ *[0-9]+: |^ *at |^stack backtrace' ; grep -E 'Test unit written|ERROR: libFuzzer' "$log"; } | cut -c 1-300 | sed 's/^/        /' || tail -n 20 "$log"
         failed+=("$t")
     fi
 done
