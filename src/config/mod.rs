@@ -195,16 +195,31 @@ pub struct Config {
     pub admins: HashSet<String>,
     /// Files whose change triggers a reload (the config itself, allowed_emails_file, templates).
     pub watched_files: Vec<PathBuf>,
+    /// Their modification times when this config was read (set by [`Config::load`]).
+    pub loaded_mtimes: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+/// A file's modification time, if it can be read.
+pub fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        // Taken before reading, so an edit made while loading still counts as a change.
+        let before = mtime(path);
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             problems: vec![format!("cannot read file: {e}")],
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.loaded_mtimes = cfg
+            .watched_files
+            .iter()
+            .map(|f| (f.clone(), if f == path { before } else { mtime(f) }))
+            .collect();
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text; `path` is used for messages and nothing else.
@@ -692,6 +707,7 @@ impl Validator {
             metrics_listen,
             admins,
             watched_files,
+            loaded_mtimes: Vec::new(),
         })
     }
 

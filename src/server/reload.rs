@@ -16,10 +16,16 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_secs(2);
 
 fn mtimes(files: &[PathBuf]) -> HashMap<PathBuf, Option<SystemTime>> {
-    files
-        .iter()
-        .map(|f| (f.clone(), std::fs::metadata(f).and_then(|m| m.modified()).ok()))
-        .collect()
+    files.iter().map(|f| (f.clone(), crate::config::mtime(f))).collect()
+}
+
+/// The times the running config was read with (falls back to now for configs not from a file).
+fn loaded(cfg: &Config) -> HashMap<PathBuf, Option<SystemTime>> {
+    if cfg.loaded_mtimes.is_empty() {
+        mtimes(&cfg.watched_files)
+    } else {
+        cfg.loaded_mtimes.iter().cloned().collect()
+    }
 }
 
 fn tls_files(cfg: &Config) -> Vec<PathBuf> {
@@ -55,13 +61,21 @@ pub fn reload_tls(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(state: &AppState, why: &str) {
+/// Reloads and says whether the new configuration took over.
+fn apply(state: &AppState, why: &str) -> bool {
     systemd::notify("RELOADING=1");
-    match reload_config(state) {
-        Ok(()) => tracing::info!(trigger = why, routes = state.config().routes.len(), "configuration reloaded"),
-        Err(e) => tracing::error!(trigger = why, problems = %e.trim_end(), "reload refused; keeping the running configuration"),
-    }
+    let ok = match reload_config(state) {
+        Ok(()) => {
+            tracing::info!(trigger = why, routes = state.config().routes.len(), "configuration reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!(trigger = why, problems = %e.trim_end(), "reload refused; keeping the running configuration");
+            false
+        }
+    };
     systemd::notify("READY=1");
+    ok
 }
 
 /// Watches for SIGHUP and file changes until `stop`.
@@ -73,18 +87,21 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             None
         }
     };
-    let mut seen = mtimes(&state.config().watched_files);
+    let mut seen = loaded(&state.config());
     let mut seen_tls = mtimes(&tls_files(&state.config()));
     loop {
         tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
-                apply(&state, "SIGHUP");
+                if apply(&state, "SIGHUP") {
+                    seen = loaded(&state.config());
+                }
             }
             _ = tokio::time::sleep(POLL) => {
                 let cfg = state.config();
                 let now = mtimes(&cfg.watched_files);
                 if now != seen {
-                    apply(&state, "file changed");
+                    // A refused edit is not retried until the files change again.
+                    seen = if apply(&state, "file changed") { loaded(&state.config()) } else { now };
                 }
                 let now_tls = mtimes(&tls_files(&cfg));
                 if now_tls != seen_tls {
@@ -96,7 +113,6 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
-        seen = mtimes(&state.config().watched_files);
         seen_tls = mtimes(&tls_files(&state.config()));
     }
 }
