@@ -11,12 +11,14 @@ use http::HeaderMap;
 use crate::config::{is_trusted, Config};
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     /// The connection worker (thread) serving it; picks that worker's upstream client.
     pub worker: usize,
+    /// This connection's own upstream connection, reused request after request.
+    pub upstream: std::sync::Arc<crate::proxy::forward::UpstreamSlot>,
 }
 
 /// The client's IP: the peer, or, when the peer is a trusted proxy, the nearest untrusted

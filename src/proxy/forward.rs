@@ -139,6 +139,7 @@ pub async fn forward(
     conn: &ConnInfo,
 ) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
+    let downstream_h1 = req.version() < Version::HTTP_2;
     let upgrade = prepare(state, cfg, &mut req, id, conn);
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => return whoami(state, &req, id),
@@ -174,7 +175,23 @@ pub async fn forward(
         }
     };
     let started = std::time::Instant::now();
-    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, state.client(conn.worker).request(req)).await;
+    // HTTP/1 clients send one request at a time per connection: give each its own plain-HTTP
+    // upstream connection (no pool lock, no hand-off). HTTP/2 clients and https upstreams use
+    // the worker's pooled client.
+    let own = scheme == "http" && downstream_h1;
+    let exchange = async {
+        if own {
+            let mut req = req;
+            // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
+            if let Some(pq) = req.uri().path_and_query().cloned() {
+                *req.uri_mut() = Uri::from(pq);
+            }
+            conn.upstream.send(authority, req).await
+        } else {
+            state.client(conn.worker).request(req).await.map_err(ForwardError::from)
+        }
+    };
+    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) if caused_by_request_body(&e) => {
@@ -251,6 +268,86 @@ fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error("{0}")]
+    Own(#[from] hyper::Error),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+}
+
+/// A downstream connection's own HTTP/1.1 connection to the upstream, kept between requests.
+#[derive(Default)]
+pub struct UpstreamSlot(std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>);
+
+impl std::fmt::Debug for UpstreamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamSlot")
+    }
+}
+
+impl UpstreamSlot {
+    fn take(&self, authority: &str) -> Option<hyper::client::conn::http1::SendRequest<ForwardBody>> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.take() {
+            Some((a, s)) if a == authority && !s.is_closed() => Some(s),
+            _ => None,
+        }
+    }
+
+    fn put(&self, authority: &str, sender: hyper::client::conn::http1::SendRequest<ForwardBody>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some((authority.to_string(), sender));
+    }
+
+    async fn connect(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ForwardError> {
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
+            .await
+            .map_err(|_| ForwardError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(ForwardError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends on the kept connection, or a new one when there is none or it has closed. A
+    /// request the old connection did not take is retried once on a fresh connection.
+    pub async fn send(&self, authority: &str, req: Request<ForwardBody>) -> Result<Response<Incoming>, ForwardError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let kept = if attempt == 0 { self.take(authority) } else { None };
+            let mut sender = match kept {
+                Some(s) => s,
+                None => Self::connect(authority).await?,
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        self.put(authority, sender);
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if attempt == 0 => req = back,
+                    _ => return Err(ForwardError::Own(e.into_error())),
+                },
+            }
+        }
+        Err(ForwardError::Connect(std::io::Error::other("upstream connection closed")))
+    }
 }
 
 /// The request body sent upstream: the frame already read, then the rest, streamed.

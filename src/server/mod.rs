@@ -217,9 +217,10 @@ async fn serve_connection(state: Arc<AppState>, builder: Arc<auto::Builder<Tokio
         None
     };
     let timeout = state.config().limits.header_read_timeout;
-    let conn_info = ConnInfo { peer, tls, worker };
+    let conn_info = ConnInfo { peer, tls, worker, upstream: Arc::default() };
     let service = service_fn(move |req| {
         let st = state.clone();
+        let conn_info = conn_info.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(st, req, conn_info).await) }
     });
     let result = match tls_config {
