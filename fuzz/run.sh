@@ -39,6 +39,8 @@ if ! cargo fuzz build -s "$san" >target/fuzz-logs/build.log 2>&1; then
     exit 1
 fi
 echo "build: $(( $(date +%s) - start ))s"
+# Run the built binaries directly: `cargo fuzz run` would start cargo again for every target.
+bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 failed=()
 for t in "${targets[@]}"; do
     log="target/fuzz-logs/$t.log"
@@ -52,7 +54,8 @@ for t in "${targets[@]}"; do
         args+=(-max_total_time="$secs")
         [ -f "dict/$t.dict" ] && args+=(-dict="dict/$t.dict")
     fi
-    if cargo fuzz run -s "$san" "$t" "${dirs[@]}" -- "${args[@]}" >"$log" 2>&1; then
+    mkdir -p "artifacts/$t"
+    if "$bin/$t" -artifact_prefix="artifacts/$t/" "${args[@]}" "${dirs[@]}" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
         echo "ok      $t: ${runs:-?} executions"
     else
