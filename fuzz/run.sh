@@ -8,8 +8,7 @@
 # fuzzing go to fuzz/target/fuzz-corpus/<target> (not committed); crashes to fuzz/artifacts/<target>.
 # Exits non-zero when a target fails to build, crashes or breaks its property.
 #
-# Environment: FUZZ_SANITIZER (default `none`: portcullis forbids unsafe code; `address` for ASan),
-# FUZZ_STRICT=1 turns on the checks of known, still-open bugs (see README.md).
+# Environment: FUZZ_SANITIZER (default `none`: portcullis forbids unsafe code; `address` for ASan).
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -276,7 +276,7 @@ fn bench_seed(
             id: portcullis::auth::session::hex_prefix(&hash),
             email: format!("{local}+{i}@{domain}"),
             created_at: now,
-            expires_at: now + cfg.session.ttl.as_secs(),
+            expires_at: now.saturating_add(cfg.session.ttl.as_secs()),
             last_seen: now,
             ip: "127.0.0.1".into(),
             user_agent: "bench-seed".into(),

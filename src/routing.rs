@@ -103,12 +103,10 @@ impl PublicPath {
 /// hide separators (`%2f`, `%5c`, `\`), NULs or invalid escapes: those are never public.
 pub fn normalize_path(path: &str) -> Option<String> {
     let mut decoded = String::with_capacity(path.len());
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = path.get(i + 1..i + 3)?;
+    let mut rest = path;
+    while let Some(c) = rest.chars().next() {
+        if c == '%' {
+            let hex = rest.get(1..3)?;
             let v = u8::from_str_radix(hex, 16).ok()?;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
                 decoded.push(v as char);
@@ -118,14 +116,14 @@ pub fn normalize_path(path: &str) -> Option<String> {
                 decoded.push('%');
                 decoded.push_str(&hex.to_ascii_uppercase());
             }
-            i += 3;
+            rest = &rest[3..];
             continue;
         }
-        if b == b'\\' || b < 0x20 {
+        if c == '\\' || c.is_control() {
             return None;
         }
-        decoded.push(b as char);
-        i += 1;
+        decoded.push(c);
+        rest = &rest[c.len_utf8()..];
     }
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -296,6 +294,8 @@ mod tests {
         assert_eq!(normalize_path("/").as_deref(), Some("/"));
         assert_eq!(normalize_path("/%zz"), None);
         assert_eq!(normalize_path("/a%20b").as_deref(), Some("/a%20b"));
+        assert_eq!(normalize_path("/é/🍕").as_deref(), Some("/é/🍕"), "UTF-8 kept as is");
+        assert_eq!(normalize_path("/é").and_then(|n| normalize_path(&n)).as_deref(), Some("/é"));
     }
 
     #[test]

@@ -81,9 +81,9 @@ pub fn authenticate(
         }
         let mut seen = session.last_seen;
         if let Some(idle) = idle_timeout {
-            if seen + idle.as_secs() < now {
+            if seen.saturating_add(idle.as_secs()) < now {
                 seen = seen.max(state.store.pending_touch(&hash).unwrap_or(0));
-                if seen + idle.as_secs() < now {
+                if seen.saturating_add(idle.as_secs()) < now {
                     continue;
                 }
             }
@@ -121,7 +121,7 @@ pub fn create(
         id: hex_prefix(&hash),
         email: email.to_string(),
         created_at: now,
-        expires_at: now + cfg.session.ttl.as_secs(),
+        expires_at: now.saturating_add(cfg.session.ttl.as_secs()),
         last_seen: now,
         ip: ip.to_string(),
         user_agent: user_agent.chars().take(256).collect(),

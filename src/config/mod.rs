@@ -290,6 +290,20 @@ impl Config {
     }
 }
 
+/// The longest value each duration key accepts.
+fn max_duration(key: &str) -> Duration {
+    const DAY: u64 = 24 * 3600;
+    let secs = match key {
+        k if k.ends_with("session.ttl") || k.ends_with("session.idle_timeout") => 3650 * DAY,
+        "login.ttl" => DAY,
+        "limits.upstream_timeout" => DAY,
+        "headers.jwt_ttl" => 300,
+        "email.smtp.timeout" => 600,
+        _ => 3600,
+    };
+    Duration::from_secs(secs)
+}
+
 #[derive(Default)]
 struct Validator {
     problems: Vec<String>,
@@ -303,7 +317,15 @@ impl Validator {
 
     fn duration(&mut self, key: &str, value: &str) -> Duration {
         match humantime::parse_duration(value.trim()) {
-            Ok(d) => d,
+            Ok(d) => {
+                // Every duration is added to a clock somewhere; bound them well below overflow.
+                let max = max_duration(key);
+                if d > max {
+                    self.problem(key, format!("`{value}` is too long; at most {}", humantime::format_duration(max)));
+                    return max;
+                }
+                d
+            }
             Err(e) => {
                 self.problem(
                     key,
@@ -997,6 +1019,15 @@ mod tests {
         ] {
             assert!(parse(s).is_err(), "{s:?}");
         }
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_not_overflowed() {
+        for (section, key) in [("session", "ttl"), ("session", "idle_timeout"), ("limits", "header_read_timeout"), ("limits", "upstream_timeout"), ("limits", "shutdown_grace"), ("login", "resend_cooldown")] {
+            let err = parse(&format!("{MIN}{section}: {{ {key}: 18446744073709551615s }}\n")).unwrap_err();
+            assert!(err.problems.iter().any(|p| p.starts_with(&format!("{section}.{key}")) && p.contains("too long")), "{err}");
+        }
+        assert!(parse(&format!("{MIN}session: {{ ttl: 365d }}\n")).is_ok());
     }
 
     #[test]

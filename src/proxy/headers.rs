@@ -42,12 +42,12 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
         .collect();
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(n);

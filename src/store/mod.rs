@@ -491,7 +491,7 @@ impl Store {
             let (_, v) = r?;
             if let Ok(c) = decode::<Challenge>("challenges", &v) {
                 // Keep a minute of grace so a user gets "expired" rather than "unknown".
-                if c.expires_at + 60 < now {
+                if c.expires_at.saturating_add(60) < now {
                     self.remove_challenge(&c)?;
                     gone_c += 1;
                 }
@@ -500,7 +500,7 @@ impl Store {
         let mut gone_s = 0;
         for (key, s) in self.sessions().collect::<Vec<_>>() {
             let seen = self.pending_touch(&key).unwrap_or(0).max(s.last_seen);
-            let idle_dead = idle.is_some_and(|i| seen + i < now);
+            let idle_dead = idle.is_some_and(|i| seen.saturating_add(i) < now);
             if s.expires_at <= now || idle_dead {
                 self.remove_session(&key)?;
                 gone_s += 1;
