@@ -51,12 +51,12 @@ fuzz_target!(|data: &[u8]| {
     let mut h = headers(data);
     let before = h.clone();
 
-    // Names listed in (readable) Connection values.
+    // Names listed in Connection values (RFC 9110 §7.6.1), also next to non-ASCII tokens.
     let connection_named: Vec<String> = before
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| std::str::from_utf8(t).ok())
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
