@@ -33,7 +33,9 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -53,7 +55,10 @@ pub fn load_or_rotate(store: &Store, now: u64) -> Result<Arc<Keys>, StoreError> 
     };
     keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
     let mut changed = false;
-    if keys.first().is_none_or(|k| k.created_at + ROTATE_AFTER <= now) {
+    if keys
+        .first()
+        .is_none_or(|k| k.created_at + ROTATE_AFTER <= now)
+    {
         let seed = crate::crypto::random_bytes(32);
         keys.insert(
             0,
@@ -119,7 +124,14 @@ struct Claims<'a> {
 
 impl Keys {
     /// A compact JWS (`header.payload.signature`) asserting `email` to the app at `audience`.
-    pub fn assertion(&self, issuer: &str, email: &str, audience: &str, now: u64, ttl: u64) -> String {
+    pub fn assertion(
+        &self,
+        issuer: &str,
+        email: &str,
+        audience: &str,
+        now: u64,
+        ttl: u64,
+    ) -> String {
         let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
         let claims = Claims {
             iss: issuer,
@@ -156,7 +168,13 @@ mod tests {
         assert!(k2.jwks.contains(&k1.kid), "retired key still published");
         let k3 = load_or_rotate(&store, 1_000 + ROTATE_AFTER + KEEP_RETIRED + 1).unwrap();
         assert!(!k3.jwks.contains(&k1.kid), "old key pruned");
-        let t = k3.assertion("https://auth.example.com", "a@example.com", "app.example.com", 10, 60);
+        let t = k3.assertion(
+            "https://auth.example.com",
+            "a@example.com",
+            "app.example.com",
+            10,
+            60,
+        );
         assert_eq!(t.split('.').count(), 3);
     }
 }

@@ -82,8 +82,20 @@ enum SessionsAction {
 fn sessions_cmd(action: SessionsAction) -> ExitCode {
     use portcullis::server::control::{call, Command};
     let (config, cmd) = match action {
-        SessionsAction::List { config, email } => (config, Command { cmd: "list".into(), email }),
-        SessionsAction::Revoke { config, email } => (config, Command { cmd: "revoke".into(), email: Some(email) }),
+        SessionsAction::List { config, email } => (
+            config,
+            Command {
+                cmd: "list".into(),
+                email,
+            },
+        ),
+        SessionsAction::Revoke { config, email } => (
+            config,
+            Command {
+                cmd: "revoke".into(),
+                email: Some(email),
+            },
+        ),
     };
     let cfg = match Config::load(&config) {
         Ok(c) => c,
@@ -92,7 +104,10 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -111,14 +126,27 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
         return ExitCode::from(1);
     }
     if let Some(n) = reply.get("revoked") {
-        out!("revoked {n} session(s) of {}", reply["email"].as_str().unwrap_or(""));
+        out!(
+            "revoked {n} session(s) of {}",
+            reply["email"].as_str().unwrap_or("")
+        );
         return ExitCode::SUCCESS;
     }
     let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
-    out!("{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE", "ID", "EMAIL", "IP", "CREATED", "LAST SEEN");
+    out!(
+        "{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE",
+        "ID",
+        "EMAIL",
+        "IP",
+        "CREATED",
+        "LAST SEEN"
+    );
     let t = |v: &serde_json::Value| {
         let secs = v.as_u64().unwrap_or(0);
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
     };
     for s in &sessions {
         out!(
@@ -144,7 +172,9 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),

@@ -294,8 +294,17 @@ mod tests {
         assert_eq!(normalize_path("/").as_deref(), Some("/"));
         assert_eq!(normalize_path("/%zz"), None);
         assert_eq!(normalize_path("/a%20b").as_deref(), Some("/a%20b"));
-        assert_eq!(normalize_path("/é/🍕").as_deref(), Some("/é/🍕"), "UTF-8 kept as is");
-        assert_eq!(normalize_path("/é").and_then(|n| normalize_path(&n)).as_deref(), Some("/é"));
+        assert_eq!(
+            normalize_path("/é/🍕").as_deref(),
+            Some("/é/🍕"),
+            "UTF-8 kept as is"
+        );
+        assert_eq!(
+            normalize_path("/é")
+                .and_then(|n| normalize_path(&n))
+                .as_deref(),
+            Some("/é")
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// The pooled upstream client (HTTP/1.1, plain or TLS).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::proxy::forward::ForwardBody>;
+pub type UpstreamClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::proxy::forward::ForwardBody>;
 
 /// Everything a request handler needs. Shared as `Arc<AppState>`; nothing here is locked per request.
 pub struct AppState {
@@ -78,10 +79,15 @@ impl AppState {
             dir: dir.clone(),
             err,
         })?;
-        let secret = store
-            .server_secret()
-            .map_err(|err| StartError::Store { dir: dir.clone(), err })?;
-        let jwt = crate::jwt::load_or_rotate(&store, clock.now()).map_err(|err| StartError::Store { dir: dir.clone(), err })?;
+        let secret = store.server_secret().map_err(|err| StartError::Store {
+            dir: dir.clone(),
+            err,
+        })?;
+        let jwt =
+            crate::jwt::load_or_rotate(&store, clock.now()).map_err(|err| StartError::Store {
+                dir: dir.clone(),
+                err,
+            })?;
         let mailer = Mailer::new(&config.email).map_err(|e| StartError::Mail(e.to_string()))?;
         let mail_templates = MailTemplates::new(
             config.email.text_template.clone(),
@@ -114,7 +120,10 @@ impl AppState {
             outbox_wake: Notify::new(),
             jwt: ArcSwap::new(jwt),
             recent: Default::default(),
-            instance_id: crate::crypto::random_bytes(3).iter().map(|b| format!("{b:02x}")).collect(),
+            instance_id: crate::crypto::random_bytes(3)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         })
     }
 
@@ -125,7 +134,10 @@ impl AppState {
 
     /// Replaces the configuration and what is built from it (reload). Route counters carry over by name.
     pub fn set_config(&self, mut config: Config) -> Result<(), String> {
-        let templates = MailTemplates::new(config.email.text_template.clone(), config.email.html_template.clone())?;
+        let templates = MailTemplates::new(
+            config.email.text_template.clone(),
+            config.email.html_template.clone(),
+        )?;
         let mailer = Mailer::new(&config.email).map_err(|e| format!("email: {e}"))?;
         let old = self.config();
         for r in &mut config.routes {
@@ -140,9 +152,20 @@ impl AppState {
     }
 
     /// The identity assertion for `email` at `audience` (a host), if `headers.jwt` is configured.
-    pub fn assertion(&self, cfg: &Config, email: &str, audience: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    pub fn assertion(
+        &self,
+        cfg: &Config,
+        email: &str,
+        audience: &str,
+    ) -> Option<(http::HeaderName, http::HeaderValue)> {
         let name = cfg.headers.jwt.clone()?;
-        let token = self.jwt.load().assertion(&cfg.public_origin(), email, audience, self.clock.now(), cfg.headers.jwt_ttl.as_secs());
+        let token = self.jwt.load().assertion(
+            &cfg.public_origin(),
+            email,
+            audience,
+            self.clock.now(),
+            cfg.headers.jwt_ttl.as_secs(),
+        );
         Some((name, http::HeaderValue::from_str(&token).ok()?))
     }
 
@@ -176,19 +199,29 @@ impl AppState {
             "code_failed" | "lockout" | "denied" | "cross_origin" => {
                 tracing::warn!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event")
             }
-            _ => tracing::info!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event"),
+            _ => {
+                tracing::info!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event")
+            }
         }
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if r.len() >= RECENT_EVENTS {
             r.pop_front();
         }
-        r.push_back(AuditEvent { at: self.clock.now(), event, email: email.to_string(), ip: ip.to_string(), detail: detail.to_string() });
+        r.push_back(AuditEvent {
+            at: self.clock.now(),
+            event,
+            email: email.to_string(),
+            ip: ip.to_string(),
+            detail: detail.to_string(),
+        });
     }
 }
 
 /// Connection workers: one single-threaded runtime per CPU (at least 1, at most 64).
 pub fn worker_count() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 64)
 }
 
 impl AppState {
@@ -221,7 +254,10 @@ fn upstream_client() -> Result<UpstreamClient, StartError> {
         tracing::debug!(error = %e, "skipping unreadable system certificate");
     }
     let (added, _) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(roots = added, "loaded system trust roots for https upstreams");
+    tracing::debug!(
+        roots = added,
+        "loaded system trust roots for https upstreams"
+    );
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -86,10 +86,18 @@ fn row(s: &Session, current: bool) -> Row {
 }
 
 /// The signed-in identity, or a redirect to the login page that comes back to `back`.
-fn signed_in(state: &AppState, cfg: &Config, req: &Request<Incoming>, back: &str) -> Result<Identity, Box<Response<Body>>> {
+fn signed_in(
+    state: &AppState,
+    cfg: &Config,
+    req: &Request<Incoming>,
+    back: &str,
+) -> Result<Identity, Box<Response<Body>>> {
     match authenticate(state, cfg, req.headers(), None) {
         Ok(Some(id)) if id.allowed => Ok(id),
-        Ok(_) => Err(Box::new(redirect(StatusCode::SEE_OTHER, &login_url(cfg, &cfg.public_link(back))))),
+        Ok(_) => Err(Box::new(redirect(
+            StatusCode::SEE_OTHER,
+            &login_url(cfg, &cfg.public_link(back)),
+        ))),
         Err(e) => Err(Box::new(AuthError::from(e).to_page(state))),
     }
 }
@@ -114,7 +122,12 @@ pub fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming
 }
 
 /// `POST /.auth/sessions/revoke` with `id` = a session's public id, or `all`.
-pub async fn revoke_own(state: &Arc<AppState>, cfg: &Config, req: Request<Incoming>, who: &Requester) -> Reply {
+pub async fn revoke_own(
+    state: &Arc<AppState>,
+    cfg: &Config,
+    req: Request<Incoming>,
+    who: &Requester,
+) -> Reply {
     if !same_origin(cfg, req.headers()) {
         return Err(AuthError::CrossOrigin);
     }
@@ -134,7 +147,12 @@ pub async fn revoke_own(state: &Arc<AppState>, cfg: &Config, req: Request<Incomi
         }
     }
     state.store.flush().await?;
-    state.audit("revoke", &id.email, &who.ip, &format!("{n} session(s) by their owner ({target})"));
+    state.audit(
+        "revoke",
+        &id.email,
+        &who.ip,
+        &format!("{n} session(s) by their owner ({target})"),
+    );
     if revoked_current {
         let mut r = redirect(StatusCode::SEE_OTHER, "/.auth/login");
         set_cookie(&mut r, &removal_cookie(cfg));
@@ -143,7 +161,11 @@ pub async fn revoke_own(state: &Arc<AppState>, cfg: &Config, req: Request<Incomi
     Ok(redirect(StatusCode::SEE_OTHER, "/.auth/sessions"))
 }
 
-fn admin(state: &AppState, cfg: &Config, req: &Request<Incoming>) -> Result<Identity, Box<Response<Body>>> {
+fn admin(
+    state: &AppState,
+    cfg: &Config,
+    req: &Request<Incoming>,
+) -> Result<Identity, Box<Response<Body>>> {
     let id = signed_in(state, cfg, req, "/.auth/admin")?;
     if cfg.admins.contains(&id.email) {
         Ok(id)
@@ -171,7 +193,8 @@ pub fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) 
         .rev()
         .map(|e| serde_json::json!({"at": time(e.at), "event": e.event, "email": e.email, "ip": e.ip, "detail": e.detail}))
         .collect();
-    let notice = crate::auth::handlers::query_param(req, "revoked").map(|n| format!("Revoked {n} session(s)."));
+    let notice = crate::auth::handlers::query_param(req, "revoked")
+        .map(|n| format!("Revoked {n} session(s)."));
     let page = state.pages.render(
         "admin.html",
         context! {
@@ -183,7 +206,12 @@ pub fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) 
 }
 
 /// `POST /.auth/admin/revoke` with `email`: signs that user out everywhere.
-pub async fn admin_revoke(state: &Arc<AppState>, cfg: &Config, req: Request<Incoming>, who: &Requester) -> Reply {
+pub async fn admin_revoke(
+    state: &Arc<AppState>,
+    cfg: &Config,
+    req: Request<Incoming>,
+    who: &Requester,
+) -> Reply {
     if !same_origin(cfg, req.headers()) {
         return Err(AuthError::CrossOrigin);
     }
@@ -195,15 +223,26 @@ pub async fn admin_revoke(state: &Arc<AppState>, cfg: &Config, req: Request<Inco
     let email = parse_address(&form(&body).remove("email").unwrap_or_default())?;
     let n = state.store.remove_sessions_for(email.canonical())?;
     state.store.flush().await?;
-    state.audit("revoke", email.canonical(), &who.ip, &format!("{n} session(s) by admin {}", id.email));
-    Ok(redirect(StatusCode::SEE_OTHER, &format!("/.auth/admin?revoked={n}")))
+    state.audit(
+        "revoke",
+        email.canonical(),
+        &who.ip,
+        &format!("{n} session(s) by admin {}", id.email),
+    );
+    Ok(redirect(
+        StatusCode::SEE_OTHER,
+        &format!("/.auth/admin?revoked={n}"),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn devices() {
-        assert_eq!(super::device("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"), "Firefox on Linux");
+        assert_eq!(
+            super::device("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+            "Firefox on Linux"
+        );
         assert_eq!(super::device("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15"), "Safari on macOS");
         assert_eq!(super::device("curl/8.0"), "curl");
         assert_eq!(super::device(""), "Unknown browser");

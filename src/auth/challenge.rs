@@ -324,7 +324,12 @@ pub fn redeem_code(
     if let Some((email, left)) = failed {
         state.metrics.codes_failed();
         let detail = format!("challenge {challenge_id}, {left} attempts left");
-        state.audit(if left == 0 { "lockout" } else { "code_failed" }, &email, ip, &detail);
+        state.audit(
+            if left == 0 { "lockout" } else { "code_failed" },
+            &email,
+            ip,
+            &detail,
+        );
     }
     result
 }

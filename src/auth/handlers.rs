@@ -81,9 +81,13 @@ pub async fn dispatch(
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
         (&Method::GET | &Method::HEAD, "/.auth/jwks.json") => Ok(h.jwks()),
         (&Method::GET, "/.auth/sessions") => account::sessions_page(state, &cfg, &req),
-        (&Method::POST, "/.auth/sessions/revoke") => account::revoke_own(state, &cfg, req, &who).await,
+        (&Method::POST, "/.auth/sessions/revoke") => {
+            account::revoke_own(state, &cfg, req, &who).await
+        }
         (&Method::GET, "/.auth/admin") => account::admin_page(state, &cfg, &req),
-        (&Method::POST, "/.auth/admin/revoke") => account::admin_revoke(state, &cfg, req, &who).await,
+        (&Method::POST, "/.auth/admin/revoke") => {
+            account::admin_revoke(state, &cfg, req, &who).await
+        }
         (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req),
         (&Method::POST, "/.auth/login") => h.login_submit(req).await,
         (&Method::POST, "/.auth/code") => h.code_submit(req).await,
@@ -258,7 +262,10 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 /// Reads a request body up to the configured limit.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(HeaderMap, Bytes), AuthError> {
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(HeaderMap, Bytes), AuthError> {
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -379,8 +386,14 @@ impl Ctx<'_> {
     /// The public keys upstreams verify `headers.jwt` assertions with (RFC 7517).
     fn jwks(&self) -> Response<Body> {
         let mut r = text(StatusCode::OK, self.state.jwt.load().jwks.clone());
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
         r
     }
 
@@ -578,7 +591,12 @@ impl Ctx<'_> {
         )?;
         self.state.store.flush().await?;
         self.state.metrics.signins();
-        self.state.audit("sign_in", &c.email, &self.who.ip, &format!("session {}", s.id));
+        self.state.audit(
+            "sign_in",
+            &c.email,
+            &self.who.ip,
+            &format!("session {}", s.id),
+        );
         Ok((token, s))
     }
 
@@ -607,7 +625,12 @@ impl Ctx<'_> {
         if let Some(id) = authenticate(self.state, self.cfg, headers, None)? {
             self.state.store.remove_session(&id.token_hash)?;
             self.state.store.flush().await?;
-            self.state.audit("logout", &id.email, &self.who.ip, &format!("session {}", id.session.id));
+            self.state.audit(
+                "logout",
+                &id.email,
+                &self.who.ip,
+                &format!("session {}", id.session.id),
+            );
         }
         Ok(())
     }
@@ -643,8 +666,7 @@ impl Ctx<'_> {
             Some(id) => Ok(forbidden(self.state, &id.email, false)),
             None => {
                 let login = login_url(self.cfg, &orig.url);
-                let navigation =
-                    orig.method == "GET" && is_navigation(&Method::GET, req.headers());
+                let navigation = orig.method == "GET" && is_navigation(&Method::GET, req.headers());
                 if !navigation {
                     return Ok(unauthenticated(self.cfg));
                 }
@@ -723,7 +745,9 @@ impl Ctx<'_> {
     async fn api_verify(&self, req: Request<Incoming>) -> Reply {
         let b: ApiVerify = self.api_body(req).await?;
         let done = match (&b.challenge_id, &b.code, &b.link_token) {
-            (Some(id), Some(code), None) => challenge::redeem_code(self.state, self.cfg, id, code, &self.who.ip)?,
+            (Some(id), Some(code), None) => {
+                challenge::redeem_code(self.state, self.cfg, id, code, &self.who.ip)?
+            }
             (None, None, Some(token)) => challenge::redeem_link(self.state, self.cfg, token)?,
             _ => {
                 return Err(AuthError::BadRequest(

@@ -100,7 +100,9 @@ fn checked_redirect(cfg: &Config, input: &str) -> Option<String> {
         u
     };
     // Gateway endpoints are no place to land after sign-in, except the session pages.
-    if url.path().starts_with("/.auth/") && !matches!(url.path(), "/.auth/sessions" | "/.auth/admin") {
+    if url.path().starts_with("/.auth/")
+        && !matches!(url.path(), "/.auth/sessions" | "/.auth/admin")
+    {
         return None;
     }
     let mut url = url;
@@ -232,7 +234,10 @@ mod tests {
         h.insert("origin", "null".parse().unwrap());
         assert!(!same_origin(&c, &h));
         h.insert("sec-fetch-site", "same-origin".parse().unwrap());
-        assert!(same_origin(&c, &h), "no-referrer pages post Origin: null + Sec-Fetch-Site");
+        assert!(
+            same_origin(&c, &h),
+            "no-referrer pages post Origin: null + Sec-Fetch-Site"
+        );
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!same_origin(&c, &h));
         let mut h = HeaderMap::new();

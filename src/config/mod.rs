@@ -321,7 +321,13 @@ impl Validator {
                 // Every duration is added to a clock somewhere; bound them well below overflow.
                 let max = max_duration(key);
                 if d > max {
-                    self.problem(key, format!("`{value}` is too long; at most {}", humantime::format_duration(max)));
+                    self.problem(
+                        key,
+                        format!(
+                            "`{value}` is too long; at most {}",
+                            humantime::format_duration(max)
+                        ),
+                    );
                     return max;
                 }
                 d
@@ -641,10 +647,17 @@ impl Validator {
 
         let email_h = self.header_name("headers.email", &raw.headers.email);
         let user_h = self.header_name("headers.user", &raw.headers.user);
-        let jwt_h = raw.headers.jwt.as_deref().and_then(|j| self.header_name("headers.jwt", j));
+        let jwt_h = raw
+            .headers
+            .jwt
+            .as_deref()
+            .and_then(|j| self.header_name("headers.jwt", j));
         let jwt_ttl = self.positive_duration("headers.jwt_ttl", &raw.headers.jwt_ttl);
         if jwt_ttl > Duration::from_secs(300) {
-            self.problem("headers.jwt_ttl", "must be at most 5m: assertions are meant to be short-lived");
+            self.problem(
+                "headers.jwt_ttl",
+                "must be at most 5m: assertions are meant to be short-lived",
+            );
         }
 
         let mut trusted_proxies = Vec::new();
@@ -679,7 +692,10 @@ impl Validator {
             shutdown_grace: self.duration("limits.shutdown_grace", &lim.shutdown_grace),
         };
 
-        let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| self.socket_addr("metrics_listen", m));
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .and_then(|m| self.socket_addr("metrics_listen", m));
         let mut admins = HashSet::new();
         for (i, a) in raw.admins.iter().enumerate() {
             match parse_address(a) {
@@ -721,7 +737,12 @@ impl Validator {
                 text_template,
                 html_template,
             },
-            headers: HeadersConfig { email: email_h?, user: user_h?, jwt: jwt_h, jwt_ttl },
+            headers: HeadersConfig {
+                email: email_h?,
+                user: user_h?,
+                jwt: jwt_h,
+                jwt_ttl,
+            },
             trusted_proxies,
             limits,
             log_format,
@@ -933,11 +954,17 @@ impl Validator {
                             Ok(a) => {
                                 access.allowed_emails.insert(a.canonical().to_string());
                             }
-                            Err(e) => self.problem(&format!("{key}.allowed_emails_file"), format!("{f} line {}: `{line}`: {e}", n + 1)),
+                            Err(e) => self.problem(
+                                &format!("{key}.allowed_emails_file"),
+                                format!("{f} line {}: `{line}`: {e}", n + 1),
+                            ),
                         }
                     }
                 }
-                Err(e) => self.problem(&format!("{key}.allowed_emails_file"), format!("cannot read `{f}`: {e}")),
+                Err(e) => self.problem(
+                    &format!("{key}.allowed_emails_file"),
+                    format!("cannot read `{f}`: {e}"),
+                ),
             }
         }
         if !public && access.allowed_domains.is_empty() && access.allowed_emails.is_empty() {
@@ -1023,9 +1050,24 @@ mod tests {
 
     #[test]
     fn absurd_durations_are_refused_not_overflowed() {
-        for (section, key) in [("session", "ttl"), ("session", "idle_timeout"), ("limits", "header_read_timeout"), ("limits", "upstream_timeout"), ("limits", "shutdown_grace"), ("login", "resend_cooldown")] {
-            let err = parse(&format!("{MIN}{section}: {{ {key}: 18446744073709551615s }}\n")).unwrap_err();
-            assert!(err.problems.iter().any(|p| p.starts_with(&format!("{section}.{key}")) && p.contains("too long")), "{err}");
+        for (section, key) in [
+            ("session", "ttl"),
+            ("session", "idle_timeout"),
+            ("limits", "header_read_timeout"),
+            ("limits", "upstream_timeout"),
+            ("limits", "shutdown_grace"),
+            ("login", "resend_cooldown"),
+        ] {
+            let err = parse(&format!(
+                "{MIN}{section}: {{ {key}: 18446744073709551615s }}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{section}.{key}")) && p.contains("too long")),
+                "{err}"
+            );
         }
         assert!(parse(&format!("{MIN}session: {{ ttl: 365d }}\n")).is_ok());
     }

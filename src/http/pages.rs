@@ -13,8 +13,14 @@ impl Pages {
     pub fn new() -> Result<Self, String> {
         let mut env = Environment::new();
         let pages: [(&str, &str); 8] = [
-            ("sessions.html", include_str!("../../templates/pages/sessions.html")),
-            ("admin.html", include_str!("../../templates/pages/admin.html")),
+            (
+                "sessions.html",
+                include_str!("../../templates/pages/sessions.html"),
+            ),
+            (
+                "admin.html",
+                include_str!("../../templates/pages/admin.html"),
+            ),
             ("base.html", include_str!("../../templates/pages/base.html")),
             (
                 "login.html",

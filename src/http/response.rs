@@ -51,8 +51,10 @@ pub fn html(status: StatusCode, page: String) -> Response<Body> {
 
 /// Sends no `Referer` at all from this page (its URL holds a secret).
 pub fn no_referrer(mut r: Response<Body>) -> Response<Body> {
-    r.headers_mut()
-        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 

@@ -51,7 +51,10 @@ impl Mailer {
                     SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)?,
                 };
                 let pool = lettre::transport::smtp::PoolConfig::new().max_size(s.max_connections);
-                let mut builder = builder.port(s.port).timeout(Some(s.timeout)).pool_config(pool);
+                let mut builder = builder
+                    .port(s.port)
+                    .timeout(Some(s.timeout))
+                    .pool_config(pool);
                 if let (Some(u), Some(p)) = (&s.username, &s.password) {
                     builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
                 }

@@ -171,7 +171,11 @@ pub async fn forward(
     let req = match with_first_frame(req, cfg.limits.header_read_timeout).await {
         Ok(r) => r,
         Err(status) => {
-            return upstream_error(status, "the request body is malformed or incomplete", navigation)
+            return upstream_error(
+                status,
+                "the request body is malformed or incomplete",
+                navigation,
+            )
         }
     };
     let started = std::time::Instant::now();
@@ -188,7 +192,11 @@ pub async fn forward(
             }
             conn.upstream.send(authority, req).await
         } else {
-            state.client(conn.worker).request(req).await.map_err(ForwardError::from)
+            state
+                .client(conn.worker)
+                .request(req)
+                .await
+                .map_err(ForwardError::from)
         }
     };
     let sent = tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await;
@@ -196,7 +204,11 @@ pub async fn forward(
         Ok(Ok(r)) => r,
         Ok(Err(e)) if caused_by_request_body(&e) => {
             tracing::info!(error = %e, "request body failed while streaming upstream");
-            return upstream_error(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete", navigation);
+            return upstream_error(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or incomplete",
+                navigation,
+            );
         }
         Ok(Err(e)) => {
             state.metrics.upstream_errors();
@@ -243,7 +255,10 @@ pub async fn forward(
 
 /// Reads the first body frame before anything is sent upstream, so a body that is malformed from
 /// its first byte (bad chunk size, early EOF) gets a 400 and never reaches the upstream.
-async fn with_first_frame(req: Request<Incoming>, wait: std::time::Duration) -> Result<Request<ForwardBody>, StatusCode> {
+async fn with_first_frame(
+    req: Request<Incoming>,
+    wait: std::time::Duration,
+) -> Result<Request<ForwardBody>, StatusCode> {
     let (parts, mut body) = req.into_parts();
     let first = if body.is_end_stream() {
         None
@@ -255,14 +270,20 @@ async fn with_first_frame(req: Request<Incoming>, wait: std::time::Duration) -> 
             Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
         }
     };
-    Ok(Request::from_parts(parts, ForwardBody { first, rest: body }))
+    Ok(Request::from_parts(
+        parts,
+        ForwardBody { first, rest: body },
+    ))
 }
 
 /// Whether a failed upstream exchange was the client's body's fault (hyper marks those "user" errors).
 fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
             return true;
         }
         cur = err.source();
@@ -283,7 +304,9 @@ pub enum ForwardError {
 
 /// A downstream connection's own HTTP/1.1 connection to the upstream, kept between requests.
 #[derive(Default)]
-pub struct UpstreamSlot(std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>);
+pub struct UpstreamSlot(
+    std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>,
+);
 
 impl std::fmt::Debug for UpstreamSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,7 +315,10 @@ impl std::fmt::Debug for UpstreamSlot {
 }
 
 impl UpstreamSlot {
-    fn take(&self, authority: &str) -> Option<hyper::client::conn::http1::SendRequest<ForwardBody>> {
+    fn take(
+        &self,
+        authority: &str,
+    ) -> Option<hyper::client::conn::http1::SendRequest<ForwardBody>> {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match g.take() {
             Some((a, s)) if a == authority && !s.is_closed() => Some(s),
@@ -305,13 +331,25 @@ impl UpstreamSlot {
         *g = Some((authority.to_string(), sender));
     }
 
-    async fn connect(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ForwardError> {
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
-            .await
-            .map_err(|_| ForwardError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
-            .map_err(ForwardError::Connect)?;
+    async fn connect(
+        authority: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ForwardError> {
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect(authority),
+        )
+        .await
+        .map_err(|_| {
+            ForwardError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })?
+        .map_err(ForwardError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -322,10 +360,18 @@ impl UpstreamSlot {
 
     /// Sends on the kept connection, or a new one when there is none or it has closed. A
     /// request the old connection did not take is retried once on a fresh connection.
-    pub async fn send(&self, authority: &str, req: Request<ForwardBody>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(
+        &self,
+        authority: &str,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req;
         for attempt in 0..2 {
-            let kept = if attempt == 0 { self.take(authority) } else { None };
+            let kept = if attempt == 0 {
+                self.take(authority)
+            } else {
+                None
+            };
             let mut sender = match kept {
                 Some(s) => s,
                 None => Self::connect(authority).await?,
@@ -346,7 +392,9 @@ impl UpstreamSlot {
                 },
             }
         }
-        Err(ForwardError::Connect(std::io::Error::other("upstream connection closed")))
+        Err(ForwardError::Connect(std::io::Error::other(
+            "upstream connection closed",
+        )))
     }
 }
 
@@ -360,7 +408,10 @@ impl HttpBody for ForwardBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
@@ -374,7 +425,11 @@ impl HttpBody for ForwardBody {
 
     fn size_hint(&self) -> SizeHint {
         let rest = self.rest.size_hint();
-        let extra = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+        let extra = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower() + extra);
         if let Some(u) = rest.upper() {

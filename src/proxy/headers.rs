@@ -69,7 +69,9 @@ fn norm(b: u8) -> u8 {
 }
 
 fn is_identity_name(name: &[u8], configured: &[&HeaderName]) -> bool {
-    configured.iter().any(|c| same_name(name, c.as_str().as_bytes()))
+    configured
+        .iter()
+        .any(|c| same_name(name, c.as_str().as_bytes()))
         || IDENTITY_NAMES.iter().any(|n| same_name(name, n.as_bytes()))
         || IDENTITY_PREFIXES
             .iter()

@@ -76,7 +76,11 @@ async fn run(state: &AppState, c: Command) -> serde_json::Value {
     match (c.cmd.as_str(), email) {
         ("list", email) => {
             let sessions: Vec<crate::store::Session> = match &email {
-                Some(e) => state.store.sessions_for(e).map(|v| v.into_iter().map(|(_, s)| s).collect()).unwrap_or_default(),
+                Some(e) => state
+                    .store
+                    .sessions_for(e)
+                    .map(|v| v.into_iter().map(|(_, s)| s).collect())
+                    .unwrap_or_default(),
                 None => state.store.sessions().map(|(_, s)| s).collect(),
             };
             serde_json::json!({"sessions": sessions})
@@ -84,7 +88,12 @@ async fn run(state: &AppState, c: Command) -> serde_json::Value {
         ("revoke", Some(email)) => match state.store.remove_sessions_for(&email) {
             Ok(n) => {
                 let _ = state.store.flush().await;
-                state.audit("revoke", &email, "control-socket", &format!("{n} session(s) from the command line"));
+                state.audit(
+                    "revoke",
+                    &email,
+                    "control-socket",
+                    &format!("{n} session(s) from the command line"),
+                );
                 serde_json::json!({"revoked": n, "email": email})
             }
             Err(e) => serde_json::json!({"error": e.to_string()}),
@@ -102,8 +111,13 @@ pub async fn call(data_dir: &Path, cmd: &Command) -> Result<serde_json::Value, S
     })?;
     let (r, mut w) = stream.into_split();
     let line = serde_json::to_string(cmd).map_err(|e| e.to_string())?;
-    w.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    w.write_all(format!("{line}\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut reply = String::new();
-    BufReader::new(r).read_line(&mut reply).await.map_err(|e| e.to_string())?;
+    BufReader::new(r)
+        .read_line(&mut reply)
+        .await
+        .map_err(|e| e.to_string())?;
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from server: {e}"))
 }

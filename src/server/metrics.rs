@@ -16,7 +16,9 @@ use crate::routing::LATENCY_BUCKETS;
 use crate::state::AppState;
 
 fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -28,10 +30,19 @@ pub fn render(state: &AppState) -> String {
     let _ = writeln!(out, "# TYPE portcullis_route_responses_total counter");
     for r in &cfg.routes {
         for (i, c) in r.stats.by_class.iter().enumerate() {
-            let _ = writeln!(out, "portcullis_route_responses_total{{route=\"{}\",status=\"{}xx\"}} {}", label(&r.name), i + 1, c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "portcullis_route_responses_total{{route=\"{}\",status=\"{}xx\"}} {}",
+                label(&r.name),
+                i + 1,
+                c.load(Relaxed)
+            );
         }
     }
-    let _ = writeln!(out, "# HELP portcullis_upstream_latency_seconds Time to the upstream's response head.");
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_upstream_latency_seconds Time to the upstream's response head."
+    );
     let _ = writeln!(out, "# TYPE portcullis_upstream_latency_seconds histogram");
     for r in &cfg.routes {
         let name = label(&r.name);
@@ -41,14 +52,36 @@ pub fn render(state: &AppState) -> String {
             let _ = writeln!(out, "portcullis_upstream_latency_seconds_bucket{{route=\"{name}\",le=\"{b}\"}} {cumulative}");
         }
         let count = r.stats.latency_count.load(Relaxed);
-        let _ = writeln!(out, "portcullis_upstream_latency_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "portcullis_upstream_latency_seconds_sum{{route=\"{name}\"}} {}", r.stats.latency_sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "portcullis_upstream_latency_seconds_count{{route=\"{name}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "portcullis_upstream_latency_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_upstream_latency_seconds_sum{{route=\"{name}\"}} {}",
+            r.stats.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_upstream_latency_seconds_count{{route=\"{name}\"}} {count}"
+        );
     }
     for (name, help, v) in [
-        ("active_sessions", "Sessions in the store (expired ones until the next sweep).", state.store.session_count()),
-        ("pending_challenges", "Sign-in challenges in the store.", state.store.challenge_count()),
-        ("outbox_depth", "Mails waiting to be sent.", state.store.outbox_len()),
+        (
+            "active_sessions",
+            "Sessions in the store (expired ones until the next sweep).",
+            state.store.session_count(),
+        ),
+        (
+            "pending_challenges",
+            "Sign-in challenges in the store.",
+            state.store.challenge_count(),
+        ),
+        (
+            "outbox_depth",
+            "Mails waiting to be sent.",
+            state.store.outbox_len(),
+        ),
     ] {
         let _ = writeln!(out, "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} gauge\nportcullis_{name} {v}");
     }
@@ -82,7 +115,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, mut stop: watch:
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

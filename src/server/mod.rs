@@ -70,7 +70,11 @@ fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
 /// within the grace period, stops the background workers and flushes the store.
-pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+pub async fn run(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
     let cfg = state.config();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = vec![
@@ -80,14 +84,28 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     ];
     if let Some(m) = listeners.metrics {
         tracing::info!(listen = %m.local_addr()?, "serving Prometheus metrics on /metrics");
-        workers.push(tokio::spawn(metrics::serve(state.clone(), m, stop_rx.clone())));
+        workers.push(tokio::spawn(metrics::serve(
+            state.clone(),
+            m,
+            stop_rx.clone(),
+        )));
     }
     match control::bind(&cfg.data_dir) {
-        Ok(l) => workers.push(tokio::spawn(control::serve(state.clone(), l, stop_rx.clone()))),
-        Err(e) => tracing::warn!(error = %e, "no control socket; `portcullis sessions` will not reach this server"),
+        Ok(l) => workers.push(tokio::spawn(control::serve(
+            state.clone(),
+            l,
+            stop_rx.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket; `portcullis sessions` will not reach this server")
+        }
     }
     if let Some(interval) = systemd::watchdog_interval() {
-        workers.push(tokio::spawn(watchdog(state.clone(), interval, stop_rx.clone())));
+        workers.push(tokio::spawn(watchdog(
+            state.clone(),
+            interval,
+            stop_rx.clone(),
+        )));
     }
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&cfg));
@@ -120,14 +138,25 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
             continue;
         };
         next = (next + 1) % workers_io.len();
-        workers_io.send(next, Job { stream: std_stream, peer, tls, watcher: graceful.watcher() });
+        workers_io.send(
+            next,
+            Job {
+                stream: std_stream,
+                peer,
+                tls,
+                watcher: graceful.watcher(),
+            },
+        );
     }
     drop(listeners.http);
     drop(listeners.tls);
     systemd::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
     let grace = state.config().limits.shutdown_grace;
     tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing remaining connections");
     }
     workers_io.stop();
@@ -158,19 +187,29 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(state: Arc<AppState>, builder: Arc<auto::Builder<TokioExecutor>>) -> std::io::Result<Workers> {
+    fn start(
+        state: Arc<AppState>,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+    ) -> std::io::Result<Workers> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for worker in 0..state.clients.len() {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let (state, builder) = (state.clone(), builder.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-w{worker}"))
                 .spawn(move || {
                     rt.block_on(async move {
                         while let Some(job) = rx.recv().await {
-                            tokio::spawn(serve_connection(state.clone(), builder.clone(), job, worker));
+                            tokio::spawn(serve_connection(
+                                state.clone(),
+                                builder.clone(),
+                                job,
+                                worker,
+                            ));
                         }
                     });
                 })?;
@@ -199,8 +238,18 @@ impl Workers {
     }
 }
 
-async fn serve_connection(state: Arc<AppState>, builder: Arc<auto::Builder<TokioExecutor>>, job: Job, worker: usize) {
-    let Job { stream, peer, tls, watcher } = job;
+async fn serve_connection(
+    state: Arc<AppState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    job: Job,
+    worker: usize,
+) {
+    let Job {
+        stream,
+        peer,
+        tls,
+        watcher,
+    } = job;
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -217,7 +266,12 @@ async fn serve_connection(state: Arc<AppState>, builder: Arc<auto::Builder<Tokio
         None
     };
     let timeout = state.config().limits.header_read_timeout;
-    let conn_info = ConnInfo { peer, tls, worker, upstream: Arc::default() };
+    let conn_info = ConnInfo {
+        peer,
+        tls,
+        worker,
+        upstream: Arc::default(),
+    };
     let service = service_fn(move |req| {
         let st = state.clone();
         let conn_info = conn_info.clone();
@@ -241,7 +295,11 @@ async fn serve_connection(state: Arc<AppState>, builder: Arc<auto::Builder<Tokio
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, timeout: Duration) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {

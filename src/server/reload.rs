@@ -16,7 +16,10 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_secs(2);
 
 fn mtimes(files: &[PathBuf]) -> HashMap<PathBuf, Option<SystemTime>> {
-    files.iter().map(|f| (f.clone(), crate::config::mtime(f))).collect()
+    files
+        .iter()
+        .map(|f| (f.clone(), crate::config::mtime(f)))
+        .collect()
 }
 
 /// The times the running config was read with (falls back to now for configs not from a file).
@@ -29,7 +32,10 @@ fn loaded(cfg: &Config) -> HashMap<PathBuf, Option<SystemTime>> {
 }
 
 fn tls_files(cfg: &Config) -> Vec<PathBuf> {
-    cfg.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect()
+    cfg.tls
+        .iter()
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect()
 }
 
 /// Re-reads the configuration file. On success swaps it in; on failure keeps the old one.
@@ -38,7 +44,10 @@ pub fn reload_config(state: &AppState) -> Result<(), String> {
     let new = Config::load(&old.source).map_err(|e| e.to_string())?;
     for (what, changed) in [
         ("listen", new.listen != old.listen),
-        ("tls.listen", new.tls.as_ref().map(|t| t.listen) != old.tls.as_ref().map(|t| t.listen)),
+        (
+            "tls.listen",
+            new.tls.as_ref().map(|t| t.listen) != old.tls.as_ref().map(|t| t.listen),
+        ),
         ("data_dir", new.data_dir != old.data_dir),
         ("metrics_listen", new.metrics_listen != old.metrics_listen),
     ] {
@@ -66,7 +75,11 @@ fn apply(state: &AppState, why: &str) -> bool {
     systemd::notify("RELOADING=1");
     let ok = match reload_config(state) {
         Ok(()) => {
-            tracing::info!(trigger = why, routes = state.config().routes.len(), "configuration reloaded");
+            tracing::info!(
+                trigger = why,
+                routes = state.config().routes.len(),
+                "configuration reloaded"
+            );
             true
         }
         Err(e) => {

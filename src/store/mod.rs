@@ -115,7 +115,10 @@ impl Flusher {
                 }
             })
             .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
-        Ok(Flusher { tx, thread: Some(thread) })
+        Ok(Flusher {
+            tx,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -327,7 +330,8 @@ impl Store {
 
     pub fn insert_session(&self, token_hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
         self.sessions.insert(token_hash, encode(s))?;
-        self.sessions_by_email.insert(email_key(&s.email, token_hash), &[])?;
+        self.sessions_by_email
+            .insert(email_key(&s.email, token_hash), &[])?;
         Ok(())
     }
 
@@ -338,7 +342,9 @@ impl Store {
         let mut out = Vec::new();
         for r in self.sessions_by_email.scan_prefix(&prefix) {
             let (k, _) = r?;
-            let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) else { continue };
+            let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) else {
+                continue;
+            };
             if let Some(s) = self.session(&hash)? {
                 out.push((hash, s));
             }
@@ -359,7 +365,8 @@ impl Store {
         match self.sessions.remove(token_hash)? {
             Some(v) => {
                 if let Ok(s) = decode::<Session>("sessions", &v) {
-                    self.sessions_by_email.remove(email_key(&s.email, token_hash))?;
+                    self.sessions_by_email
+                        .remove(email_key(&s.email, token_hash))?;
                 }
                 Ok(true)
             }
@@ -611,7 +618,10 @@ mod tests {
         assert_eq!(store.sweep(600, Some(1000)).unwrap(), (0, 1));
         assert_eq!(store.sweep(2000, Some(1000)).unwrap(), (0, 1));
         assert_eq!(store.session_count(), 0);
-        assert!(store.sessions_for("a@example.com").unwrap().is_empty(), "index follows removals");
+        assert!(
+            store.sessions_for("a@example.com").unwrap().is_empty(),
+            "index follows removals"
+        );
         store.insert_challenge(&challenge("old")).unwrap();
         assert_eq!(store.sweep(2000, None).unwrap(), (1, 0));
         assert!(store.challenge_for_link(&[7; 32]).unwrap().is_none());

@@ -1106,7 +1106,12 @@ async fn the_configured_header_limit_is_honoured_at_its_minimum() {
         std::path::Path::new("t.yaml"),
     )
     .unwrap_err();
-    assert!(err.problems.iter().any(|p| p.starts_with("limits.max_header_bytes")), "{err}");
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.starts_with("limits.max_header_bytes")),
+        "{err}"
+    );
     let gw = TestGateway::builder()
         .set("limits.max_header_bytes", 8192)
         .start()
@@ -1117,7 +1122,11 @@ async fn the_configured_header_limit_is_honoured_at_its_minimum() {
             "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
         );
         let resp = raw_exchange(gw.addr(), req.as_bytes()).await;
-        assert_eq!(raw_status(&resp), Some(want), "{size}-byte head with max_header_bytes: 8192: {resp:.200}");
+        assert_eq!(
+            raw_status(&resp),
+            Some(want),
+            "{size}-byte head with max_header_bytes: 8192: {resp:.200}"
+        );
     }
 }
 
@@ -1285,7 +1294,10 @@ async fn content_length_with_transfer_encoding_is_framed_by_te_and_closes() {
         }
     }
     for s in gw.upstream().seen_path("/cl-te") {
-        assert!(s.all("content-length").is_empty(), "the upstream got the Content-Length: {s:?}");
+        assert!(
+            s.all("content-length").is_empty(),
+            "the upstream got the Content-Length: {s:?}"
+        );
     }
 }
 
