@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cookie::{Cookie, SameSite};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use minijinja::context;
 use serde::Deserialize;
@@ -274,17 +274,41 @@ pub(crate) async fn read_body(
         .and_then(|v| v.parse::<usize>().ok())
     {
         if len > limit {
+            drain(body).await;
             return Err(AuthError::PayloadTooLarge);
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok((parts.headers, c.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AuthError::PayloadTooLarge),
-        Err(e) => Err(AuthError::BadRequest(
-            "bad_body",
-            format!("cannot read the request body: {e}"),
-        )),
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            AuthError::BadRequest("bad_body", format!("cannot read the request body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(AuthError::PayloadTooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok((parts.headers, buf.freeze()))
+}
+
+/// Reads and discards what is left of an oversized body (at most 1 MiB, at most 2 s), so the
+/// client gets to read the 413 instead of a reset connection.
+async fn drain(mut body: Incoming) {
+    let mut left: usize = 1 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }
 
 pub(crate) fn form(body: &[u8]) -> HashMap<String, String> {

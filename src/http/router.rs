@@ -26,11 +26,13 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let request_id = request_id(&state, &mut req, &conn);
+    // One config snapshot per request (each load touches a shared reference count).
+    let cfg = state.config();
+    let request_id = request_id(&state, &cfg, &mut req, &conn);
     let resp = if path == "/.auth" || path.starts_with("/.auth/") {
         handlers::dispatch(&state, req, &conn).await
     } else {
-        protected(&state, req, &conn).await
+        protected(&state, cfg, req, &conn).await
     };
     tracing::info!(
         target: "portcullis::access",
@@ -49,8 +51,12 @@ static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The request's id: kept from a trusted proxy's `X-Request-Id`, otherwise made here
 /// (random per-process prefix + counter: unique, and cheap on the hot path). Passed upstream.
-fn request_id(state: &AppState, req: &mut Request<Incoming>, conn: &ConnInfo) -> HeaderValue {
-    let cfg = state.config();
+fn request_id(
+    state: &AppState,
+    cfg: &Config,
+    req: &mut Request<Incoming>,
+    conn: &ConnInfo,
+) -> HeaderValue {
     if let Some(v) = req.headers().get(X_REQUEST_ID) {
         if is_trusted(&cfg.trusted_proxies, conn.peer.ip()) && v.len() <= 128 {
             return v.clone();
@@ -67,10 +73,10 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 async fn protected(
     state: &Arc<AppState>,
+    cfg: Arc<Config>,
     req: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<Body> {
-    let cfg = state.config();
     let navigation = is_navigation(req.method(), req.headers());
     let host = request_host(&req).unwrap_or_default();
     let Some(route) = cfg.route(&host, req.uri().path()) else {
