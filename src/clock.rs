@@ -22,6 +22,14 @@ impl Clock for SystemClock {
     }
 }
 
+/// Formats Unix seconds for people: `2026-11-22 03:16:46 UTC` (mails, pages, the CLI).
+pub fn format_unix(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
 /// A clock that starts at the real time and can be moved forward by tests.
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<AtomicU64>);

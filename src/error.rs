@@ -40,6 +40,8 @@ pub enum AuthError {
     UnsupportedMediaType,
     #[error("the request body is too large")]
     PayloadTooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("no such page")]
@@ -77,6 +79,7 @@ impl AuthError {
             NotAllowed(_) | CrossOrigin => StatusCode::FORBIDDEN,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Store(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +104,7 @@ impl AuthError {
             CrossOrigin => "cross_origin",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",
+            BodyTimeout => "body_timeout",
             MethodNotAllowed => "method_not_allowed",
             NotFound => "not_found",
             Store(_) | Internal(_) => "internal",

@@ -141,13 +141,7 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
         "CREATED",
         "LAST SEEN"
     );
-    let t = |v: &serde_json::Value| {
-        let secs = v.as_u64().unwrap_or(0);
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-        )
-        .to_string()
-    };
+    let t = |v: &serde_json::Value| portcullis::clock::format_unix(v.as_u64().unwrap_or(0));
     for s in &sessions {
         out!(
             "{:<14} {:<32} {:<16} {:<20} {:<20} {}",

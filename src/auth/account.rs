@@ -36,12 +36,7 @@ struct Row {
     current: bool,
 }
 
-fn time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-        .replace('T', " ")
-        .replace('Z', " UTC")
-}
+use crate::clock::format_unix as time;
 
 /// "Firefox on Linux" from a User-Agent string (best effort; unknown parts say so).
 pub fn device(ua: &str) -> String {
@@ -135,7 +130,7 @@ pub async fn revoke_own(
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
-    let (_, body) = read_body(req, cfg.limits.max_auth_body_bytes).await?;
+    let (_, body) = read_body(req, &cfg.limits).await?;
     let target = form(&body).remove("id").unwrap_or_default();
     let mut revoked_current = false;
     let mut n = 0;
@@ -219,7 +214,7 @@ pub async fn admin_revoke(
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
-    let (_, body) = read_body(req, cfg.limits.max_auth_body_bytes).await?;
+    let (_, body) = read_body(req, &cfg.limits).await?;
     let email = parse_address(&form(&body).remove("email").unwrap_or_default())?;
     let n = state.store.remove_sessions_for(email.canonical())?;
     state.store.flush().await?;

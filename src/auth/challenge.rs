@@ -82,10 +82,7 @@ fn queue_mail(
 ) -> Result<(), AuthError> {
     let now = state.clock.now();
     let link_url = link.map(|t| cfg.public_link(&format!("/.auth/verify?token={t}")));
-    let requested_at = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(now),
-    )
-    .to_string();
+    let requested_at = crate::clock::format_unix(now);
     let mail = SignInMail {
         site: cfg.public_url.host_str().unwrap_or("Portcullis"),
         subject: &cfg.email.subject,

@@ -262,10 +262,13 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 }
 
 /// Reads a request body up to the configured limit.
+/// Reads a `/.auth/` request body: at most `limits.max_auth_body_bytes` (else 413, after draining),
+/// and within `limits.header_read_timeout` (else 408: a trickling client cannot hold a task).
 pub(crate) async fn read_body(
     req: Request<Incoming>,
-    limit: usize,
+    limits: &crate::config::Limits,
 ) -> Result<(HeaderMap, Bytes), AuthError> {
+    let limit = limits.max_auth_body_bytes;
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -278,21 +281,27 @@ pub(crate) async fn read_body(
             return Err(AuthError::PayloadTooLarge);
         }
     }
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            AuthError::BadRequest("bad_body", format!("cannot read the request body: {e}"))
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                drain(body).await;
-                return Err(AuthError::PayloadTooLarge);
+    let read = async move {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                AuthError::BadRequest("bad_body", format!("cannot read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    drain(body).await;
+                    return Err(AuthError::PayloadTooLarge);
+                }
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
         }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(limits.header_read_timeout, read).await {
+        Ok(body) => Ok((parts.headers, body?)),
+        Err(_) => Err(AuthError::BodyTimeout),
     }
-    Ok((parts.headers, buf.freeze()))
 }
 
 /// Reads and discards what is left of an oversized body (at most 1 MiB, at most 2 s), so the
@@ -484,7 +493,7 @@ impl Ctx<'_> {
 
     async fn login_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
-        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let (_, body) = read_body(req, &self.cfg.limits).await?;
         let f = form(&body);
         let email = f.get("email").map(String::as_str).unwrap_or("");
         let rd = f.get("rd").map(String::as_str).unwrap_or("");
@@ -540,7 +549,7 @@ impl Ctx<'_> {
 
     async fn code_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
-        let (headers, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let (headers, body) = read_body(req, &self.cfg.limits).await?;
         let c = self.bound_challenge(&headers)?;
         let code = form(&body).remove("code").unwrap_or_default();
         match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip) {
@@ -554,7 +563,7 @@ impl Ctx<'_> {
 
     async fn resend_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
-        let (headers, _) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let (headers, _) = read_body(req, &self.cfg.limits).await?;
         let c = self.bound_challenge(&headers)?;
         match challenge::resend(self.state, self.cfg, &c.id, self.who).await {
             Ok(c) => Ok(self.render_check(
@@ -595,7 +604,7 @@ impl Ctx<'_> {
 
     async fn verify_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
-        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let (_, body) = read_body(req, &self.cfg.limits).await?;
         let token = form(&body).remove("token").unwrap_or_default();
         let done = challenge::redeem_link(self.state, self.cfg, &token)?;
         self.finish_html(&done, true).await
@@ -716,7 +725,7 @@ impl Ctx<'_> {
         if !is_json(req.headers()) {
             return Err(AuthError::UnsupportedMediaType);
         }
-        let (_, body) = read_body(req, self.cfg.limits.max_auth_body_bytes).await?;
+        let (_, body) = read_body(req, &self.cfg.limits).await?;
         parse_json(&body)
     }
 

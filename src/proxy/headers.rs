@@ -96,10 +96,17 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
     if bearer_used {
         headers.remove(header::AUTHORIZATION);
     }
-    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if cookies.is_empty() {
+    // Hot path: most requests either carry no cookie of ours (bearer clients) or carry it once;
+    // only rebuild the header when our name appears at all.
+    let ours = headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(cookie_name.len())
+            .any(|w| w == cookie_name.as_bytes())
+    });
+    if !ours {
         return;
     }
+    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
     let mut kept: Vec<&str> = Vec::new();
     let texts: Vec<String> = cookies

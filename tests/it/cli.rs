@@ -450,3 +450,74 @@ async fn https_speaks_h2_and_http1_by_alpn_and_reloads_its_certificate() {
     }
     assert!(sigterm(&mut served).success());
 }
+
+/// `kill -9` right after the answers: what a client was told about (a session, a pending
+/// challenge, a queued mail) is on disk, because the gateway fsyncs before it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_challenges_and_queued_mail_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start();
+    let dead_smtp = free_port();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let yaml = |smtp_port: u16| {
+        format!(
+            "listen: 127.0.0.1:{port}\npublic_url: {base}\ndata_dir: {}\nupstream: builtin:whoami\naccess:\n  allowed_domains: [example.com]\nemail:\n  transport: smtp\n  smtp: {{ host: 127.0.0.1, port: {smtp_port}, security: none }}\n",
+            dir.path().join("data").display(),
+        )
+    };
+    let config = write(dir.path(), "portcullis.yaml", &yaml(smtp.port));
+    let log = dir.path().join("serve.log");
+    let mut s = serve(&config, &log, &base).await;
+    let http = Http::new(&base);
+    let r = http
+        .send(Req::post("/.auth/api/login").json(&json!({"email": "k9@example.com"})))
+        .await;
+    let id = r.json()["challenge_id"].clone();
+    let code = smtp.wait_for_mail("k9@example.com", WAIT).await.code();
+    let r = http
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": id, "code": code, "issue_token": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let token = r.json()["session_token"].as_str().unwrap().to_string();
+    s.child.kill().unwrap(); // SIGKILL: no shutdown, no final flush
+    s.child.wait().unwrap();
+
+    // Restart with SMTP down, ask for a mail, kill -9 again before it can be sent.
+    std::fs::write(&config, yaml(dead_smtp)).unwrap();
+    let mut s = serve(&config, &log, &base).await;
+    let r = Http::new(&base)
+        .send(Req::get("/.auth/api/session").header("authorization", &format!("Bearer {token}")))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "session lost by kill -9: {}",
+        r.text()
+    );
+    let r = Http::new(&base)
+        .send(Req::post("/.auth/api/login").json(&json!({"email": "later@example.com"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let pending = r.json()["challenge_id"].as_str().unwrap().to_string();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+
+    // Back with SMTP up: the challenge is there and the queued mail goes out.
+    std::fs::write(&config, yaml(smtp.port)).unwrap();
+    let mut s = serve(&config, &log, &base).await;
+    let r = Http::new(&base)
+        .send(Req::get(&format!("/.auth/api/challenge/{pending}")))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "challenge lost by kill -9: {}",
+        r.text()
+    );
+    smtp.wait_for_mail("later@example.com", WAIT).await;
+    assert!(sigterm(&mut s).success());
+}

@@ -1520,3 +1520,25 @@ async fn a_verify_head_request_does_not_spend_the_link() {
     let r = b.send(Req::get(&mail.link())).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_auth_body_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::builder()
+        .set("limits.header_read_timeout", "1s")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /.auth/api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\"")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+        .await
+        .expect("a stalled body held the request open")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert_eq!(raw_status(&resp), Some(408), "{resp}");
+    assert!(resp.contains("body_timeout"), "{resp}");
+    assert_eq!(gw.state().store.challenge_count(), 0);
+}
