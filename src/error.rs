@@ -34,6 +34,8 @@ pub enum AuthError {
     Unauthenticated,
     #[error("the address {0} may not access this site")]
     NotAllowed(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("this request came from another site and was refused")]
     CrossOrigin,
     #[error("send the request body as application/json")]
@@ -76,7 +78,7 @@ impl AuthError {
             UnknownChallenge | NotFound => StatusCode::NOT_FOUND,
             Expired | AlreadyUsed | Locked => StatusCode::GONE,
             Unauthenticated => StatusCode::UNAUTHORIZED,
-            NotAllowed(_) | CrossOrigin => StatusCode::FORBIDDEN,
+            NotAllowed(_) | Forbidden(_) | CrossOrigin => StatusCode::FORBIDDEN,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -101,6 +103,7 @@ impl AuthError {
             InvalidLink => "invalid_link",
             Unauthenticated => "unauthenticated",
             NotAllowed(_) => "not_allowed",
+            Forbidden(_) => "forbidden",
             CrossOrigin => "cross_origin",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",

@@ -11,6 +11,7 @@ pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod request;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Access, Upstream};
+use crate::request::{canonicalize, Ambiguity, CanonicalPath};
 
 /// How a route matches the request host (compared without port, lower-case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,52 +99,15 @@ impl PublicPath {
     }
 }
 
-/// Normalises a request path the way a careful upstream would read it: decodes `%2e`-style escapes of
-/// unreserved characters, collapses `//`, resolves `.` and `..`. Returns `None` for paths that
-/// hide separators (`%2f`, `%5c`, `\`), NULs or invalid escapes: those are never public.
+/// The canonical form of a path without ambiguity (see [`crate::request::path`]), or `None` for
+/// a path servers read differently (`%2f`, `\\`, NUL, bad or double escapes…): such paths are
+/// never public. Config validation and public-path matching use this one function.
 pub fn normalize_path(path: &str) -> Option<String> {
-    let mut decoded = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(c) = rest.chars().next() {
-        if c == '%' {
-            let hex = rest.get(1..3)?;
-            let v = u8::from_str_radix(hex, 16).ok()?;
-            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(v as char);
-            } else if matches!(v, b'/' | b'\\' | 0) || v < 0x20 {
-                return None;
-            } else {
-                decoded.push('%');
-                decoded.push_str(&hex.to_ascii_uppercase());
-            }
-            rest = &rest[3..];
-            continue;
-        }
-        if c == '\\' || c.is_control() {
-            return None;
-        }
-        decoded.push(c);
-        rest = &rest[c.len_utf8()..];
+    let c = canonicalize(path);
+    match c.ambiguity {
+        None => Some(c.primary.into_owned()),
+        Some(_) => None,
     }
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut n = String::with_capacity(decoded.len());
-    for s in &out {
-        n.push('/');
-        n.push_str(s);
-    }
-    if n.is_empty() || (decoded.ends_with('/') && !out.is_empty()) {
-        n.push('/');
-    }
-    Some(n)
 }
 
 /// Traffic counters of one route (kept across reloads by route name).
@@ -195,47 +159,150 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether `path` (raw, as received) is public on this route.
-    pub fn is_public_path(&self, path: &str) -> bool {
-        if self.public {
-            return true;
-        }
-        if self.public_paths.is_empty() {
-            return false;
-        }
-        match normalize_path(path) {
-            Some(n) => self.public_paths.iter().any(|p| p.matches(&n)),
-            None => false,
-        }
+    /// Whether a canonical reading of a path is public on this route: the whole route is public,
+    /// or the reading equals a public path exactly (case-sensitive: ambiguity resolves to the
+    /// stricter rule, so `/Static/x` is not under `/static/`).
+    pub fn is_public_path(&self, canonical: &str) -> bool {
+        self.public || self.public_paths.iter().any(|p| p.matches(canonical))
     }
 
-    fn matches(&self, host: &str, path: &str) -> bool {
-        self.host.matches(host) && prefix_matches(&self.path_prefix, path)
+    /// Whether the route serves `host` (canonical) and a canonical reading of the path. Prefixes of
+    /// restricted routes match case-insensitively (`/ADMIN/x` is under `/admin`: Tomcat and IIS
+    /// fold case); a public route's prefix matches only exactly.
+    fn matches(&self, host: &str, path: &str, fold: bool) -> bool {
+        self.host.matches(host) && prefix_matches(&self.path_prefix, path, fold && !self.public)
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+fn prefix_matches(prefix: &str, path: &str, fold: bool) -> bool {
     if prefix == "/" {
         return true;
     }
-    let p = prefix.trim_end_matches('/');
-    path == p || path.starts_with(&format!("{p}/"))
+    let p = prefix.trim_end_matches('/').as_bytes();
+    let b = path.as_bytes();
+    if b.len() < p.len() || (b.len() > p.len() && b[p.len()] != b'/') {
+        return false;
+    }
+    if fold {
+        b[..p.len()].eq_ignore_ascii_case(p)
+    } else {
+        &b[..p.len()] == p
+    }
 }
 
-/// Strips the port from a Host header value and lower-cases it.
-pub fn host_without_port(host: &str) -> String {
-    let h = host.trim();
-    let h = if h.starts_with('[') {
-        h.split_once(']')
-            .map(|(a, _)| format!("{a}]"))
-            .unwrap_or_else(|| h.to_string())
-    } else {
-        h.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(a, _)| a.to_string())
-            .unwrap_or_else(|| h.to_string())
+/// Whether paths that servers read differently are refused (`400`) or forwarded unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AmbiguousPaths {
+    /// `400` (the default).
+    #[default]
+    Reject,
+    /// Forwarded unchanged, but only to a route with no other route or public path below it
+    /// (otherwise still `400`), never public through `public_paths`, and only to a client every
+    /// route the path could mean allows.
+    Forward,
+}
+
+/// What the gateway decided about one request: where it goes and who may pass.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    /// The route of the primary reading: its upstream receives the request.
+    pub route: &'a Route,
+    /// No session needed: every reading of the path is public.
+    pub public: bool,
+    /// Further restricted routes other readings of the path (or its exact-case spelling) land on;
+    /// a client must be allowed by each of them too.
+    pub also: Vec<&'a Route>,
+}
+
+impl Decision<'_> {
+    /// Whether a signed-in (canonical) address may pass: allowed by every route the request could mean.
+    pub fn allows(&self, email: &str) -> bool {
+        std::iter::once(self.route)
+            .chain(self.also.iter().copied())
+            .all(|r| r.public || r.access.allows(email))
+    }
+
+    /// The idle timeout of the session check (the forwarded route's).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.route.idle_timeout
+    }
+}
+
+/// The one routing and public-path decision for a canonical host and path, shared by the proxy
+/// and every forward-auth endpoint. `Err` when the path is ambiguous and `mode` refuses it;
+/// `Ok(None)` when no route serves the host and path.
+///
+/// Every reading of the path is judged (primary, `;` kept, generous decoding), with restricted
+/// prefixes both folded and exact; the request is public only if all readings are public, and a
+/// client must be allowed by every restricted route any reading lands on. So the decision for
+/// any spelling is never laxer than the decision for its canonical form.
+pub fn decide<'a>(
+    routes: &'a [Route],
+    host: &str,
+    path: &CanonicalPath<'_>,
+    mode: AmbiguousPaths,
+) -> Result<Option<Decision<'a>>, Ambiguity> {
+    if let Some(a) = path.ambiguity {
+        if mode == AmbiguousPaths::Reject {
+            return Err(a);
+        }
+    }
+    let ambiguous = path.ambiguity.is_some();
+    // The one-upstream shorthand matches everything and has no public paths.
+    if let [only] = routes {
+        if only.host == HostPattern::Any && only.path_prefix == "/" && only.public_paths.is_empty()
+        {
+            return Ok(Some(Decision {
+                route: only,
+                public: only.public,
+                also: Vec::new(),
+            }));
+        }
+    }
+    let primary = path.primary.as_ref();
+    let Some(route) = find_reading(routes, host, primary, true) else {
+        return Ok(None);
     };
-    h.to_ascii_lowercase()
+    // An ambiguous path is forwarded only to a route with no other rule below it: which of
+    // them it means depends on the upstream's reading.
+    if let Some(a) = path.ambiguity {
+        let below = routes.iter().any(|r| {
+            !std::ptr::eq(r, route)
+                && r.host.matches(host)
+                && r.path_prefix.len() > route.path_prefix.len()
+                && prefix_matches(&route.path_prefix, &r.path_prefix, true)
+        });
+        if below || !route.public_paths.is_empty() {
+            return Err(a);
+        }
+    }
+    let public_reading = |r: &Route, reading: &str| {
+        r.public || (!ambiguous && r.public_paths.iter().any(|p| p.matches(reading)))
+    };
+    let mut public = public_reading(route, primary);
+    let mut also: Vec<&Route> = Vec::new();
+    for reading in path.readings() {
+        for fold in [true, false] {
+            let Some(r) = find_reading(routes, host, reading, fold) else {
+                // A reading no route serves cannot be called public.
+                public = false;
+                continue;
+            };
+            public &= public_reading(r, reading);
+            if !r.public && !std::ptr::eq(r, route) && !also.iter().any(|a| std::ptr::eq(*a, r)) {
+                also.push(r);
+            }
+        }
+    }
+    Ok(Some(Decision {
+        route,
+        public,
+        also,
+    }))
+}
+
+fn find_reading<'a>(routes: &'a [Route], host: &str, path: &str, fold: bool) -> Option<&'a Route> {
+    routes.iter().find(|r| r.matches(host, path, fold))
 }
 
 /// Sorts routes most specific first so the first match wins.
@@ -248,17 +315,11 @@ pub fn sort_routes(routes: &mut [Route]) {
     });
 }
 
-/// The route for a host (with or without port) and raw path.
+/// The route for a host and raw path (tests and tools; requests go through [`decide`]).
 pub fn find<'a>(routes: &'a [Route], host: &str, path: &str) -> Option<&'a Route> {
-    // The one-upstream shorthand matches everything: skip the string work on the hot path.
-    if let [only] = routes {
-        if only.host == HostPattern::Any && only.path_prefix == "/" {
-            return Some(only);
-        }
-    }
-    let host = host_without_port(host);
-    let npath = normalize_path(path).unwrap_or_else(|| path.to_string());
-    routes.iter().find(|r| r.matches(&host, &npath))
+    let host = crate::request::canonical_authority(host).ok()?;
+    let path = canonicalize(path);
+    find_reading(routes, &host.host, &path.primary, true)
 }
 
 /// Every address any route (or the global policy) allows: who may receive a sign-in mail.
@@ -295,25 +356,20 @@ mod tests {
         assert_eq!(normalize_path("/%zz"), None);
         assert_eq!(normalize_path("/a%20b").as_deref(), Some("/a%20b"));
         assert_eq!(
-            normalize_path("/é/🍕").as_deref(),
-            Some("/é/🍕"),
-            "UTF-8 kept as is"
+            normalize_path("/é").as_deref(),
+            Some("/%C3%A9"),
+            "raw UTF-8 and its escapes are one spelling"
         );
         assert_eq!(
             normalize_path("/é")
                 .and_then(|n| normalize_path(&n))
                 .as_deref(),
-            Some("/é")
+            Some("/%C3%A9")
         );
     }
 
     #[test]
     fn hosts_and_ports() {
-        assert_eq!(
-            host_without_port("Grafana.Example.com:8443"),
-            "grafana.example.com"
-        );
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
         let w = HostPattern::parse("*.example.com").unwrap();
         assert!(w.matches("a.example.com"));
         assert!(!w.matches("example.com"));
@@ -321,31 +377,432 @@ mod tests {
         assert!(HostPattern::parse("bad host").is_err());
     }
 
+    /// Routes with nested restrictive prefixes, public paths and a public catch-all.
+    const TABLE_CONFIG: &str = "public_url: https://auth.example.com
+access: { allowed_domains: [example.com] }
+routes:
+  - { host: app.example.com, upstream: 'http://127.0.0.1:1', access: { public: true } }
+  - { host: app.example.com, path_prefix: /admin, upstream: 'http://127.0.0.1:2', access: { allowed_emails: [boss@example.com] } }
+  - { host: app.example.com, path_prefix: /admin/reports, upstream: 'http://127.0.0.1:3', access: { allowed_emails: [boss@example.com, carol@example.com] } }
+  - { host: app.example.com, path_prefix: /team, upstream: 'http://127.0.0.1:4', access: { allowed_domains: [example.com] }, public_paths: [/team/public/, /team/health] }
+  - { host: '*', upstream: 'http://127.0.0.1:5', access: { public: true } }
+";
+
+    const PEOPLE: [&str; 4] = [
+        "boss@example.com",
+        "carol@example.com",
+        "alice@example.com",
+        "eve@other.org",
+    ];
+
+    /// The decision as a comparable value: `400`, `404`, `public`, or who may pass.
+    fn verdict(cfg: &crate::config::Config, host: &str, path: &str) -> String {
+        let Ok(a) = crate::request::canonical_authority(host) else {
+            return "400".into();
+        };
+        let path = canonicalize(path);
+        match decide(&cfg.routes, &a.host, &path, cfg.ambiguous_paths) {
+            Err(_) => "400".into(),
+            Ok(None) => "404".into(),
+            Ok(Some(d)) if d.public => "public".into(),
+            Ok(Some(d)) => {
+                let who: Vec<&str> = PEOPLE.iter().copied().filter(|p| d.allows(p)).collect();
+                format!("only {}", who.join(","))
+            }
+        }
+    }
+
+    /// `a` is never laxer than `b`: 400 is strictest; public is laxest; otherwise a subset of people.
+    fn not_laxer(a: &str, b: &str) -> bool {
+        let set = |v: &str| -> Option<Vec<String>> {
+            v.strip_prefix("only ").map(|s| {
+                s.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+        };
+        match (a, b) {
+            ("400", _) | ("404", _) => true,
+            (_, "public") => true,
+            ("public", _) => false,
+            (_, "400") | (_, "404") => false,
+            _ => {
+                let (sa, sb) = (set(a).unwrap_or_default(), set(b).unwrap_or_default());
+                sa.iter().all(|x| sb.contains(x))
+            }
+        }
+    }
+
+    fn table_config(extra: &str) -> crate::config::Config {
+        crate::config::Config::parse(
+            &format!("{TABLE_CONFIG}{extra}"),
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap()
+    }
+
+    /// (host, raw path, canonical host, canonical path): the decision for each spelling equals the
+    /// decision for its canonical form, or is 400.
+    const SPELLINGS: &[(&str, &str, &str, &str)] = &[
+        ("app.example.com", "/admin/x", "app.example.com", "/admin/x"),
+        ("app.example.com", "/ADMIN/x", "app.example.com", "/admin/x"),
+        ("app.example.com", "/Admin/x", "app.example.com", "/admin/x"),
+        (
+            "app.example.com",
+            "/admin%2fx",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin%2Fx",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin%5cx",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin\\x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin;x/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin;/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/%61dmin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/%2561dmin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/x/../admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/x/%2e%2e/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/x/..;/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/x/;/../admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "//admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/./admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin/./x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin//x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin%00/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin%c0%afx",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/%u0061dmin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin%zz",
+            "app.example.com",
+            "/admin/x",
+        ),
+        ("app.example.com", "/admin", "app.example.com", "/admin"),
+        (
+            "app.example.com",
+            "/admin/reports/x",
+            "app.example.com",
+            "/admin/reports/x",
+        ),
+        (
+            "app.example.com",
+            "/admin/reports/../x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/admin/reports/..;/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com",
+            "/ADMIN/REPORTS/x",
+            "app.example.com",
+            "/admin/reports/x",
+        ),
+        // Tomcat reads /admin/reports/y, Werkzeug a file under /admin: the stricter one decides.
+        (
+            "app.example.com",
+            "/admin/reports;x/y",
+            "app.example.com",
+            "/admin/y",
+        ),
+        // Case-folding servers read /admin/reports, case-sensitive ones /admin: the stricter decides.
+        (
+            "app.example.com",
+            "/admin/Reports/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        ("app.example.com", "/team/x", "app.example.com", "/team/x"),
+        (
+            "app.example.com",
+            "/team/public/x",
+            "app.example.com",
+            "/team/public/x",
+        ),
+        (
+            "app.example.com",
+            "/team/public/../secret",
+            "app.example.com",
+            "/team/secret",
+        ),
+        (
+            "app.example.com",
+            "/team/public/..;/secret",
+            "app.example.com",
+            "/team/secret",
+        ),
+        (
+            "app.example.com",
+            "/team/public/%2e%2e/secret",
+            "app.example.com",
+            "/team/secret",
+        ),
+        (
+            "app.example.com",
+            "/team/public%2f..%2fsecret",
+            "app.example.com",
+            "/team/secret",
+        ),
+        (
+            "app.example.com",
+            "/team/Public/x",
+            "app.example.com",
+            "/team/Public/x",
+        ),
+        (
+            "app.example.com",
+            "/TEAM/public/x",
+            "app.example.com",
+            "/team/x",
+        ),
+        (
+            "app.example.com",
+            "/team/%70ublic/x",
+            "app.example.com",
+            "/team/public/x",
+        ),
+        (
+            "app.example.com",
+            "/team/health",
+            "app.example.com",
+            "/team/health",
+        ),
+        (
+            "app.example.com",
+            "/team/health;x",
+            "app.example.com",
+            "/team/x",
+        ),
+        (
+            "app.example.com",
+            "/team/health/",
+            "app.example.com",
+            "/team/x",
+        ),
+        (
+            "app.example.com",
+            "/nothing/../team/x",
+            "app.example.com",
+            "/team/x",
+        ),
+        ("app.example.com", "/open", "app.example.com", "/open"),
+        ("APP.Example.COM", "/admin/x", "app.example.com", "/admin/x"),
+        (
+            "app.example.com.",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com.:8443",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app..example.com",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com:1:2",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "x@app.example.com",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com%2e",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "app.example.com,other.org",
+            "/admin/x",
+            "app.example.com",
+            "/admin/x",
+        ),
+        (
+            "other.example.com",
+            "/admin/x",
+            "other.example.com",
+            "/admin/x",
+        ),
+    ];
+
+    #[test]
+    fn every_spelling_decides_like_its_canonical_form_or_400() {
+        let cfg = table_config("");
+        assert!(SPELLINGS.len() >= 40);
+        let mut bad = Vec::new();
+        for (host, raw, chost, cpath) in SPELLINGS {
+            let got = verdict(&cfg, host, raw);
+            let want = verdict(&cfg, chost, cpath);
+            if got != want && got != "400" {
+                bad.push(format!(
+                    "{host:28} {raw:30} -> {got:36} canonical {cpath} -> {want}"
+                ));
+            }
+        }
+        assert!(bad.is_empty(), "decisions differ:\n{}", bad.join("\n"));
+        // Spot checks that pin the table to the rules, not only to itself.
+        assert_eq!(
+            verdict(&cfg, "app.example.com", "/admin/x"),
+            "only boss@example.com"
+        );
+        assert_eq!(
+            verdict(&cfg, "app.example.com", "/ADMIN/x"),
+            "only boss@example.com"
+        );
+        assert_eq!(verdict(&cfg, "app.example.com", "/admin%2fx"), "400");
+        assert_eq!(verdict(&cfg, "app.example.com", "/team/public/x"), "public");
+        assert_eq!(
+            verdict(&cfg, "app.example.com", "/team/health;x"),
+            "only boss@example.com,carol@example.com,alice@example.com"
+        );
+        assert_eq!(
+            verdict(&cfg, "app.example.com.", "/admin/x"),
+            "only boss@example.com"
+        );
+        assert_eq!(verdict(&cfg, "other.example.com", "/admin/x"), "public");
+    }
+
+    #[test]
+    fn forwarded_ambiguous_paths_take_the_strictest_reading() {
+        let cfg = table_config("ambiguous_paths: forward\n");
+        for (host, raw, chost, cpath) in SPELLINGS {
+            let got = verdict(&cfg, host, raw);
+            let want = verdict(&cfg, chost, cpath);
+            assert!(
+                not_laxer(&got, &want),
+                "{host} {raw}: {got} is laxer than {cpath}: {want}"
+            );
+        }
+        // `/` has rules below it, `/team` has public paths: still refused.
+        assert_eq!(verdict(&cfg, "app.example.com", "/admin%2fx"), "400");
+        assert_eq!(verdict(&cfg, "app.example.com", "/team/public%2fx"), "400");
+        // `/admin/reports` has nothing below it: forwarded, to the people it allows.
+        assert_eq!(
+            verdict(&cfg, "app.example.com", "/admin/reports/a%2fb"),
+            "only boss@example.com,carol@example.com"
+        );
+        assert_eq!(verdict(&cfg, "other.example.com", "/a%2fb"), "public");
+    }
+
     #[test]
     fn public_paths_cannot_be_climbed_out_of() {
-        let r = Route {
-            name: "t".into(),
-            host: HostPattern::Any,
-            path_prefix: "/".into(),
-            upstream: Upstream::Whoami,
-            access: Arc::new(Access::default()),
-            public: false,
-            idle_timeout: None,
-            public_paths: vec![
-                PublicPath::parse("/static/").unwrap(),
-                PublicPath::parse("/healthz").unwrap(),
-            ],
-            stats: Arc::default(),
-        };
-        assert!(r.is_public_path("/static/app.js"));
-        assert!(r.is_public_path("/static"));
-        assert!(r.is_public_path("/healthz"));
-        assert!(!r.is_public_path("/healthz/x"));
-        assert!(!r.is_public_path("/static/../admin"));
-        assert!(!r.is_public_path("/static/%2e%2e/admin"));
-        assert!(!r.is_public_path("/static/..%2fadmin"));
-        assert!(!r.is_public_path("//static/../admin"));
-        assert!(!r.is_public_path("/admin"));
-        assert!(!r.is_public_path("/staticx"));
+        let cfg = table_config("");
+        let public = |p: &str| verdict(&cfg, "app.example.com", p) == "public";
+        assert!(public("/team/public/app.js"));
+        assert!(public("/team/public"));
+        assert!(public("/team/health"));
+        assert!(!public("/team/health/x"));
+        assert!(!public("/team/public/../admin"));
+        assert!(!public("/team/public/%2e%2e/admin"));
+        assert!(!public("/team/public/..%2fadmin"));
+        assert!(!public("//team/public/../x"));
+        assert!(!public("/team/publicx"));
     }
 }

@@ -21,14 +21,15 @@ use crate::error::AuthError;
 use crate::http::response::{html, json, no_referrer, redirect, set_cookie, text, Body};
 use crate::http::router::{login_url, unauthenticated};
 use crate::http::{client_ip, ConnInfo};
-use crate::proxy::forward::request_host;
+use crate::request::{canonical_authority, canonicalize, CanonicalPath, RequestView};
+use crate::routing;
 use crate::state::AppState;
 use crate::store::Challenge;
 
 type Reply = Result<Response<Body>, AuthError>;
 
 /// Every `/.auth/` path this gateway answers (for 405 vs 404).
-const KNOWN: [&str; 19] = [
+const KNOWN: [&str; 21] = [
     "/.auth/sessions",
     "/.auth/sessions/revoke",
     "/.auth/admin",
@@ -41,6 +42,8 @@ const KNOWN: [&str; 19] = [
     "/.auth/verify",
     "/.auth/logout",
     "/.auth/check",
+    "/.auth/check/nginx",
+    "/.auth/check/forward",
     "/.auth/api/login",
     "/.auth/api/resend",
     "/.auth/api/verify",
@@ -55,11 +58,12 @@ pub async fn dispatch(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    view: &RequestView,
 ) -> Response<Body> {
     let cfg = state.config();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let wants_json = path.starts_with("/.auth/api/") || path == "/.auth/check";
+    let wants_json = path.starts_with("/.auth/api/") || path.starts_with("/.auth/check");
     let who = Requester {
         ip: client_ip(&cfg, conn, req.headers()).to_string(),
         user_agent: req
@@ -95,11 +99,17 @@ pub async fn dispatch(
         (&Method::GET | &Method::HEAD, "/.auth/verify") => h.verify_page(&req).await,
         (&Method::POST, "/.auth/verify") => h.verify_submit(req).await,
         (&Method::POST, "/.auth/logout") => h.logout(req).await,
-        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req, conn),
+        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req, conn, view, Family::Legacy),
+        (&Method::GET | &Method::HEAD, "/.auth/check/nginx") => {
+            h.check(&req, conn, view, Family::Nginx)
+        }
+        (&Method::GET | &Method::HEAD, "/.auth/check/forward") => {
+            h.check(&req, conn, view, Family::Forward)
+        }
         (&Method::POST, "/.auth/api/login") => h.api_login(req).await,
         (&Method::POST, "/.auth/api/resend") => h.api_resend(req).await,
         (&Method::POST, "/.auth/api/verify") => h.api_verify(req).await,
-        (&Method::GET, "/.auth/api/session") => h.api_session(&req),
+        (&Method::GET, "/.auth/api/session") => h.api_session(&req, view),
         (&Method::POST, "/.auth/api/logout") => h.api_logout(req).await,
         (&Method::GET, p) if p.starts_with("/.auth/api/challenge/") => {
             h.api_challenge(&p["/.auth/api/challenge/".len()..])
@@ -122,12 +132,9 @@ pub async fn dispatch(
     }
 }
 
-/// 404 for a host no route serves.
+/// 404 for a (canonical) host and path no route serves.
 pub fn no_route(state: &AppState, host: &str, navigation: bool) -> Response<Body> {
-    let msg = format!(
-        "No application is configured for {}.",
-        crate::routing::host_without_port(host)
-    );
+    let msg = format!("No application is configured for {host}.");
     if navigation {
         html(
             StatusCode::NOT_FOUND,
@@ -141,92 +148,151 @@ pub fn no_route(state: &AppState, host: &str, navigation: bool) -> Response<Body
     }
 }
 
-/// The request a forward-auth check is about.
-struct Original {
-    method: String,
-    host: String,
-    path: String,
-    /// Absolute URL, for the login redirect.
-    url: String,
-    /// Sent by nginx `auth_request` (X-Original-URL): answer 401, never 302.
-    nginx: bool,
+/// Which forward-auth header family an endpoint reads. Each reads only its own: a header of the
+/// other family, which a proxy may pass through from the client untouched, is never looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `/.auth/check/nginx`: `X-Original-URL` and `X-Original-Method` (nginx `auth_request`).
+    Nginx,
+    /// `/.auth/check/forward`: `X-Forwarded-Method/-Proto/-Host/-Uri` (Traefik, Caddy).
+    Forward,
+    /// `/.auth/check` (kept for existing set-ups): the `X-Forwarded-*` family only.
+    Legacy,
 }
 
-/// Reads the original request from `X-Original-URL` (nginx) or `X-Forwarded-Method/Proto/Host/Uri`
-/// (Traefik, Caddy) — only from trusted proxies. Others get their own Host and `/`. `None` = unparsable.
-fn original_request(cfg: &Config, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Original> {
-    let h = req.headers();
-    let get = |n: &str| h.get(n).map(|v| v.to_str().ok().map(str::trim));
-    let own_host = request_host(req).unwrap_or_default();
-    let own_proto = if conn.tls { "https" } else { "http" };
-    let trusted = crate::config::is_trusted(&cfg.trusted_proxies, conn.peer.ip());
-    if trusted {
-        if let Some(url) = get("x-original-url") {
-            let u = url::Url::parse(url?).ok()?;
-            if !matches!(u.scheme(), "http" | "https") {
-                return None;
-            }
-            let host = match u.port() {
-                Some(p) => format!("{}:{p}", u.host_str()?),
-                None => u.host_str()?.to_string(),
-            };
-            let method = match get("x-original-method").or_else(|| get("x-forwarded-method")) {
-                Some(m) => m?.to_ascii_uppercase(),
-                None => "GET".into(),
-            };
-            return Some(Original {
-                method,
-                host,
-                path: u.path().to_string(),
-                url: u.to_string(),
-                nginx: true,
-            });
-        }
-        let fwd_host = get("x-forwarded-host");
-        let fwd_uri = get("x-forwarded-uri");
-        if fwd_host.is_some() || fwd_uri.is_some() {
-            let host = match fwd_host {
-                Some(v) => v?.split(',').next()?.trim().to_string(),
-                None => own_host,
-            };
-            let uri = match fwd_uri {
-                Some(v) => v?.to_string(),
-                None => "/".into(),
-            };
-            let proto = match get("x-forwarded-proto") {
-                Some(v) => v?.split(',').next()?.trim().to_ascii_lowercase(),
-                None => own_proto.into(),
-            };
-            if !matches!(proto.as_str(), "http" | "https")
-                || !uri.starts_with('/')
-                || host.is_empty()
-                || host.contains(['/', '@', '\\', ' '])
-            {
-                return None;
-            }
-            let pq: http::uri::PathAndQuery = uri.parse().ok()?;
-            let method = match get("x-forwarded-method") {
-                Some(m) => m?.to_ascii_uppercase(),
-                None => "GET".into(),
-            };
-            let url = format!("{proto}://{host}{pq}");
-            url::Url::parse(&url).ok()?;
-            return Some(Original {
-                method,
-                host,
-                path: pq.path().to_string(),
-                url,
-                nginx: false,
-            });
-        }
+/// The request a forward-auth check is about, canonicalised like a proxied request.
+struct Original {
+    method: String,
+    /// Canonical host without port.
+    host: String,
+    path: CanonicalPath<'static>,
+    /// Absolute URL, for the login redirect.
+    url: String,
+    /// Asked by nginx `auth_request`: answer 401/403, never 302 or 400.
+    nginx: bool,
+    /// Read from a trusted proxy's headers. Otherwise the check is about the asker's own host
+    /// and `/`, and nothing is public.
+    trusted: bool,
+}
+
+/// Exactly one value of a header, as text: `Ok(None)` when absent, `Err` when repeated or not ASCII.
+fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, &'static str> {
+    let mut all = h.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err("a forward-auth header is repeated");
     }
-    let url = format!("{own_proto}://{own_host}/");
-    Some(Original {
-        method: "GET".into(),
-        host: own_host,
-        path: "/".into(),
+    first
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| "a forward-auth header is not ASCII")
+        })
+        .transpose()
+}
+
+fn method_of(v: Option<&str>) -> Result<String, &'static str> {
+    match v {
+        None => Ok("GET".into()),
+        Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Ok(m.to_ascii_uppercase())
+        }
+        Some(_) => Err("the original method is not a method"),
+    }
+}
+
+/// Splits an absolute `http(s)://authority/path?query` without normalising anything (the `url`
+/// crate would resolve dot segments and hide what the upstream will see).
+fn split_url(url: &str) -> Result<(&'static str, &str, &str), &'static str> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        return Err("X-Original-URL is not an absolute http(s) URL");
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, pq) = rest.split_at(end);
+    if pq.starts_with('#') || pq.contains('#') {
+        return Err("X-Original-URL has a fragment");
+    }
+    Ok((scheme, authority, pq))
+}
+
+/// Reads the original request of a forward-auth check from the headers of `family`, only from
+/// trusted proxies. `Err` (a reason for the log) fails closed.
+fn original_request(
+    cfg: &Config,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+    view: &RequestView,
+    family: Family,
+) -> Result<Original, &'static str> {
+    let h = req.headers();
+    if !crate::config::is_trusted(&cfg.trusted_proxies, conn.peer.ip()) {
+        if family != Family::Legacy {
+            return Err("the asking peer is not in trusted_proxies");
+        }
+        return Ok(Original {
+            method: "GET".into(),
+            host: view.host.clone(),
+            path: canonicalize("/"),
+            url: format!("{}://{}/", view.scheme, view.authority()),
+            nginx: false,
+            trusted: false,
+        });
+    }
+    let (method, scheme, authority, pq) = match family {
+        Family::Nginx => {
+            let url = single(h, "x-original-url")?.ok_or("no X-Original-URL")?;
+            let (scheme, authority, pq) = split_url(url)?;
+            let method = method_of(single(h, "x-original-method")?)?;
+            (method, scheme, authority.to_string(), pq.to_string())
+        }
+        Family::Forward | Family::Legacy => {
+            let uri = single(h, "x-forwarded-uri")?.ok_or("no X-Forwarded-Uri")?;
+            let authority = match single(h, "x-forwarded-host")? {
+                Some(a) => a.to_string(),
+                None => view.authority(),
+            };
+            let scheme = match single(h, "x-forwarded-proto")? {
+                None => view.scheme,
+                Some(p) if p.eq_ignore_ascii_case("https") => "https",
+                Some(p) if p.eq_ignore_ascii_case("http") => "http",
+                Some(_) => return Err("X-Forwarded-Proto is not http or https"),
+            };
+            let method = method_of(single(h, "x-forwarded-method")?)?;
+            (method, scheme, authority, uri.to_string())
+        }
+    };
+    let a = canonical_authority(&authority).map_err(|e| e.0)?;
+    let pq: http::uri::PathAndQuery = if pq.is_empty() {
+        http::uri::PathAndQuery::from_static("/")
+    } else {
+        pq.parse()
+            .map_err(|_| "the original path is not a URI path")?
+    };
+    if !pq.path().starts_with('/') {
+        return Err("the original path does not start with /");
+    }
+    let c = canonicalize(pq.path());
+    let path = CanonicalPath {
+        primary: std::borrow::Cow::Owned(c.primary.into_owned()),
+        alternates: c.alternates,
+        ambiguity: c.ambiguity,
+    };
+    let host = a.host.into_owned();
+    let url = match a.port {
+        Some(p) => format!("{scheme}://{host}:{p}{pq}"),
+        None => format!("{scheme}://{host}{pq}"),
+    };
+    Ok(Original {
+        method,
+        host,
+        path,
         url,
-        nginx: false,
+        nginx: family == Family::Nginx,
+        trusted: true,
     })
 }
 
@@ -668,19 +734,46 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Forward-auth (nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`): applies the
-    /// policy of the route for the original host and path. 200 with identity headers when allowed,
+    /// Forward-auth (nginx `auth_request` at `/.auth/check/nginx`; Traefik `forwardAuth` and Caddy
+    /// `forward_auth` at `/.auth/check/forward`; `/.auth/check` as `forward`): makes the same
+    /// decision as the proxy for the original request. 200 with identity headers when allowed,
     /// 302 to the login page for a browser navigation (not for nginx, which handles 401 itself),
     /// 401 otherwise, 403 when signed in but not allowed. Anything unparsable fails closed (401).
-    fn check(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Reply {
-        let Some(orig) = original_request(self.cfg, req, conn) else {
-            tracing::warn!(ip = %self.who.ip, "forward-auth: unparsable original request headers; denying");
-            return Err(AuthError::Unauthenticated);
+    fn check(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        view: &RequestView,
+        family: Family,
+    ) -> Reply {
+        let orig = match original_request(self.cfg, req, conn, view, family) {
+            Ok(o) => o,
+            Err(why) => {
+                tracing::warn!(ip = %self.who.ip, reason = why, endpoint = ?family, "forward-auth: cannot read the original request; denying");
+                return Err(AuthError::Unauthenticated);
+            }
         };
-        let Some(route) = self.cfg.route(&orig.host, &orig.path) else {
-            return Ok(no_route(self.state, &orig.host, false));
+        let decision = match routing::decide(
+            &self.cfg.routes,
+            &orig.host,
+            &orig.path,
+            self.cfg.ambiguous_paths,
+        ) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(no_route(self.state, &orig.host, false)),
+            Err(a) => {
+                let why = crate::request::Refusal::Path(a).message();
+                tracing::info!(ip = %self.who.ip, reason = %why, "forward-auth: ambiguous path refused");
+                // nginx turns anything but 401/403 into a 500: give it the 403.
+                return Err(if orig.nginx {
+                    AuthError::Forbidden(why)
+                } else {
+                    AuthError::BadRequest("ambiguous_path", why)
+                });
+            }
         };
-        let id = authenticate(self.state, self.cfg, req.headers(), Some(route))?;
+        let public = decision.public && orig.trusted;
+        let id = authenticate(self.state, self.cfg, req.headers(), Some(&decision))?;
         match id {
             Some(id) if id.allowed => {
                 let mut r = text(StatusCode::OK, "");
@@ -689,13 +782,12 @@ impl Ctx<'_> {
                         r.headers_mut().insert(name.clone(), v);
                     }
                 }
-                let audience = crate::routing::host_without_port(&orig.host);
-                if let Some((name, value)) = self.state.assertion(self.cfg, &id.email, &audience) {
+                if let Some((name, value)) = self.state.assertion(self.cfg, &id.email, &orig.host) {
                     r.headers_mut().insert(name, value);
                 }
                 Ok(r)
             }
-            _ if route.is_public_path(&orig.path) => Ok(text(StatusCode::OK, "")),
+            _ if public => Ok(text(StatusCode::OK, "")),
             Some(id) => Ok(forbidden(self.state, &id.email, false)),
             None => {
                 let login = login_url(self.cfg, &orig.url);
@@ -804,9 +896,9 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    fn api_session(&self, req: &Request<Incoming>) -> Reply {
-        let route = request_host(req).and_then(|h| self.cfg.route(&h, "/"));
-        match authenticate(self.state, self.cfg, req.headers(), route)? {
+    fn api_session(&self, req: &Request<Incoming>, view: &RequestView) -> Reply {
+        let decision = self.cfg.decide_for(&view.host, &canonicalize("/"));
+        match authenticate(self.state, self.cfg, req.headers(), decision.as_ref())? {
             Some(id) if id.allowed => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"email": id.email, "expires_at": id.session.expires_at}),

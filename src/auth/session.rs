@@ -5,7 +5,7 @@ use http::{header, HeaderMap};
 
 use crate::config::Config;
 use crate::crypto;
-use crate::routing::Route;
+use crate::routing::Decision;
 use crate::state::AppState;
 use crate::store::{Session, StoreError};
 
@@ -59,14 +59,14 @@ pub fn presented_tokens<'a>(cookie_name: &str, headers: &'a HeaderMap) -> Vec<(&
 
 /// Looks up the request's session. `Ok(None)` when there is no valid one.
 /// Reads sled (lock-free) and, at most once a minute per session, records activity in memory.
-/// `route` decides the idle timeout and who is allowed; without one the global policy applies.
+/// `decision` decides the idle timeout and who is allowed; without one the global policy applies.
 pub fn authenticate(
     state: &AppState,
     cfg: &Config,
     headers: &HeaderMap,
-    route: Option<&Route>,
+    decision: Option<&Decision<'_>>,
 ) -> Result<Option<Identity>, StoreError> {
-    let idle_timeout = route.map_or(cfg.session.idle_timeout, |r| r.idle_timeout);
+    let idle_timeout = decision.map_or(cfg.session.idle_timeout, |d| d.idle_timeout());
     let now = state.clock.now();
     for (token, via) in presented_tokens(&cfg.session.cookie_name, headers) {
         if !crypto::looks_like_token(token) {
@@ -91,8 +91,8 @@ pub fn authenticate(
         if seen + TOUCH_EVERY <= now {
             state.store.touch_session(&hash, now);
         }
-        let allowed = match route {
-            Some(r) => r.public || r.access.allows(&session.email),
+        let allowed = match decision {
+            Some(d) => d.allows(&session.email),
             None => cfg.may_sign_in(&session.email),
         };
         return Ok(Some(Identity {

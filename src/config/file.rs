@@ -29,6 +29,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
+    pub ambiguous_paths: Option<String>,
+    #[serde(default)]
     pub limits: RawLimits,
     #[serde(default = "default_log_format")]
     pub log_format: String,

@@ -186,6 +186,8 @@ pub struct Config {
     pub email: EmailConfig,
     pub headers: HeadersConfig,
     pub trusted_proxies: Vec<Cidr>,
+    /// What happens to paths servers read differently (`%2f`, `\`, …): `400` or strictest reading.
+    pub ambiguous_paths: routing::AmbiguousPaths,
     pub limits: Limits,
     pub log_format: LogFormat,
     pub log_emails: bool,
@@ -268,9 +270,24 @@ impl Config {
         routing::any_allows(&self.access, &self.routes, canonical_email)
     }
 
-    /// The route for a request host and raw path.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
-        routing::find(&self.routes, host, path)
+    /// The routing decision for a canonical request view (see [`routing::decide`]).
+    pub fn decide(
+        &self,
+        view: &crate::request::RequestView,
+    ) -> Result<Option<routing::Decision<'_>>, crate::request::Ambiguity> {
+        routing::decide(&self.routes, &view.host, &view.path, self.ambiguous_paths)
+    }
+
+    /// The decision for a canonical host and path, or `None` when no route serves it or the path
+    /// is refused (callers that need the reason use [`Config::decide`]).
+    pub fn decide_for(
+        &self,
+        host: &str,
+        path: &crate::request::CanonicalPath<'_>,
+    ) -> Option<routing::Decision<'_>> {
+        routing::decide(&self.routes, host, path, self.ambiguous_paths)
+            .ok()
+            .flatten()
     }
 
     /// `https` when the public URL is https: cookies get the Secure flag.
@@ -660,6 +677,17 @@ impl Validator {
             );
         }
 
+        let ambiguous_paths = match raw.ambiguous_paths.as_deref() {
+            None | Some("reject") => routing::AmbiguousPaths::Reject,
+            Some("forward") => routing::AmbiguousPaths::Forward,
+            Some(other) => {
+                self.problem(
+                    "ambiguous_paths",
+                    format!("`{other}` is not one of `reject` (the default) or `forward`"),
+                );
+                routing::AmbiguousPaths::Reject
+            }
+        };
         let mut trusted_proxies = Vec::new();
         for (i, c) in raw.trusted_proxies.iter().enumerate() {
             match c.parse::<Cidr>() {
@@ -744,6 +772,7 @@ impl Validator {
                 jwt_ttl,
             },
             trusted_proxies,
+            ambiguous_paths,
             limits,
             log_format,
             log_emails: raw.log_emails,
@@ -842,13 +871,11 @@ impl Validator {
             let (access, public) = match r.access {
                 None => (global.clone(), false),
                 Some(a) => {
+                    // A route's `access` replaces the global block as a whole: an operator who
+                    // names one person means that person, not "that person plus the domain".
                     let raw = file::RawAccess {
-                        allowed_domains: a
-                            .allowed_domains
-                            .unwrap_or_else(|| global.allowed_domains.clone()),
-                        allowed_emails: a
-                            .allowed_emails
-                            .unwrap_or_else(|| global.allowed_emails.iter().cloned().collect()),
+                        allowed_domains: a.allowed_domains.unwrap_or_default(),
+                        allowed_emails: a.allowed_emails.unwrap_or_default(),
                         allowed_emails_file: a.allowed_emails_file,
                     };
                     (
@@ -1096,7 +1123,8 @@ mod tests {
     fn routes_match_most_specific_first() {
         let yaml = "public_url: https://auth.example.com\naccess: { allowed_domains: [example.com] }\nsession: { cookie_domain: .example.com }\nroutes:\n  - { host: \"*.example.com\", upstream: \"http://127.0.0.1:1\" }\n  - { host: grafana.example.com, upstream: \"http://127.0.0.1:2\", access: { allowed_emails: [boss@other.org], allowed_domains: [] } }\n  - { host: grafana.example.com, path_prefix: /public, upstream: \"http://127.0.0.1:3\", access: { public: true } }\n  - { host: docs.example.com, upstream: \"http://127.0.0.1:4\", public_paths: [/static/, /healthz], session: { idle_timeout: 1h } }\n";
         let c = parse(yaml).unwrap();
-        let up = |h: &str, p: &str| match c.route(h, p).map(|r| &r.upstream) {
+        let route = |h: &str, p: &str| routing::find(&c.routes, h, p);
+        let up = |h: &str, p: &str| match route(h, p).map(|r| &r.upstream) {
             Some(Upstream::Http { authority, .. }) => authority.clone(),
             _ => "none".into(),
         };
@@ -1105,12 +1133,17 @@ mod tests {
         assert_eq!(up("grafana.example.com", "/publicity"), "127.0.0.1:2");
         assert_eq!(up("wiki.example.com", "/"), "127.0.0.1:1");
         assert_eq!(up("evil.com", "/"), "none");
-        let g = c.route("grafana.example.com", "/").unwrap();
+        let g = route("grafana.example.com", "/").unwrap();
         assert!(g.access.allows("boss@other.org") && !g.access.allows("a@example.com"));
         assert!(c.may_sign_in("boss@other.org"));
-        let d = c.route("docs.example.com", "/").unwrap();
+        let d = route("docs.example.com", "/").unwrap();
         assert_eq!(d.idle_timeout, Some(Duration::from_secs(3600)));
-        assert!(d.is_public_path("/static/a.css") && !d.is_public_path("/static/../admin"));
+        let public = |p: &str| {
+            let path = crate::request::canonicalize(p);
+            c.decide_for("docs.example.com", &path)
+                .is_some_and(|d| d.public)
+        };
+        assert!(public("/static/a.css") && !public("/static/../admin"));
     }
 
     #[test]

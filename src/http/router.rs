@@ -14,7 +14,8 @@ use crate::auth::session::authenticate;
 use crate::config::{is_trusted, Config};
 use crate::http::response::{html, json, redirect, Body};
 use crate::http::ConnInfo;
-use crate::proxy::forward::{forward, request_host};
+use crate::proxy::forward::forward;
+use crate::request::{Refusal, RequestView, ALLOWED_METHODS};
 use crate::state::AppState;
 
 /// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
@@ -29,10 +30,13 @@ pub async fn handle(
     // One config snapshot per request (each load touches a shared reference count).
     let cfg = state.config();
     let request_id = request_id(&state, &cfg, &mut req, &conn);
-    let resp = if path == "/.auth" || path.starts_with("/.auth/") {
-        handlers::dispatch(&state, req, &conn).await
-    } else {
-        protected(&state, cfg, req, &conn).await
+    // The one canonical view: every decision below and what is forwarded come from it.
+    let resp = match RequestView::of(&req, conn.tls) {
+        Err(refusal) => refuse(&state, &refusal, is_navigation(req.method(), req.headers())),
+        Ok(view) if is_auth_path(&view.path.primary) => {
+            handlers::dispatch(&state, req, &conn, &view).await
+        }
+        Ok(view) => protected(&state, cfg, req, &conn, &view).await,
     };
     tracing::info!(
         target: "portcullis::access",
@@ -71,21 +75,56 @@ fn request_id(
 
 const X_REQUEST_ID: &str = "x-request-id";
 
+/// Whether a canonical path belongs to the gateway's own endpoints.
+fn is_auth_path(canonical: &str) -> bool {
+    canonical == "/.auth" || canonical.starts_with("/.auth/")
+}
+
+/// The answer to a request refused before routing: 400 (host, path) or 405 with `Allow`.
+pub fn refuse(state: &AppState, refusal: &Refusal, navigation: bool) -> Response<Body> {
+    let (status, code, title) = match refusal {
+        Refusal::Method => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+        ),
+        Refusal::Host(_) => (StatusCode::BAD_REQUEST, "bad_host", "Bad request"),
+        Refusal::Path(_) => (StatusCode::BAD_REQUEST, "ambiguous_path", "Bad request"),
+    };
+    tracing::info!(reason = %refusal.message(), "request refused");
+    let mut r = if navigation {
+        html(status, state.pages.message(title, &refusal.message(), None))
+    } else {
+        json(
+            status,
+            &serde_json::json!({"error": refusal.message(), "code": code}),
+        )
+    };
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    }
+    r
+}
+
+/// The protected path: route → public? → authenticate → allowed? → forward.
 async fn protected(
     state: &Arc<AppState>,
     cfg: Arc<Config>,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    view: &RequestView,
 ) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
-    let host = request_host(&req).unwrap_or_default();
-    let Some(route) = cfg.route(&host, req.uri().path()) else {
-        return handlers::no_route(state, &host, navigation);
+    let decision = match cfg.decide(view) {
+        Ok(Some(d)) => d,
+        Ok(None) => return handlers::no_route(state, &view.host, navigation),
+        Err(a) => return refuse(state, &Refusal::Path(a), navigation),
     };
-    let public = route.is_public_path(req.uri().path());
-    let resp = match authenticate(state, &cfg, req.headers(), Some(route)) {
-        Ok(Some(id)) if id.allowed => forward(state, &cfg, route, req, Some(&id), conn).await,
-        Ok(_) if public => forward(state, &cfg, route, req, None, conn).await,
+    let route = decision.route;
+    let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)) {
+        Ok(Some(id)) if id.allowed => forward(state, &cfg, route, req, Some(&id), conn, view).await,
+        Ok(_) if decision.public => forward(state, &cfg, route, req, None, conn, view).await,
         Ok(Some(id)) => {
             state.metrics.requests_denied();
             handlers::forbidden(state, &id.email, navigation)
@@ -93,7 +132,6 @@ async fn protected(
         Ok(None) => {
             state.metrics.requests_unauthenticated();
             if navigation {
-                let scheme = if conn.tls { "https" } else { "http" };
                 let pq = req
                     .uri()
                     .path_and_query()
@@ -101,7 +139,7 @@ async fn protected(
                     .unwrap_or("/");
                 redirect(
                     StatusCode::FOUND,
-                    &login_url(&cfg, &format!("{scheme}://{host}{pq}")),
+                    &login_url(&cfg, &format!("{}://{}{pq}", view.scheme, view.authority())),
                 )
             } else {
                 unauthenticated(&cfg)

@@ -19,18 +19,13 @@ use crate::auth::session::{Identity, Via};
 use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
-use crate::proxy::headers::{inject, remove_hop_by_hop, strip_credentials, strip_identity};
+use crate::proxy::headers::{
+    drop_our_set_cookies, forwarded_element, inject, remove_hop_by_hop, strip_credentials,
+    strip_identity, strip_proxy_headers,
+};
+use crate::request::RequestView;
 use crate::routing::Route;
 use crate::state::AppState;
-
-/// The host a request was addressed to: `Host`, or the HTTP/2 `:authority`.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-}
 
 /// The `Upgrade` value when the client asks for a protocol switch (`Connection: upgrade`).
 fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -49,31 +44,32 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Rewrites the request headers for the upstream. Order matters: hop-by-hop headers (and those
-/// named in `Connection`) go first, then client-sent identity, then our credentials; identity is injected last.
+/// named in `Connection`) go first, then client-sent identity and proxy headers, then our
+/// credentials; the gateway's own `Host`, `X-Forwarded-*`, `Forwarded` and identity come last.
 pub fn prepare(
     state: &AppState,
     cfg: &Config,
     req: &mut Request<Incoming>,
     id: Option<&Identity>,
     conn: &ConnInfo,
+    view: &RequestView,
 ) -> Option<HeaderValue> {
     let upgrade = requested_upgrade(req);
-    let host = request_host(req);
     let trusted = is_trusted(&cfg.trusted_proxies, conn.peer.ip());
     let h = req.headers_mut();
     remove_hop_by_hop(h);
     strip_identity(h, &cfg.identity_headers());
+    strip_proxy_headers(h, trusted);
     strip_credentials(
         h,
         &cfg.session.cookie_name,
         id.is_some_and(|i| i.via == Via::Bearer),
     );
-    set_forwarded(h, conn.peer, conn.tls, host.as_deref(), trusted);
+    set_forwarded(h, conn.peer, view, trusted);
     if let Some(id) = id {
         inject(h, &cfg.headers.email, &id.email);
         inject(h, &cfg.headers.user, &id.email);
-        let audience = crate::routing::host_without_port(host.as_deref().unwrap_or(""));
-        if let Some((name, value)) = state.assertion(cfg, &id.email, &audience) {
+        if let Some((name, value)) = state.assertion(cfg, &id.email, &view.host) {
             h.insert(name, value);
         }
     }
@@ -81,49 +77,60 @@ pub fn prepare(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u.clone());
     }
-    if !h.contains_key(header::HOST) {
-        if let Some(v) = host.and_then(|s| HeaderValue::from_str(&s).ok()) {
+    // The upstream gets the host the decision was made for, in its one canonical spelling.
+    match HeaderValue::from_str(&view.authority()) {
+        Ok(v) if !view.host.is_empty() => {
             h.insert(header::HOST, v);
         }
+        _ => {}
     }
     upgrade
 }
 
-/// `X-Forwarded-For/-Proto/-Host`: appended to / kept from trusted proxies, replaced for everyone else.
-fn set_forwarded(
-    h: &mut http::HeaderMap,
-    peer: SocketAddr,
-    tls: bool,
-    host: Option<&str>,
-    trusted: bool,
-) {
-    let ip = peer.ip().to_canonical().to_string();
-    let xff = match (
-        trusted,
-        h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+/// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the chain is
+/// appended to and its `-Proto` kept; from anyone else all are written afresh.
+/// `X-Forwarded-Host` is always the host the decision was made for.
+fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, view: &RequestView, trusted: bool) {
+    let ip = peer.ip().to_canonical();
+    let append = |h: &mut http::HeaderMap, name: &'static str, own: String| {
+        let prev: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let value = if trusted && !prev.is_empty() {
+            format!("{}, {own}", prev.join(", "))
+        } else {
+            own
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                h.insert(name, v);
+            }
+            Err(_) => {
+                h.remove(name);
+            }
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
+    append(h, "x-forwarded-for", ip.to_string());
+    let proto = view.scheme;
+    append(
+        h,
+        "forwarded",
+        forwarded_element(ip, proto, &view.authority()),
+    );
     let keep_proto = trusted && h.contains_key("x-forwarded-proto");
     if !keep_proto {
-        h.insert(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
-    let keep_host = trusted && h.contains_key("x-forwarded-host");
-    if !keep_host {
-        match host.and_then(|s| HeaderValue::from_str(s).ok()) {
-            Some(v) => {
-                h.insert("x-forwarded-host", v);
-            }
-            None => {
-                h.remove("x-forwarded-host");
-            }
+    match HeaderValue::from_str(&view.authority()) {
+        Ok(v) if !view.host.is_empty() => {
+            h.insert("x-forwarded-host", v);
+        }
+        _ => {
+            h.remove("x-forwarded-host");
         }
     }
 }
@@ -137,10 +144,11 @@ pub async fn forward(
     mut req: Request<Incoming>,
     id: Option<&Identity>,
     conn: &ConnInfo,
+    view: &RequestView,
 ) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
     let downstream_h1 = req.version() < Version::HTTP_2;
-    let upgrade = prepare(state, cfg, &mut req, id, conn);
+    let upgrade = prepare(state, cfg, &mut req, id, conn, view);
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => return whoami(state, &req, id),
         Upstream::Http { scheme, authority } => (scheme, authority),
@@ -231,6 +239,11 @@ pub async fn forward(
     };
     state.metrics.requests_proxied();
     route.stats.upstream_latency(started.elapsed());
+    if resp.headers().contains_key(header::SET_COOKIE) {
+        // The session and browser-binding cookies are the gateway's alone.
+        let binding = format!("{}_login", cfg.session.cookie_name);
+        drop_our_set_cookies(resp.headers_mut(), &[&cfg.session.cookie_name, &binding]);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

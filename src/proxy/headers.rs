@@ -1,4 +1,4 @@
-//! Header hygiene for forwarding: drop hop-by-hop headers, strip client-sent identity, remove our credentials, inject identity.
+//! Header hygiene for forwarding: drop hop-by-hop headers, strip client-sent identity and proxy headers, remove our credentials, inject identity.
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
@@ -34,6 +34,98 @@ static IDENTITY_NAMES: [&str; 12] = [
 
 /// Identity header prefixes (oauth2-proxy's `X-Auth-Request-*`, our own `X-Portcullis-*`).
 static IDENTITY_PREFIXES: [&str; 2] = ["x-auth-request-", "x-portcullis-"];
+
+/// Proxy headers upstreams use for URLs, client addresses and rewriting. From a peer outside
+/// `trusted_proxies` none of them is believed: all are removed and the gateway writes its own.
+static PROXY_NAMES: [&str; 17] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-original-method",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-real-ip",
+    "x-host",
+];
+
+/// The family a trusted proxy is documented to send (RFC 7239 and the de-facto `X-Forwarded-*`
+/// set nginx, Caddy and Traefik write). Everything else in [`PROXY_NAMES`] describes another
+/// request (forward-auth) or rewrites the URL, and is removed even from trusted peers.
+static TRUSTED_FAMILY: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// Removes proxy headers in any case or `_` spelling: all of them from untrusted peers, and the
+/// ones no proxy in front of us should send (`X-Original-URL`, `X-Rewrite-URL`, …) from trusted ones.
+pub fn strip_proxy_headers(headers: &mut HeaderMap, trusted: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str().as_bytes();
+            PROXY_NAMES.iter().any(|p| same_name(n, p.as_bytes()))
+                && !(trusted
+                    && n.iter().all(|b| *b != b'_')
+                    && TRUSTED_FAMILY.iter().any(|p| same_name(n, p.as_bytes())))
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(&k);
+    }
+}
+
+/// One RFC 7239 `Forwarded` element: `for=…;proto=…;host=…` (IPv6 and ports quoted, §6).
+pub fn forwarded_element(ip: std::net::IpAddr, proto: &str, host: &str) -> String {
+    let for_ = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    if host.is_empty() {
+        format!("for={for_};proto={proto}")
+    } else if host.contains(':') {
+        format!("for={for_};proto={proto};host=\"{host}\"")
+    } else {
+        format!("for={for_};proto={proto};host={host}")
+    }
+}
+
+/// Drops every upstream `Set-Cookie` that would set one of the gateway's own cookies (session
+/// fixation by a compromised or careless app). Names compare exactly, as browsers do.
+pub fn drop_our_set_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let ours = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        let name = b.split(|c| *c == b'=').next().unwrap_or(b).trim_ascii();
+        names.iter().any(|n| name == n.as_bytes())
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
 
 /// Whether `name` is hop-by-hop by definition.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -187,6 +279,75 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         inject(&mut h, &email, "a@example.com");
         assert_eq!(h.get_all("x-forwarded-email").iter().count(), 1);
+    }
+
+    #[test]
+    fn proxy_headers_by_trust() {
+        let all = [
+            ("Forwarded", "for=1.1.1.1"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("x_forwarded_for", "1.1.1.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil"),
+            ("X-Forwarded-Port", "1"),
+            ("X-Forwarded-Prefix", "/x"),
+            ("X-Forwarded-Server", "x"),
+            ("X-Forwarded-Uri", "/x"),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Original-URL", "http://a/"),
+            ("X-ORIGINAL-HOST", "a"),
+            ("X-Rewrite-Url", "/x"),
+            ("X-Real-IP", "1.1.1.1"),
+            ("x_real_ip", "1.1.1.1"),
+            ("X-Host", "a"),
+            ("accept", "*/*"),
+        ];
+        let mut h = map(&all);
+        strip_proxy_headers(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = map(&all);
+        strip_proxy_headers(&mut h, true);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "accept",
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+    }
+
+    #[test]
+    fn our_set_cookies_are_dropped() {
+        let mut h = map(&[
+            ("set-cookie", "portcullis_session=evil; Path=/"),
+            ("set-cookie", " portcullis_session =evil"),
+            ("set-cookie", "portcullis_session_login=x"),
+            ("set-cookie", "portcullis_sessionx=kept"),
+            ("set-cookie", "app=1"),
+        ]);
+        drop_our_set_cookies(&mut h, &["portcullis_session", "portcullis_session_login"]);
+        let left: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(left, ["portcullis_sessionx=kept", "app=1"]);
+    }
+
+    #[test]
+    fn forwarded_elements() {
+        assert_eq!(
+            forwarded_element("1.2.3.4".parse().unwrap(), "http", "a.com"),
+            "for=1.2.3.4;proto=http;host=a.com"
+        );
+        assert_eq!(
+            forwarded_element("::1".parse().unwrap(), "https", "a.com:8443"),
+            "for=\"[::1]\";proto=https;host=\"a.com:8443\""
+        );
     }
 
     #[test]

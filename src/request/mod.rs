@@ -1,0 +1,174 @@
+//! The canonical view of a request, made once and used for every decision and for what is forwarded.
+//!
+//! ```text
+//! raw request ──RequestView::of──▶ host (canonical, port split off) ─┐
+//!                                  path (readings, ambiguity)        ├─▶ routing::decide ─▶ policy, JWT aud, forward
+//!                                  scheme (from the connection)     ─┘
+//! ```
+//! Refusals (RFC 9112 §3.2: a missing or repeated `Host`, an absolute-form or HTTP/2 authority
+//! that disagrees with it, a host that is not a host name) are `400`; `CONNECT` and `TRACE` are
+//! `405`. Nothing here does I/O or knows about configuration.
+
+pub mod host;
+pub mod path;
+
+use http::{header, Method, Request, Version};
+
+pub use host::{canonical_authority, Authority, BadHost};
+pub use path::{canonicalize, Ambiguity, CanonicalPath};
+
+/// Why a request is refused before any routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: the host is missing, repeated, malformed, or disagrees with the request target.
+    Host(&'static str),
+    /// 400: the path reads differently on common servers (and the config refuses such paths).
+    Path(Ambiguity),
+    /// 405: `CONNECT` and `TRACE` are never proxied.
+    Method,
+}
+
+impl Refusal {
+    /// A sentence for the client (no internals).
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Host(why) => format!("The request's host is not acceptable: {why}."),
+            Refusal::Path(a) => format!(
+                "The request path contains {}, which servers read differently; it was refused.",
+                a.describe()
+            ),
+            Refusal::Method => "This method is not allowed through the gateway.".into(),
+        }
+    }
+}
+
+/// Methods the gateway forwards (`Allow` of its 405): everything but `CONNECT` and `TRACE`.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// One request as every decision sees it.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    /// Canonical host without port; empty only for an HTTP/1.0 request without `Host`.
+    pub host: String,
+    pub port: Option<u16>,
+    /// `https` when the client connection is TLS.
+    pub scheme: &'static str,
+    pub path: CanonicalPath<'static>,
+}
+
+impl RequestView {
+    /// Builds the view of `req`, or the reason it must be refused. The path's ambiguity is
+    /// recorded, not refused here: whether it is refused depends on the configuration.
+    pub fn of<B>(req: &Request<B>, tls: bool) -> Result<RequestView, Refusal> {
+        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+            return Err(Refusal::Method);
+        }
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Refusal::Host("more than one Host header"));
+        }
+        let from_header = match host_header {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .ok_or(Refusal::Host("non-ASCII Host header"))
+                    .and_then(|s| canonical_authority(s.trim()).map_err(|e| Refusal::Host(e.0)))?,
+            ),
+            None => None,
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let from_target = match req.uri().authority() {
+            Some(a) => Some(canonical_authority(a.as_str()).map_err(|e| Refusal::Host(e.0))?),
+            None => None,
+        };
+        let authority = match (from_header, from_target) {
+            (Some(h), Some(t)) => {
+                let target_scheme = req.uri().scheme_str().unwrap_or(scheme);
+                if h.host != t.host
+                    || effective_port(h.port, scheme) != effective_port(t.port, target_scheme)
+                {
+                    return Err(Refusal::Host(
+                        "the request target's authority and the Host header disagree",
+                    ));
+                }
+                Some(h)
+            }
+            (h, t) => h.or(t),
+        };
+        let (host, port) = match authority {
+            Some(a) => (a.host.into_owned(), a.port),
+            None if req.version() <= Version::HTTP_10 => (String::new(), None),
+            None => return Err(Refusal::Host("no Host header")),
+        };
+        let raw_path = req.uri().path();
+        let path = canonicalize(raw_path);
+        let path = CanonicalPath {
+            primary: std::borrow::Cow::Owned(path.primary.into_owned()),
+            alternates: path.alternates,
+            ambiguity: path.ambiguity,
+        };
+        Ok(RequestView {
+            host,
+            port,
+            scheme,
+            path,
+        })
+    }
+
+    /// `host[:port]` as the client addressed it, canonical.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+fn effective_port(port: Option<u16>, scheme: &str) -> u16 {
+    port.unwrap_or(if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(target);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_rules() {
+        let v = RequestView::of(&req("/x", &["App.Example.com.:8080"]), false).unwrap();
+        assert_eq!((v.host.as_str(), v.port), ("app.example.com", Some(8080)));
+        assert!(RequestView::of(&req("/x", &["a.com", "b.com"]), false).is_err());
+        assert!(RequestView::of(&req("/x", &["a.com", "a.com"]), false).is_err());
+        assert!(RequestView::of(&req("/x", &[]), false).is_err());
+        assert!(RequestView::of(&req("http://a.com/x", &["b.com"]), false).is_err());
+        assert!(RequestView::of(&req("http://a.com/x", &["A.com.:80"]), false).is_ok());
+        assert!(RequestView::of(&req("http://a.com:81/x", &["a.com"]), false).is_err());
+        let v = RequestView::of(&req("http://a.com/x", &[]), false).unwrap();
+        assert_eq!(v.host, "a.com");
+    }
+
+    #[test]
+    fn methods() {
+        for m in [Method::CONNECT, Method::TRACE] {
+            let r = Request::builder()
+                .method(m)
+                .uri("/")
+                .header("host", "a.com")
+                .body(())
+                .unwrap();
+            assert_eq!(RequestView::of(&r, false).unwrap_err(), Refusal::Method);
+        }
+    }
+}
