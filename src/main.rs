@@ -204,23 +204,36 @@ fn main() -> ExitCode {
                             format!("file {}", d.display()),
                     }
                 );
+                out!(
+                    "  paths         spellings servers read differently (%2f, \\, %00, %252f) {}",
+                    match cfg.ambiguous_paths {
+                        portcullis::routing::AmbiguousPaths::Reject => "are refused (400)",
+                        portcullis::routing::AmbiguousPaths::Forward =>
+                            "are forwarded where no rule lies below their route",
+                    }
+                );
                 for r in &cfg.routes {
-                    let who = if r.public {
-                        "public".to_string()
-                    } else {
-                        format!(
-                            "{} domain(s), {} address(es)",
-                            r.access.allowed_domains.len(),
-                            r.access.allowed_emails.len()
-                        )
-                    };
                     let up = match &r.upstream {
                         portcullis::config::Upstream::Whoami => "builtin:whoami".to_string(),
                         portcullis::config::Upstream::Http { scheme, authority } => {
                             format!("{scheme}://{authority}")
                         }
                     };
-                    out!("  route         {} -> {} ({who})", r.name, up);
+                    out!("  route         {} -> {}", r.name, up);
+                    let who = if r.public {
+                        "anyone, no sign-in (public route)".to_string()
+                    } else {
+                        r.access.describe()
+                    };
+                    out!("    who may enter  {who}");
+                    if !r.public_paths.is_empty() {
+                        let paths: Vec<String> =
+                            r.public_paths.iter().map(|p| p.to_string()).collect();
+                        out!(
+                            "    public paths   {} (exact spelling only)",
+                            paths.join(", ")
+                        );
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -73,6 +73,14 @@ pub enum PublicPath {
     Prefix(String),
 }
 
+impl std::fmt::Display for PublicPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublicPath::Exact(p) | PublicPath::Prefix(p) => f.write_str(p),
+        }
+    }
+}
+
 impl PublicPath {
     pub fn parse(s: &str) -> Result<PublicPath, String> {
         if !s.starts_with('/') {
@@ -789,6 +797,106 @@ routes:
             "only boss@example.com,carol@example.com"
         );
         assert_eq!(verdict(&cfg, "other.example.com", "/a%2fb"), "public");
+    }
+
+    /// How a generous upstream (Werkzeug + Tomcat + IIS habits together) reads a raw path:
+    /// every escape decoded (twice), `\` as `/`, `;` parameters stripped, dots resolved.
+    fn generous_upstream_view(raw: &str, strip_params: bool) -> String {
+        fn decode(s: &str) -> String {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                let hx = |c: u8| (c as char).to_digit(16);
+                if b[i] == b'%' && i + 2 < b.len() {
+                    if let (Some(h), Some(l)) = (hx(b[i + 1]), hx(b[i + 2])) {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        let once = decode(raw);
+        let twice = decode(&once).replace('\\', "/");
+        let mut segs: Vec<&str> = Vec::new();
+        for seg in twice.split('/') {
+            let seg = if strip_params {
+                seg.split(';').next().unwrap_or("")
+            } else {
+                seg
+            };
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    segs.pop();
+                }
+                s => segs.push(s),
+            }
+        }
+        let mut n: String = segs.iter().map(|s| format!("/{s}")).collect();
+        if n.is_empty() {
+            n.push('/');
+        }
+        n
+    }
+
+    /// Property over generated paths: the gateway's decision for a raw spelling is never laxer than
+    /// its decision for the canonical form, nor than for what a generous upstream acts on (unless
+    /// the gateway refused it). Deterministic pseudo-random spellings from tricky pieces.
+    #[test]
+    fn no_spelling_is_laxer_than_what_the_upstream_acts_on() {
+        const PIECES: [&str; 30] = [
+            "/", "admin", "ADMIN", "Admin", "reports", "team", "public", "Public", "health", "x",
+            ".", "..", "..;", ";", ";x", "%2f", "%2F", "%5c", "\\", "%2e", "%2E%2e", "%252f",
+            "%61", "%00", "%c0%af", "%zz", "//", "/./", "/../", "%u002f",
+        ];
+        for mode in ["", "ambiguous_paths: forward\n"] {
+            let cfg = table_config(mode);
+            let mut seed: u64 = 0x9e3779b97f4a7c15;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for _ in 0..20_000 {
+                let n = 1 + (next() % 8) as usize;
+                let mut raw = String::from("/");
+                for _ in 0..n {
+                    raw.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+                }
+                let got = verdict(&cfg, "app.example.com", &raw);
+                let canonical = canonicalize(&raw).primary.into_owned();
+                let by_canonical = verdict(&cfg, "app.example.com", &canonical);
+                assert!(
+                    not_laxer(&got, &by_canonical),
+                    "{raw:?}: {got} is laxer than its canonical {canonical:?}: {by_canonical}"
+                );
+                // Tomcat-like (strips `;` parameters) and Werkzeug-like (keeps them), each also
+                // folded the way a case-insensitive upstream would fold.
+                let tomcat = generous_upstream_view(&raw, true);
+                let werkzeug = generous_upstream_view(&raw, false);
+                for view in [
+                    tomcat.to_ascii_lowercase(),
+                    werkzeug.to_ascii_lowercase(),
+                    tomcat,
+                    werkzeug,
+                ] {
+                    let by_upstream = verdict(&cfg, "app.example.com", &view);
+                    if by_upstream == "400" {
+                        continue;
+                    }
+                    assert!(
+                        not_laxer(&got, &by_upstream),
+                        "{raw:?}: {got} is laxer than what the upstream acts on, {view:?}: {by_upstream}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -67,6 +67,27 @@ pub struct Access {
 }
 
 impl Access {
+    /// Who this block lets in, for `portcullis check`: `@example.com, boss@other.org (+3 more)`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .allowed_domains
+            .iter()
+            .map(|d| format!("anyone @{d}"))
+            .collect();
+        let mut emails: Vec<&String> = self.allowed_emails.iter().collect();
+        emails.sort();
+        const SHOWN: usize = 5;
+        parts.extend(emails.iter().take(SHOWN).map(|e| e.to_string()));
+        if emails.len() > SHOWN {
+            parts.push(format!("and {} more address(es)", emails.len() - SHOWN));
+        }
+        if parts.is_empty() {
+            "nobody".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Whether a canonical (already parsed, lower-case) address is allowed.
     pub fn allows(&self, canonical_email: &str) -> bool {
         if self.allowed_emails.contains(canonical_email) {

@@ -41,6 +41,26 @@ fn check_accepts_the_example_config() {
     assert!(stdout.contains("config OK"), "{stdout}");
 }
 
+#[test]
+fn check_prints_who_may_enter_each_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "public_url: https://auth.example.com\naccess: { allowed_domains: [example.com] }\nroutes:\n  - { host: app.example.com, upstream: 'http://127.0.0.1:1', public_paths: [/static/] }\n  - { host: app.example.com, path_prefix: /admin, upstream: 'http://127.0.0.1:2', access: { allowed_emails: [boss@example.com] } }\n  - { host: status.example.com, upstream: 'http://127.0.0.1:3', access: { public: true } }\n";
+    let out = check(&write(dir.path(), "c.yaml", text));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The route's own access replaces the global block: only boss, not the domain.
+    let admin = stdout
+        .split("route         app.example.com/admin")
+        .nth(1)
+        .and_then(|s| s.lines().nth(1))
+        .unwrap_or_default();
+    assert_eq!(admin.trim(), "who may enter  boss@example.com", "{stdout}");
+    assert!(stdout.contains("who may enter  anyone @example.com"), "{stdout}");
+    assert!(stdout.contains("who may enter  anyone, no sign-in (public route)"), "{stdout}");
+    assert!(stdout.contains("public paths   /static/ (exact spelling only)"), "{stdout}");
+    assert!(stdout.contains("are refused (400)"), "{stdout}");
+}
+
 /// Runs `check` on `text` and returns stderr, asserting exit code 1 and the file name in it.
 fn check_fails(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();

@@ -245,7 +245,9 @@ async fn forward_auth_answers_carry_the_assertion() {
     let c = authed(&gw, &token);
     let keys = jwks(&gw.base).await;
 
-    let r = c.send(Req::get("/.auth/check")).await;
+    let r = c
+        .send(Req::get("/.auth/check/forward").header("x-forwarded-uri", "/"))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers.get_all(JWT_HEADER).iter().count(), 1);
     let claims = verify(&keys, &r.header(JWT_HEADER).unwrap(), "127.0.0.1", &gw.base).unwrap();
@@ -270,7 +272,9 @@ async fn forward_auth_answers_carry_the_assertion() {
     .unwrap();
     assert_eq!(claims.sub, "carol@example.com");
     let r = c
-        .send(Req::get("/.auth/check").header("x-original-url", "https://wiki.example.com/p"))
+        .send(
+            Req::get("/.auth/check/nginx").header("x-original-url", "https://Wiki.Example.com./p"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     verify(

@@ -94,7 +94,18 @@ async fn trusted_proxies_keep_forwarding_headers() {
     let v = r.json();
     assert_eq!(echoed(&v, "x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
     assert_eq!(echoed(&v, "x-forwarded-proto"), ["https"]);
-    assert_eq!(echoed(&v, "x-forwarded-host"), ["app.example.com"]);
+    // The host the decision was made for, never a host the upstream could route differently on.
+    assert_eq!(echoed(&v, "x-forwarded-host"), [gw.addr().to_string()]);
+    // RFC 7239: the trusted chain is kept and this hop appended.
+    let r = c
+        .send(Req::get("/t").header("forwarded", "for=203.0.113.7;proto=https"))
+        .await;
+    let fwd = echoed(&r.json(), "forwarded");
+    assert_eq!(fwd.len(), 1, "{fwd:?}");
+    assert!(
+        fwd[0].starts_with("for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host="),
+        "{fwd:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
