@@ -250,11 +250,14 @@ fn original_request(
             (method, scheme, authority.to_string(), pq.to_string())
         }
         Family::Forward | Family::Legacy => {
+            // Caddy and Traefik always send the whole family: anything missing fails closed.
             let uri = single(h, "x-forwarded-uri")?.ok_or("no X-Forwarded-Uri")?;
-            let authority = match single(h, "x-forwarded-host")? {
-                Some(a) => a.to_string(),
-                None => view.authority(),
-            };
+            if uri.is_empty() {
+                return Err("empty X-Forwarded-Uri");
+            }
+            let authority = single(h, "x-forwarded-host")?
+                .ok_or("no X-Forwarded-Host")?
+                .to_string();
             let scheme = match single(h, "x-forwarded-proto")? {
                 None => view.scheme,
                 Some(p) if p.eq_ignore_ascii_case("https") => "https",
@@ -787,7 +790,19 @@ impl Ctx<'_> {
                 }
                 Ok(r)
             }
-            _ if public => Ok(text(StatusCode::OK, "")),
+            // Public: the identity headers are present and empty, so a proxy that copies them
+            // (Caddy's `copy_headers` leaves its placeholder in place of a missing header)
+            // sends the app an empty value, never a stale or placeholder one.
+            _ if public => {
+                let mut r = text(StatusCode::OK, "");
+                let mut names = vec![&self.cfg.headers.email, &self.cfg.headers.user];
+                names.extend(self.cfg.headers.jwt.as_ref());
+                for name in names {
+                    r.headers_mut()
+                        .insert(name.clone(), HeaderValue::from_static(""));
+                }
+                Ok(r)
+            }
             Some(id) => Ok(forbidden(self.state, &id.email, false)),
             None => {
                 let login = login_url(self.cfg, &orig.url);

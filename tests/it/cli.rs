@@ -55,9 +55,18 @@ fn check_prints_who_may_enter_each_route() {
         .and_then(|s| s.lines().nth(1))
         .unwrap_or_default();
     assert_eq!(admin.trim(), "who may enter  boss@example.com", "{stdout}");
-    assert!(stdout.contains("who may enter  anyone @example.com"), "{stdout}");
-    assert!(stdout.contains("who may enter  anyone, no sign-in (public route)"), "{stdout}");
-    assert!(stdout.contains("public paths   /static/ (exact spelling only)"), "{stdout}");
+    assert!(
+        stdout.contains("who may enter  anyone @example.com"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("who may enter  anyone, no sign-in (public route)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("public paths   /static/ (exact spelling only)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("are refused (400)"), "{stdout}");
 }
 

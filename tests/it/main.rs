@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod bypass;
 mod cli;
 mod durability;
 mod flow;

@@ -1,6 +1,9 @@
 //! Real nginx and Caddy in front of the gateway, configured with the forward-auth snippets shipped
-//! in `docs/forward-auth/` (only the addresses are substituted).
+//! in `docs/forward-auth/` (only the listen ports and upstream addresses are substituted). A test
+//! whose proxy is not installed is skipped with a `SKIPPED` line on stderr, unless
+//! `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1` (CI) makes that a failure.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -34,21 +37,27 @@ impl Proxy {
     }
 }
 
-/// The installed binary, or a failure telling how to install it (these tests never skip).
-fn binary(name: &str, usual: &[&str]) -> PathBuf {
+/// The installed binary. When it is missing the calling test is skipped (a visible `SKIPPED` line
+/// on stderr, `None`), unless `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1` (set by CI) makes it a failure.
+fn binary(name: &str, usual: &[&str]) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = usual.iter().map(PathBuf::from).collect();
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed, but the forward-auth tests run it for real: \
-                 install it with `apt-get install nginx caddy` (.ci/run does this in CI)"
-            )
-        })
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if found.is_none() {
+        let why = format!(
+            "{name} not installed (apt-get install nginx caddy, or run .ci/run to run everything)"
+        );
+        if std::env::var("PORTCULLIS_REQUIRE_SYSTEM_SERVERS").as_deref() == Ok("1") {
+            panic!("{why}; PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1 forbids skipping");
+        }
+        // Straight to the process's stderr: the test harness captures `eprintln!`.
+        let thread = std::thread::current();
+        let test = thread.name().unwrap_or("test");
+        let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+    }
+    found
 }
 
 fn snippet(name: &str) -> String {
@@ -96,17 +105,52 @@ async fn wait_listening(p: &mut Proxy) {
     }
 }
 
-/// nginx on `port` with `docs/forward-auth/nginx.conf`: Portcullis on `gateway`, the app on `app`.
-pub async fn nginx(port: u16, gateway: u16, app: u16) -> Proxy {
-    let bin = binary("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]);
+/// The host the snippets serve: clients must send `Host: app.example.com` (both proxies pick the
+/// site by name, and nginx refuses every other name with 421).
+pub const APP_HOST: &str = "app.example.com";
+
+/// nginx on `port` with `docs/forward-auth/nginx.conf` as its only server blocks: Portcullis on
+/// `gateway`, the app on `app`. `None` when nginx is not installed (the test is skipped).
+pub async fn nginx(port: u16, gateway: u16, app: u16) -> Option<Proxy> {
+    nginx_with(port, gateway, app, "").await
+}
+
+/// The same snippet beside another site on the same nginx: `status.example.com`, proxied to
+/// `public_app` without any auth. It comes first, so it would be nginx's default server were it
+/// not for the snippet's own `default_server`.
+pub async fn nginx_beside_public_site(
+    port: u16,
+    gateway: u16,
+    app: u16,
+    public_app: u16,
+) -> Option<Proxy> {
+    let other = format!(
+        "server {{\n    listen 127.0.0.1:{port};\n    server_name status.example.com;\n    location / {{\n        proxy_pass http://127.0.0.1:{public_app};\n    }}\n}}\n\n"
+    );
+    nginx_with(port, gateway, app, &other).await
+}
+
+async fn nginx_with(port: u16, gateway: u16, app: u16, other_sites: &str) -> Option<Proxy> {
+    let bin = binary("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"])?;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let f = "nginx.conf";
     let mut site = snippet(f);
     site = substitute(&site, f, "127.0.0.1:8080", &format!("127.0.0.1:{gateway}"));
     site = substitute(&site, f, "127.0.0.1:3000", &format!("127.0.0.1:{app}"));
+    site = substitute(
+        &site,
+        f,
+        "listen 80 default_server;",
+        &format!("listen 127.0.0.1:{port} default_server;"),
+    );
     site = substitute(&site, f, "listen 80;", &format!("listen 127.0.0.1:{port};"));
-    site = substitute(&site, f, "server_name app.example.com;", "server_name _;");
+    // The server name stays as shipped: the test clients send `Host: app.example.com`.
+    assert!(
+        site.contains(&format!("server_name {APP_HOST};")),
+        "docs/forward-auth/{f} no longer serves {APP_HOST}; update the tests"
+    );
+    let site = format!("{other_sites}{site}");
     std::fs::write(dir.path().join("site.conf"), &site).unwrap();
     let main = format!(
         "pid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 512; }}\nhttp {{\n    access_log {d}/access.log;\n    client_body_temp_path {d}/client_body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    include {d}/site.conf;\n}}\n"
@@ -139,12 +183,14 @@ pub async fn nginx(port: u16, gateway: u16, app: u16) -> Proxy {
         _dir: dir,
     };
     wait_listening(&mut p).await;
-    p
+    Some(p)
 }
 
 /// Caddy on `port` with `docs/forward-auth/Caddyfile`: Portcullis on `gateway`, the app on `app`.
-pub async fn caddy(port: u16, gateway: u16, app: u16) -> Proxy {
-    let bin = binary("caddy", &["/usr/bin/caddy", "/usr/local/bin/caddy"]);
+/// The site keeps its name (`http://app.example.com:{port}`; Caddy matches the Host without its
+/// port, so `Host: app.example.com` reaches it). `None` when Caddy is not installed.
+pub async fn caddy(port: u16, gateway: u16, app: u16) -> Option<Proxy> {
+    let bin = binary("caddy", &["/usr/bin/caddy", "/usr/local/bin/caddy"])?;
     let dir = tempfile::tempdir().unwrap();
     let f = "Caddyfile";
     let mut site = snippet(f);
@@ -153,8 +199,8 @@ pub async fn caddy(port: u16, gateway: u16, app: u16) -> Proxy {
     site = substitute(
         &site,
         f,
-        "http://app.example.com",
-        &format!("http://127.0.0.1:{port}"),
+        "http://app.example.com {",
+        &format!("http://app.example.com:{port} {{"),
     );
     let text = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
     let conf = dir.path().join("Caddyfile");
@@ -185,5 +231,5 @@ pub async fn caddy(port: u16, gateway: u16, app: u16) -> Proxy {
         _dir: dir,
     };
     wait_listening(&mut p).await;
-    p
+    Some(p)
 }

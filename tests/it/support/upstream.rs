@@ -1,5 +1,6 @@
 //! The echo upstream: a real hyper server on loopback that answers with what it received,
-//! plus a WebSocket echo (`/ws`), a slow endpoint, and streaming probes.
+//! plus a WebSocket echo (`/ws`), a slow endpoint, streaming probes and `/set-cookie`. Every
+//! request is recorded with the path a lenient app framework would act on ([`lenient_path`]).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: Vec<(String, String)>,
+    /// The path a lenient framework acts on for this URI ([`lenient_path`]).
+    pub acted: String,
 }
 
 impl Seen {
@@ -38,6 +41,46 @@ impl Seen {
             .map(|(_, v)| v.clone())
             .collect()
     }
+
+    /// Whether the lenient reading of this request lies under `prefix` (`/admin`).
+    pub fn acted_under(&self, prefix: &str) -> bool {
+        self.acted == prefix || self.acted.starts_with(&format!("{prefix}/"))
+    }
+}
+
+/// The path an app acts on when it reads URLs the way Tomcat, Werkzeug and friends do: `\` is `/`,
+/// each segment's `;params` are dropped (Tomcat), escapes are decoded, again and again
+/// (`%252f` is `/`, `%2F` and `%5C` split segments: Werkzeug), `.`, `..` and empty segments are
+/// resolved, and case is folded (case-insensitive routers).
+pub fn lenient_path(uri: &str) -> String {
+    let raw = uri.split('?').next().unwrap_or("");
+    let strip_params = |p: &str| {
+        p.split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut p = strip_params(&raw.replace('\\', "/"));
+    for _ in 0..3 {
+        let d = percent_encoding::percent_decode_str(&p)
+            .decode_utf8_lossy()
+            .replace('\\', "/");
+        if d == p {
+            break;
+        }
+        p = d;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/")).to_lowercase()
 }
 
 #[derive(Default)]
@@ -165,6 +208,7 @@ async fn handle(
         method: method.clone(),
         uri: uri.clone(),
         headers: headers.clone(),
+        acted: lenient_path(&uri),
     });
     let path = req.uri().path().to_string();
 
@@ -287,6 +331,20 @@ async fn handle(
             .header("connection", "x-hop-resp")
             .body(full(format!("status {code}")))
             .unwrap());
+    }
+
+    // `/set-cookie?c=<Set-Cookie value>&c=…`: answers with each value as a `Set-Cookie`.
+    if path == "/set-cookie" {
+        let query = req.uri().query().unwrap_or("");
+        let mut r = Response::builder()
+            .status(StatusCode::OK)
+            .header("x-upstream", "echo");
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if k == "c" {
+                r = r.header("set-cookie", v.as_ref());
+            }
+        }
+        return Ok(r.body(full("cookies set")).unwrap());
     }
 
     let (parts, body) = req.into_parts();
