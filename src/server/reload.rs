@@ -55,8 +55,16 @@ pub fn reload_config(state: &AppState) -> Result<(), String> {
             tracing::warn!(key = what, "changed, but takes effect only after a restart");
         }
     }
+    // All or nothing: the certificate of the new configuration is loaded before anything is
+    // swapped, so a broken one leaves routes, access and TLS exactly as they were.
+    let tls = match &new.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
+        None => None,
+    };
     state.set_config(new)?;
-    reload_tls(state)?;
+    if let Some(c) = tls {
+        state.tls.store(Some(c));
+    }
     Ok(())
 }
 

@@ -1475,3 +1475,63 @@ async fn snippets_pass_no_client_routing_headers_and_no_placeholder_identity() {
         );
     }
 }
+
+/// Issue item 7 over HTTP/2 (prior knowledge on the plain listener): a `:authority` that
+/// disagrees with a `host` header is refused (RFC 9113 §8.3.1 / RFC 9112 §3.2) and never
+/// reaches the upstream; when they agree, or only `:authority` is sent, the request passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_must_agree_with_host() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::start().await;
+    let gw = TestGateway::builder()
+        .set("upstream", Value::Null)
+        .set(
+            "routes",
+            json!([
+                {"host": APP_HOST, "upstream": up.url},
+                {"host": STATUS_HOST, "upstream": up.url, "access": {"public": true}},
+            ]),
+        )
+        .start()
+        .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let cases: [(&str, Option<&str>, &str, bool); 4] = [
+        // (authority, host header, path, reaches the public upstream)
+        (STATUS_HOST, Some(APP_HOST), "/h2-a", false),
+        (APP_HOST, Some(STATUS_HOST), "/h2-b", false),
+        (STATUS_HOST, Some("Status.Example.com."), "/h2-c", true),
+        (STATUS_HOST, None, "/h2-d", true),
+    ];
+    for (authority, host, path, passes) in cases {
+        let mut b = http::Request::builder().uri(format!("http://{authority}{path}"));
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let req = b.body(Empty::<bytes::Bytes>::new()).unwrap();
+        let status = match send.send_request(req).await {
+            Ok(r) => {
+                let s = r.status();
+                let _ = r.into_body().collect().await;
+                Some(s)
+            }
+            Err(_) => None, // a stream reset is an acceptable refusal
+        };
+        let seen = up.seen_path(path).len();
+        if passes {
+            assert_eq!(status, Some(StatusCode::OK), "{authority} / {host:?}");
+            assert_eq!(seen, 1, "{authority} / {host:?}");
+        } else {
+            assert!(
+                status.is_none() || status == Some(StatusCode::BAD_REQUEST),
+                "{authority} / {host:?}: {status:?}"
+            );
+            assert_eq!(seen, 0, "{authority} / {host:?} reached the upstream");
+        }
+    }
+}
