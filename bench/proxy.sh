@@ -313,9 +313,11 @@ upstream: "http://127.0.0.1:$UP_PORT"
 access:
   allowed_domains: ["example.com"]
 login:
+  max_pending: 10000000
   rate_limit:
     per_ip_per_minute: 1000000
     per_email_per_hour: 1000000
+    per_email_burst: 1000000
 email:
   from: "Portcullis bench <auth@example.com>"
 $mail

@@ -14,6 +14,10 @@ pub enum AuthError {
     InvalidEmail(#[from] AddressError),
     #[error("too many requests; try again in {0} seconds")]
     RateLimited(u64),
+    /// The pending-challenge cap (`login.max_pending`) is reached, or the limiter cannot track
+    /// another address: 503, nothing was done.
+    #[error("too many sign-ins are in progress; try again in {0} seconds")]
+    Busy(u64),
     #[error("wait {0} seconds before asking for another mail")]
     ResendCooldown(u64),
     #[error("{1}")]
@@ -48,10 +52,24 @@ pub enum AuthError {
     MethodNotAllowed,
     #[error("no such page")]
     NotFound,
-    #[error("internal error")]
+    /// A storage failure: 503 with `Retry-After` while the storage cannot write (it is retried
+    /// until it can), 500 for anything else.
+    #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
     #[error("internal error")]
     Internal(String),
+}
+
+/// Seconds a client is told to wait while the storage cannot write.
+pub const STORE_RETRY_AFTER: u64 = 10;
+
+/// What a user is told about a storage failure.
+fn store_message(e: &StoreError) -> &'static str {
+    if e.is_unavailable() {
+        "the gateway cannot save anything right now (its storage is full or failing); nothing was changed, try again in a minute"
+    } else {
+        "internal error"
+    }
 }
 
 /// "this link expired" -> "This link expired." for pages (JSON keeps the plain text).
@@ -75,6 +93,8 @@ impl AuthError {
                 StatusCode::BAD_REQUEST
             }
             RateLimited(_) | ResendCooldown(_) => StatusCode::TOO_MANY_REQUESTS,
+            Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             UnknownChallenge | NotFound => StatusCode::NOT_FOUND,
             Expired | AlreadyUsed | Locked => StatusCode::GONE,
             Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -93,6 +113,7 @@ impl AuthError {
         match self {
             InvalidEmail(_) => "invalid_email",
             RateLimited(_) => "rate_limited",
+            Busy(_) => "busy",
             ResendCooldown(_) => "resend_cooldown",
             BadRequest(code, _) => code,
             UnknownChallenge => "unknown_challenge",
@@ -110,13 +131,17 @@ impl AuthError {
             BodyTimeout => "body_timeout",
             MethodNotAllowed => "method_not_allowed",
             NotFound => "not_found",
+            Store(e) if e.is_unavailable() => "storage_unavailable",
             Store(_) | Internal(_) => "internal",
         }
     }
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            AuthError::RateLimited(s) | AuthError::ResendCooldown(s) => Some(*s),
+            AuthError::RateLimited(s) | AuthError::ResendCooldown(s) | AuthError::Busy(s) => {
+                Some(*s)
+            }
+            AuthError::Store(e) if e.is_unavailable() => Some(STORE_RETRY_AFTER),
             _ => None,
         }
     }
@@ -141,6 +166,7 @@ impl AuthError {
         self.log();
         let title = match self.status() {
             StatusCode::TOO_MANY_REQUESTS => "Slow down",
+            StatusCode::SERVICE_UNAVAILABLE => "Try again soon",
             StatusCode::FORBIDDEN if matches!(self, AuthError::CrossOrigin) => "Request refused",
             StatusCode::FORBIDDEN => "Access denied",
             StatusCode::GONE => "Sign-in link expired",

@@ -1,26 +1,19 @@
-//! Signed identity for upstreams: short-lived EdDSA (Ed25519) JWTs, keys kept in the store and rotated with overlap, JWKS.
+//! Signed identity for upstreams: short-lived EdDSA (Ed25519) JWTs whose keys are derived from the
+//! master secret per rotation period (nothing stored), rotated with overlap, published as a JWKS.
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::store::{Store, StoreError};
+use crate::crypto::MasterSecret;
 
-/// A new signing key is made after this long.
+/// Length of one rotation period: the signing key changes at every multiple of this (Unix time).
 pub const ROTATE_AFTER: u64 = 7 * 24 * 3600;
-/// Retired keys stay in the JWKS this much longer, so verifiers that cache it keep working.
-pub const KEEP_RETIRED: u64 = 7 * 24 * 3600;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredKey {
-    kid: String,
-    /// Ed25519 seed, base64.
-    seed: String,
-    created_at: u64,
-}
+/// Retired keys stay in the JWKS this much longer (one period: the previous key is published).
+pub const KEEP_RETIRED: u64 = ROTATE_AFTER;
 
 /// The current signing key and the published key set.
 pub struct Keys {
@@ -28,6 +21,7 @@ pub struct Keys {
     signing: SigningKey,
     /// `{"keys": [...]}`, newest first.
     pub jwks: String,
+    /// Start of the current period.
     pub created_at: u64,
 }
 
@@ -39,76 +33,41 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn signing_key(k: &StoredKey) -> Option<SigningKey> {
-    let seed: [u8; 32] = STANDARD.decode(&k.seed).ok()?.try_into().ok()?;
-    Some(SigningKey::from_bytes(&seed))
+/// The public JWK of a key and its `kid`: the RFC 7638 thumbprint (base64url SHA-256 of the
+/// canonical `{"crv","kty","x"}`), so every replica names the same key the same way.
+fn public_jwk(key: &SigningKey) -> (String, serde_json::Value) {
+    let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    let kid = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(canonical.as_bytes()));
+    let jwk = serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": kid,
+        "x": x,
+    });
+    (kid, jwk)
 }
 
-/// Loads the keys, creating or rotating them as their age requires, and prunes retired ones.
-pub fn load_or_rotate(store: &Store, now: u64) -> Result<Arc<Keys>, StoreError> {
-    let mut keys: Vec<StoredKey> = match store.meta_get("jwt_keys")? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-            tree: "meta",
-            err: format!("jwt_keys: {e}"),
-        })?,
-        None => Vec::new(),
-    };
-    keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
-    let mut changed = false;
-    if keys
-        .first()
-        .is_none_or(|k| k.created_at + ROTATE_AFTER <= now)
-    {
-        let seed = crate::crypto::random_bytes(32);
-        keys.insert(
-            0,
-            StoredKey {
-                kid: crate::crypto::random_id(),
-                seed: STANDARD.encode(seed),
-                created_at: now,
-            },
-        );
-        changed = true;
+/// The keys in force at `now`: this period's signing key (HKDF of the master, see
+/// [`MasterSecret::jwt_seed`]), and a JWKS with it and the previous period's key, so verifiers
+/// that cached the set keep working across a rotation. Deterministic: replicas sharing the
+/// master agree without talking to each other.
+pub fn keys_at(master: &MasterSecret, now: u64) -> Arc<Keys> {
+    let period = now / ROTATE_AFTER;
+    let signing = SigningKey::from_bytes(&master.jwt_seed(period));
+    let (kid, current) = public_jwk(&signing);
+    let mut published = vec![current];
+    if let Some(previous) = period.checked_sub(1) {
+        published.push(public_jwk(&SigningKey::from_bytes(&master.jwt_seed(previous))).1);
     }
-    // Keep the current key and any retired less than KEEP_RETIRED ago.
-    let newest = keys[0].created_at;
-    let before = keys.len();
-    let mut retired_at = newest;
-    keys.retain(|k| {
-        let keep = k.created_at == newest || retired_at + KEEP_RETIRED > now;
-        retired_at = k.created_at;
-        keep
-    });
-    changed |= keys.len() != before;
-    if changed {
-        store.meta_put("jwt_keys", serde_json::to_vec(&keys).unwrap_or_default())?;
-        store.flush_blocking()?;
-    }
-    let jwk: Vec<serde_json::Value> = keys
-        .iter()
-        .filter_map(|k| {
-            let sk = signing_key(k)?;
-            Some(serde_json::json!({
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "use": "sig",
-                "kid": k.kid,
-                "x": URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes()),
-            }))
-        })
-        .collect();
-    let current = &keys[0];
-    let signing = signing_key(current).ok_or_else(|| StoreError::Corrupt {
-        tree: "meta",
-        err: "jwt_keys: bad seed".into(),
-    })?;
-    Ok(Arc::new(Keys {
-        kid: current.kid.clone(),
+    Arc::new(Keys {
+        kid,
         signing,
-        jwks: serde_json::json!({ "keys": jwk }).to_string(),
-        created_at: current.created_at,
-    }))
+        jwks: serde_json::json!({ "keys": published }).to_string(),
+        created_at: period * ROTATE_AFTER,
+    })
 }
 
 #[derive(Serialize)]
@@ -156,18 +115,40 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn kids(k: &Keys) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&k.jwks).unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     #[test]
-    fn keys_rotate_with_overlap() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let k1 = load_or_rotate(&store, 1_000).unwrap();
-        let same = load_or_rotate(&store, 2_000).unwrap();
+    fn keys_rotate_with_overlap_and_are_derived() {
+        let master = MasterSecret::generate();
+        let t0 = 3000 * ROTATE_AFTER + 5;
+        let k1 = keys_at(&master, t0);
+        let same = keys_at(&master, t0 + 1000);
         assert_eq!(k1.kid, same.kid);
-        let k2 = load_or_rotate(&store, 1_000 + ROTATE_AFTER).unwrap();
+        assert_eq!(k1.jwks, same.jwks);
+        assert_eq!(k1.created_at, 3000 * ROTATE_AFTER);
+        assert_eq!(kids(&k1).len(), 2, "current and previous");
+        assert_eq!(kids(&k1)[0], k1.kid, "current first");
+        let k2 = keys_at(&master, t0 + ROTATE_AFTER);
         assert_ne!(k1.kid, k2.kid);
-        assert!(k2.jwks.contains(&k1.kid), "retired key still published");
-        let k3 = load_or_rotate(&store, 1_000 + ROTATE_AFTER + KEEP_RETIRED + 1).unwrap();
-        assert!(!k3.jwks.contains(&k1.kid), "old key pruned");
+        assert_eq!(
+            kids(&k2),
+            vec![k2.kid.clone(), k1.kid.clone()],
+            "retired key still published"
+        );
+        let k3 = keys_at(&master, t0 + ROTATE_AFTER + KEEP_RETIRED);
+        assert!(!kids(&k3).contains(&k1.kid), "old key pruned");
+        // Another replica with the same master: the same keys; another master: others.
+        let replica = MasterSecret::parse(master.to_hex().as_bytes()).unwrap();
+        assert_eq!(keys_at(&replica, t0).jwks, k1.jwks);
+        assert_ne!(keys_at(&MasterSecret::generate(), t0).kid, k1.kid);
         let t = k3.assertion(
             "https://auth.example.com",
             "a@example.com",
@@ -176,5 +157,18 @@ mod tests {
             60,
         );
         assert_eq!(t.split('.').count(), 3);
+    }
+
+    #[test]
+    fn kid_is_the_rfc7638_thumbprint() {
+        // RFC 8037 appendix A.3: the thumbprint of its Ed25519 example key.
+        let seed: [u8; 32] = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let (kid, jwk) = public_jwk(&SigningKey::from_bytes(&seed));
+        assert_eq!(jwk["x"], "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
+        assert_eq!(kid, "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
     }
 }

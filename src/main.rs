@@ -176,8 +176,28 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
+/// The host of an `http://` public_url that is not loopback (`localhost`, `*.localhost`,
+/// 127.0.0.0/8, `::1`): there cookies and mailed links cross a network unencrypted.
+fn plain_http_host(public_url: &url::Url) -> Option<String> {
+    if public_url.scheme() != "http" {
+        return None;
+    }
+    let loopback = match public_url.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (!loopback).then(|| public_url.host_str().unwrap_or_default().to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Everything this process creates (database files sled makes lazily, the secret, the
+    // control socket, .eml files) is private to its user from birth, whatever umask it got.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
@@ -191,6 +211,9 @@ fn main() -> ExitCode {
                         .unwrap_or_default()
                 );
                 out!("  public_url    {}", cfg.public_url);
+                if let Some(host) = plain_http_host(&cfg.public_url) {
+                    out!("  warning       public_url is plain http on `{host}`, which is not this machine: session cookies, sign-in links and codes travel in clear over the network (anyone on the path can take over a session); use https (tls: or a TLS proxy in front) unless the network itself is trusted");
+                }
                 out!("  data_dir      {}", cfg.data_dir.display());
                 out!(
                     "  sign-in       {} (ttl {:?}), mail via {}",
@@ -299,9 +322,9 @@ fn bench_seed(
     print: u64,
 ) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
     use portcullis::crypto;
-    use portcullis::store::{Session, Store};
+    use portcullis::store::{Session, Store, StoreOptions};
     let cfg = Config::load(config)?;
-    let store = Store::open(&cfg.data_dir)?;
+    let store = Store::open(&StoreOptions::new(&cfg.data_dir))?;
     let now = portcullis::Clock::now(&SystemClock);
     let (local, domain) = email.split_once('@').ok_or("--email needs an @")?;
     let every = (count / print.max(1)).max(1);

@@ -15,7 +15,7 @@ use crate::http::pages::Pages;
 use crate::mail::templates::MailTemplates;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// The pooled upstream client (HTTP/1.1, plain or TLS).
 pub type UpstreamClient =
@@ -35,8 +35,14 @@ pub struct AppState {
     /// One pooled upstream client per connection worker, so a request and its upstream
     /// connection stay on one thread.
     pub clients: Vec<UpstreamClient>,
-    /// HMAC key for codes; random, created in the data directory on first start.
-    pub secret: Vec<u8>,
+    /// The master secret (from `secrets_file`, the systemd credential or `data_dir/secret`);
+    /// every key below is derived from it.
+    pub master: crate::crypto::MasterSecret,
+    /// HMAC key for codes, derived from the master.
+    pub code_key: [u8; 32],
+    /// General-purpose HMAC key of this server (e.g. known-browser cookies), derived from the
+    /// master (`info = "portcullis server"`); distinct from every other derived key.
+    pub secret: [u8; 32],
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     /// Wakes the outbox worker when mail is queued.
@@ -57,8 +63,10 @@ pub enum StartError {
         dir: String,
         err: crate::store::StoreError,
     },
-    #[error("cannot create data_dir `{dir}`: {err}")]
+    #[error("data_dir `{dir}`: {err}")]
     DataDir { dir: String, err: std::io::Error },
+    #[error("master secret: {0}")]
+    Secret(String),
     #[error("email: {0}")]
     Mail(String),
     #[error("templates: {0}")]
@@ -71,23 +79,25 @@ impl AppState {
     /// Opens the store and builds every component from a validated config.
     pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
         let dir = config.data_dir.display().to_string();
-        std::fs::create_dir_all(&config.data_dir).map_err(|err| StartError::DataDir {
-            dir: dir.clone(),
-            err,
+        // Private before anything is written into it: 0700 (a wider folder is tightened).
+        crate::store::files::ensure_private_dir(&config.data_dir).map_err(|err| {
+            StartError::DataDir {
+                dir: dir.clone(),
+                err,
+            }
         })?;
-        let store = Store::open(&config.data_dir).map_err(|err| StartError::Store {
-            dir: dir.clone(),
-            err,
-        })?;
-        let secret = store.server_secret().map_err(|err| StartError::Store {
-            dir: dir.clone(),
-            err,
-        })?;
-        let jwt =
-            crate::jwt::load_or_rotate(&store, clock.now()).map_err(|err| StartError::Store {
+        let store =
+            Store::open(&StoreOptions::new(&config.data_dir)).map_err(|err| StartError::Store {
                 dir: dir.clone(),
                 err,
             })?;
+        let (master, source) =
+            crate::store::secret::load(config.secrets_file.as_deref(), &config.data_dir, &store)
+                .map_err(|e| StartError::Secret(e.to_string()))?;
+        tracing::info!(from = %source, "master secret loaded");
+        let jwt = crate::jwt::keys_at(&master, clock.now());
+        let code_key = master.code_key();
+        let secret = master.derive("portcullis server");
         let mailer = Mailer::new(&config.email).map_err(|e| StartError::Mail(e.to_string()))?;
         let mail_templates = MailTemplates::new(
             config.email.text_template.clone(),
@@ -114,6 +124,8 @@ impl AppState {
             pages,
             clock,
             clients,
+            master,
+            code_key,
             secret,
             limiter: RateLimiter::default(),
             metrics: Metrics::default(),

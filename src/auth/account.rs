@@ -38,35 +38,7 @@ struct Row {
 
 use crate::clock::format_unix as time;
 
-/// "Firefox on Linux" from a User-Agent string (best effort; unknown parts say so).
-pub fn device(ua: &str) -> String {
-    let browser = [
-        ("Edg/", "Edge"),
-        ("OPR/", "Opera"),
-        ("Firefox/", "Firefox"),
-        ("Chrome/", "Chrome"),
-        ("Safari/", "Safari"),
-        ("curl/", "curl"),
-    ]
-    .iter()
-    .find(|(needle, _)| ua.contains(needle))
-    .map_or("Unknown browser", |(_, name)| name);
-    let os = [
-        ("Android", "Android"),
-        ("iPhone", "iOS"),
-        ("iPad", "iPadOS"),
-        ("Windows", "Windows"),
-        ("Mac OS X", "macOS"),
-        ("Linux", "Linux"),
-    ]
-    .iter()
-    .find(|(needle, _)| ua.contains(needle))
-    .map(|(_, name)| *name);
-    match os {
-        Some(os) => format!("{browser} on {os}"),
-        None => browser.to_string(),
-    }
-}
+pub use crate::auth::device::device;
 
 fn row(s: &Session, current: bool) -> Row {
     Row {

@@ -1,19 +1,27 @@
 //! Sign-in challenges: issuing a link and a code by mail, resending, and redeeming either exactly once.
+//!
+//! No link or code is ever written to disk. A sign-in stores the challenge and queues a mail
+//! that names it; the outbox worker mints the link and code when it sends that mail
+//! ([`mint`]), writes only their hashes into the challenge, and forgets them once the mail is
+//! out. A resend kills the current link and code at once and queues a new mail; a retried
+//! send mints again, so only the newest mail of a challenge works.
 
 use crate::auth::address::parse_address;
 use crate::auth::policy::safe_redirect;
+use crate::auth::regulation::{self, Purpose};
 use crate::config::Config;
 use crate::crypto;
 use crate::error::AuthError;
-use crate::mail::templates::SignInMail;
 use crate::state::AppState;
-use crate::store::{Challenge, Modify, OutboxItem};
+use crate::store::{Challenge, Modify, OutboxItem, StoreError};
 
 /// Who asked, for the mail ("requested from … with …") and the session record.
 #[derive(Debug, Clone, Default)]
 pub struct Requester {
     pub ip: String,
     pub user_agent: String,
+    /// The known-browser cookie it presented (its own sign-in budget, see `regulation`).
+    pub known: crate::auth::regulation::KnownBrowser,
 }
 
 /// A challenge that was created or refreshed, and its browser-binding secret.
@@ -24,87 +32,25 @@ pub struct Issued {
     pub binding: String,
 }
 
-const ONE_MINUTE: u64 = 60;
-const ONE_HOUR: u64 = 3600;
-
-/// Applies the per-IP and per-address limits (keys are the IP and the canonical address).
-fn regulate(state: &AppState, cfg: &Config, ip: &str, email: &str) -> Result<(), AuthError> {
-    let now = state.clock.now();
-    let limited = |r: Result<(), u64>| {
-        r.map_err(|s| {
-            state.metrics.rate_limited();
-            AuthError::RateLimited(s)
-        })
-    };
-    limited(state.limiter.would_allow(
-        &format!("email:{email}"),
-        cfg.login.per_email_per_hour,
-        ONE_HOUR,
-        now,
-    ))?;
-    limited(state.limiter.hit(
-        &format!("ip:{ip}"),
-        cfg.login.per_ip_per_minute,
-        ONE_MINUTE,
-        now,
-    ))?;
-    limited(state.limiter.hit(
-        &format!("email:{email}"),
-        cfg.login.per_email_per_hour,
-        ONE_HOUR,
-        now,
-    ))
+/// What a mail needs about its requester, bounded like the challenge's copy.
+fn user_agent(who: &Requester) -> String {
+    who.user_agent.chars().take(256).collect()
 }
 
-/// Fresh credentials for a challenge: (link token, code), and their hashes written into `c`.
-fn arm(state: &AppState, cfg: &Config, c: &mut Challenge) -> (Option<String>, Option<String>) {
-    let link = cfg.login.link.then(crypto::random_token);
-    let code = cfg
-        .login
-        .code
-        .then(|| crypto::random_code(cfg.login.code_length));
-    c.link_hash = link.as_ref().map(|t| crypto::sha256(t.as_bytes()));
-    c.code_mac = code
-        .as_ref()
-        .map(|k| crypto::code_mac(&state.secret, &c.id, k));
-    (link, code)
-}
-
-/// Renders the mail and, for addresses that may sign in, queues it. Disallowed addresses
-/// get the same work minus the queueing, so both take the same path and time.
-fn queue_mail(
-    state: &AppState,
-    cfg: &Config,
-    c: &Challenge,
-    link: Option<&str>,
-    code: Option<&str>,
-    who: &Requester,
-) -> Result<(), AuthError> {
+/// Queues the mail of send number `c.sends` for addresses that may sign in. It names the
+/// challenge and holds no secret; the worker mints the link and code when it sends it.
+/// Disallowed addresses get the same work minus the queueing, so both take the same path.
+fn queue_mail(state: &AppState, c: &Challenge, who: &Requester) -> Result<(), AuthError> {
     let now = state.clock.now();
-    let link_url = link.map(|t| cfg.public_link(&format!("/.auth/verify?token={t}")));
-    let requested_at = crate::clock::format_unix(now);
-    let mail = SignInMail {
-        site: cfg.public_url.host_str().unwrap_or("Portcullis"),
-        subject: &cfg.email.subject,
-        email: &c.email,
-        link: link_url.as_deref(),
-        code,
-        ttl_minutes: c.expires_at.saturating_sub(now).div_ceil(60),
-        requested_at: &requested_at,
-        ip: &who.ip,
-        user_agent: &who.user_agent,
-    };
-    let (text, html) = state
-        .mail_templates
-        .load()
-        .render(&mail)
-        .map_err(AuthError::Internal)?;
     if c.deliverable {
         state.store.enqueue_mail(&OutboxItem {
+            challenge_id: c.id.clone(),
+            send: c.sends,
             to: c.email.clone(),
-            subject: cfg.email.subject.clone(),
-            text,
-            html,
+            ip: who.ip.clone(),
+            // Never the client's raw text (an attacker could write "restore access at
+            // https://evil.example" into a genuine mail): a parsed device name only.
+            user_agent: crate::auth::device::device(&who.user_agent),
             created_at: now,
             expires_at: c.expires_at,
             attempts: 0,
@@ -119,6 +65,103 @@ fn queue_mail(
     Ok(())
 }
 
+/// A link and code minted for one mail, with the challenge that now holds their hashes.
+/// The values exist only here and in the mail.
+pub struct Minted {
+    pub challenge: Challenge,
+    pub link: Option<String>,
+    pub code: Option<String>,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("challenge", &self.challenge.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with a queued mail.
+#[derive(Debug)]
+pub enum Mint {
+    /// Send it: fresh credentials, their hashes already in the challenge (not yet flushed).
+    Send(Box<Minted>),
+    /// Drop it, for this reason (the challenge is gone, used, locked or expired, or a newer
+    /// mail replaced this one).
+    Drop(&'static str),
+}
+
+/// Mints the link and code of a queued mail at send time and writes their hashes into its
+/// challenge, replacing the previous ones (a retried send makes the earlier mail useless).
+/// The caller flushes the store before sending, so a mail that left is always redeemable.
+pub fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, StoreError> {
+    let now = state.clock.now();
+    let usable = |c: &Challenge| -> Result<(), &'static str> {
+        if c.sends != item.send {
+            return Err("a newer mail of the same sign-in replaced it");
+        }
+        if !c.deliverable {
+            return Err("the address may not sign in");
+        }
+        check_live(cfg, c, now).map_err(|e| match e {
+            AuthError::AlreadyUsed => "the sign-in is complete",
+            AuthError::Locked => "the sign-in is locked",
+            _ => "the sign-in expired",
+        })
+    };
+    if item.challenge_id.is_empty() {
+        return Ok(Mint::Drop(
+            "it was queued by an older version (with its link in clear); the user can ask again",
+        ));
+    }
+    let Some(current) = state.store.challenge(&item.challenge_id)? else {
+        return Ok(Mint::Drop("the sign-in no longer exists"));
+    };
+    if let Err(why) = usable(&current) {
+        return Ok(Mint::Drop(why));
+    }
+    let link = cfg.login.link.then(crypto::random_token);
+    let code = cfg
+        .login
+        .code
+        .then(|| crypto::random_code(cfg.login.code_length));
+    let link_hash = link.as_ref().map(|t| crypto::sha256(t.as_bytes()));
+    let code_mac = code
+        .as_ref()
+        .map(|k| crypto::code_mac(&state.code_key, &current.id, k));
+    // Index first: a resend that clears this hash after the swap below then finds the entry.
+    state.store.relink(&current.id, None, link_hash)?;
+    let mut replaced = None;
+    let outcome = state.store.modify_challenge(&current.id, |c| {
+        let Some(mut c) = c else {
+            return Modify::Keep(Err("the sign-in no longer exists"));
+        };
+        if let Err(why) = usable(&c) {
+            return Modify::Keep(Err(why));
+        }
+        replaced = c.link_hash;
+        c.link_hash = link_hash;
+        c.code_mac = code_mac;
+        Modify::Write(c.clone(), Ok(c))
+    })?;
+    match outcome {
+        Ok(challenge) => {
+            if replaced != link_hash {
+                state.store.relink(&challenge.id, replaced, None)?;
+            }
+            Ok(Mint::Send(Box::new(Minted {
+                challenge,
+                link,
+                code,
+            })))
+        }
+        Err(why) => {
+            state.store.relink(&current.id, link_hash, None)?;
+            Ok(Mint::Drop(why))
+        }
+    }
+}
+
 /// Starts a sign-in for `email_input`. Same result shape for allowed and disallowed addresses.
 pub async fn start(
     state: &AppState,
@@ -130,7 +173,7 @@ pub async fn start(
 ) -> Result<Issued, AuthError> {
     let address = parse_address(email_input)?;
     let email = address.canonical().to_string();
-    regulate(state, cfg, &who.ip, &email)?;
+    regulation::admit(state, cfg, who, &email, Purpose::NewChallenge)?;
     if client_state.as_ref().is_some_and(|s| s.len() > 1024) {
         return Err(AuthError::BadRequest(
             "invalid_state",
@@ -139,7 +182,7 @@ pub async fn start(
     }
     let now = state.clock.now();
     let binding = crypto::random_token();
-    let mut c = Challenge {
+    let c = Challenge {
         id: crypto::random_id(),
         deliverable: cfg.may_sign_in(&email),
         email,
@@ -155,11 +198,10 @@ pub async fn start(
         sends: 1,
         last_sent_at: now,
         ip: who.ip.clone(),
-        user_agent: who.user_agent.chars().take(256).collect(),
+        user_agent: user_agent(who),
     };
-    let (link, code) = arm(state, cfg, &mut c);
     state.store.insert_challenge(&c)?;
-    queue_mail(state, cfg, &c, link.as_deref(), code.as_deref(), who)?;
+    queue_mail(state, &c, who)?;
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     tracing::info!(challenge = %c.id, email = %state.mask(&c.email), ip = %who.ip, "sign-in requested");
@@ -169,8 +211,9 @@ pub async fn start(
     })
 }
 
-/// Sends fresh credentials for a live challenge; the old link and code stop working.
-/// Failed code attempts are kept: a resend does not refill them.
+/// Queues a mail with fresh credentials for a live challenge; the old link and code stop
+/// working at once (the new ones are minted when the mail is sent). Failed code attempts are
+/// kept: a resend does not refill them.
 pub async fn resend(
     state: &AppState,
     cfg: &Config,
@@ -188,8 +231,8 @@ pub async fn resend(
     if since < cooldown {
         return Err(AuthError::ResendCooldown(cooldown - since));
     }
-    regulate(state, cfg, &who.ip, &current.email)?;
-    let mut creds = (None, None);
+    regulation::admit(state, cfg, who, &current.email, Purpose::Resend)?;
+    let mut cleared = None;
     let updated = state.store.modify_challenge(challenge_id, |c| {
         let Some(mut c) = c else {
             return Modify::Keep(Err(AuthError::UnknownChallenge));
@@ -201,23 +244,16 @@ pub async fn resend(
             // Someone else resent concurrently; theirs stands.
             return Modify::Keep(Err(AuthError::ResendCooldown(cooldown.max(1))));
         }
-        creds = arm(state, cfg, &mut c);
+        cleared = c.link_hash;
+        c.link_hash = None;
+        c.code_mac = None;
         c.sends += 1;
         c.last_sent_at = now;
         c.expires_at = now + cfg.login.ttl.as_secs();
         Modify::Write(c.clone(), Ok(c))
     })??;
-    state
-        .store
-        .relink(&updated.id, current.link_hash, updated.link_hash)?;
-    queue_mail(
-        state,
-        cfg,
-        &updated,
-        creds.0.as_deref(),
-        creds.1.as_deref(),
-        who,
-    )?;
+    state.store.relink(&updated.id, cleared, None)?;
+    queue_mail(state, &updated, who)?;
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     Ok(updated)
@@ -301,7 +337,7 @@ pub fn redeem_code(
         if let Err(e) = check_live(cfg, &c, now) {
             return Modify::Keep(Err(e));
         }
-        let mac = crypto::code_mac(&state.secret, &c.id, &code);
+        let mac = crypto::code_mac(&state.code_key, &c.id, &code);
         let good = c.deliverable && c.code_mac.is_some_and(|m| crypto::ct_eq(&m, &mac));
         if good {
             c.completed = true;

@@ -13,12 +13,13 @@ use serde::Deserialize;
 
 use crate::auth::account;
 use crate::auth::challenge::{self, Requester};
-use crate::auth::policy::{is_navigation, same_origin};
+use crate::auth::policy::{after_form, is_navigation, safe_redirect, same_origin};
+use crate::auth::regulation;
 use crate::auth::session::{self, authenticate};
 use crate::config::Config;
 use crate::crypto;
 use crate::error::AuthError;
-use crate::http::response::{html, json, no_referrer, redirect, set_cookie, text, Body};
+use crate::http::response::{html, json, origin_only_referrer, redirect, set_cookie, text, Body};
 use crate::http::router::{login_url, unauthenticated};
 use crate::http::{client_ip, ConnInfo};
 use crate::request::{canonical_authority, canonicalize, CanonicalPath, RequestView};
@@ -29,7 +30,8 @@ use crate::store::Challenge;
 type Reply = Result<Response<Body>, AuthError>;
 
 /// Every `/.auth/` path this gateway answers (for 405 vs 404).
-const KNOWN: [&str; 21] = [
+const KNOWN: [&str; 22] = [
+    "/.auth/continue",
     "/.auth/sessions",
     "/.auth/sessions/revoke",
     "/.auth/admin",
@@ -74,6 +76,7 @@ pub async fn dispatch(
             .chars()
             .take(256)
             .collect(),
+        known: regulation::KnownBrowser::from_headers(&cfg, req.headers()),
     };
     let h = Ctx {
         state,
@@ -81,7 +84,14 @@ pub async fn dispatch(
         who: &who,
     };
     let result = match (&method, path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        // Liveness: the process answers. It does not claim the storage works (readyz does).
+        (&Method::GET | &Method::HEAD, "/.auth/healthz") if state.store.writable() => {
+            Ok(text(StatusCode::OK, "ok\n"))
+        }
+        (&Method::GET | &Method::HEAD, "/.auth/healthz") => Ok(text(
+            StatusCode::OK,
+            "alive; storage cannot write (retrying)\n",
+        )),
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
         (&Method::GET | &Method::HEAD, "/.auth/jwks.json") => Ok(h.jwks()),
         (&Method::GET, "/.auth/sessions") => account::sessions_page(state, &cfg, &req),
@@ -98,6 +108,7 @@ pub async fn dispatch(
         (&Method::POST, "/.auth/resend") => h.resend_submit(req).await,
         (&Method::GET | &Method::HEAD, "/.auth/verify") => h.verify_page(&req).await,
         (&Method::POST, "/.auth/verify") => h.verify_submit(req).await,
+        (&Method::GET | &Method::HEAD, "/.auth/continue") => Ok(h.continue_page(&req)),
         (&Method::POST, "/.auth/logout") => h.logout(req).await,
         (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req, conn, view, Family::Legacy),
         (&Method::GET | &Method::HEAD, "/.auth/check/nginx") => {
@@ -124,9 +135,9 @@ pub async fn dispatch(
         Err(e) if wants_json => e.to_json(),
         Err(e) => e.to_page(state),
     };
-    // The verify URL carries the link token: never let it leak through a Referer.
+    // The verify URL carries the link token: a Referer from it never holds more than the origin.
     if path == "/.auth/verify" {
-        no_referrer(resp)
+        origin_only_referrer(resp)
     } else {
         resp
     }
@@ -298,6 +309,41 @@ fn original_request(
         trusted: true,
     })
 }
+
+/// The mail transport's health, probed at most every [`MAIL_PROBE_EVERY`] per mailer (a reload
+/// makes a new mailer, which is probed afresh); cached between probes.
+async fn mail_health(state: &AppState) -> bool {
+    type Probes = Vec<(usize, std::time::Instant, bool)>;
+    static LAST: std::sync::Mutex<Probes> = std::sync::Mutex::new(Vec::new());
+    let mailer = state.mailer.load_full();
+    let key = Arc::as_ptr(&mailer) as usize;
+    let cached = {
+        let g = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, at, ok)| (*at, *ok))
+    };
+    if let Some((at, ok)) = cached {
+        if at.elapsed() < MAIL_PROBE_EVERY {
+            return ok;
+        }
+    }
+    let remember = |ok: bool| {
+        let mut g = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|(k, _, _)| *k != key);
+        if g.len() >= 16 {
+            g.remove(0);
+        }
+        g.push((key, std::time::Instant::now(), ok));
+    };
+    // Claim the slot before dialling, so concurrent readyz calls do not all dial.
+    remember(cached.is_none_or(|(_, ok)| ok));
+    let ok = mailer.healthy().await;
+    remember(ok);
+    ok
+}
+
+const MAIL_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A 403 for a signed-in user whose address this site does not allow: who they are and how to switch.
 pub fn forbidden(state: &AppState, email: &str, navigation: bool) -> Response<Body> {
@@ -499,18 +545,22 @@ impl Ctx<'_> {
         r
     }
 
+    /// Readiness: `200` while the store accepts writes, else `503`. It shows no counts and
+    /// nothing that changes with the outbox (a sign-in followed by a readyz must not tell whether
+    /// that address may sign in); the mail transport's health is shown but does not fail
+    /// readiness (mail waits in the outbox), and is probed at most every 10 seconds so the
+    /// endpoint cannot be used to make the gateway dial SMTP. Counts are on the metrics listener.
     async fn readyz(&self) -> Reply {
-        let store_ok = self.state.store.flush().await.is_ok();
-        let outbox = self.state.store.outbox_len();
-        let mail_ok = outbox < 1000 || self.state.mailer.load_full().healthy().await;
-        let status = if store_ok && mail_ok {
+        let store_ok = self.state.store.flush().await.is_ok() && self.state.store.writable();
+        let mail_ok = mail_health(self.state).await;
+        let status = if store_ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
         Ok(json(
             status,
-            &serde_json::json!({"store": store_ok, "outbox": outbox, "mail": mail_ok}),
+            &serde_json::json!({"store": store_ok, "mail": mail_ok}),
         ))
     }
 
@@ -579,11 +629,12 @@ impl Ctx<'_> {
             Err(
                 e @ (AuthError::InvalidEmail(_)
                 | AuthError::RateLimited(_)
+                | AuthError::Busy(_)
                 | AuthError::BadRequest(..)),
             ) => {
                 let email_shown: String = email.chars().take(254).collect();
                 let mut r = self.render_login(e.status(), rd, &email_shown, Some(e.to_string()));
-                if let AuthError::RateLimited(s) = e {
+                if let AuthError::RateLimited(s) | AuthError::Busy(s) = e {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(s));
                 }
@@ -622,7 +673,7 @@ impl Ctx<'_> {
         let c = self.bound_challenge(&headers)?;
         let code = form(&body).remove("code").unwrap_or_default();
         match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip) {
-            Ok(done) => self.finish_html(&done, true).await,
+            Ok(done) => self.finish_html(&done, true, true).await,
             Err(e @ AuthError::WrongCode(_)) => {
                 Ok(self.render_check(e.status(), &c, Some(e.to_string()), None))
             }
@@ -641,9 +692,14 @@ impl Ctx<'_> {
                 None,
                 Some("A new mail is on its way; the previous link and code no longer work."),
             )),
-            Err(e @ (AuthError::ResendCooldown(_) | AuthError::RateLimited(_))) => {
+            Err(
+                e @ (AuthError::ResendCooldown(_) | AuthError::RateLimited(_) | AuthError::Busy(_)),
+            ) => {
                 let mut r = self.render_check(e.status(), &c, Some(e.to_string()), None);
-                if let AuthError::ResendCooldown(s) | AuthError::RateLimited(s) = e {
+                if let AuthError::ResendCooldown(s)
+                | AuthError::RateLimited(s)
+                | AuthError::Busy(s) = e
+                {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(s));
                 }
@@ -661,7 +717,7 @@ impl Ctx<'_> {
         self.state.metrics.links_opened();
         if req.method() == Method::GET && bound_to(req.headers(), self.cfg, &c) {
             let done = challenge::redeem_link(self.state, self.cfg, &token)?;
-            return self.finish_html(&done, true).await;
+            return self.finish_html(&done, true, false).await;
         }
         let site = self.cfg.public_url.host_str().unwrap_or("this site");
         let page = self.state.pages.render(
@@ -676,7 +732,32 @@ impl Ctx<'_> {
         let (_, body) = read_body(req, &self.cfg.limits).await?;
         let token = form(&body).remove("token").unwrap_or_default();
         let done = challenge::redeem_link(self.state, self.cfg, &token)?;
-        self.finish_html(&done, true).await
+        self.finish_html(&done, true, true).await
+    }
+
+    /// `GET /.auth/continue?to=`: where a sign-in form's answer goes when the target is on
+    /// another origin (see [`after_form`]). A page, not a redirect, so the browser leaves by a
+    /// navigation of its own (refresh, or the link), which the form page's `form-action` does
+    /// not govern. The target is validated again; anything else leads to the public root.
+    fn continue_page(&self, req: &Request<Incoming>) -> Response<Body> {
+        let target = safe_redirect(self.cfg, &query(req).remove("to").unwrap_or_default());
+        let host = url::Url::parse(&target)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let page = self.state.pages.render(
+            "continue.html",
+            context! { title => "Signed in", target => &target, host => host },
+        );
+        html(StatusCode::OK, page)
+    }
+
+    /// The known-browser cookie after a sign-in as `email`: this browser gets a sign-in budget
+    /// of its own for that address, which requests from elsewhere cannot spend.
+    fn known_browser_cookie(&self, email: &str) -> Cookie<'static> {
+        self.who
+            .known
+            .after_sign_in(&self.state.secret, self.cfg, email)
     }
 
     /// Creates the session for a completed challenge (fresh token, flushed to disk).
@@ -702,11 +783,18 @@ impl Ctx<'_> {
         Ok((token, s))
     }
 
-    /// Signs in and sends the browser to the challenge's (validated) redirect target.
-    async fn finish_html(&self, c: &Challenge, clear_binding: bool) -> Reply {
+    /// Signs in and sends the browser to the challenge's (validated) redirect target; the answer
+    /// to a form goes there through `/.auth/continue` when the target is on another origin.
+    async fn finish_html(&self, c: &Challenge, clear_binding: bool, from_form: bool) -> Reply {
         let (token, _) = self.sign_in(c).await?;
-        let mut r = redirect(StatusCode::SEE_OTHER, &c.redirect_to);
+        let location = if from_form {
+            after_form(self.cfg, &c.redirect_to)
+        } else {
+            c.redirect_to.clone()
+        };
+        let mut r = redirect(StatusCode::SEE_OTHER, &location);
         set_cookie(&mut r, &session::cookie(self.cfg, &token));
+        set_cookie(&mut r, &self.known_browser_cookie(&c.email));
         if clear_binding {
             let mut b = binding_cookie(self.cfg, String::new(), 0);
             b.make_removal();
@@ -908,6 +996,7 @@ impl Ctx<'_> {
         }
         let mut r = json(StatusCode::OK, &body);
         set_cookie(&mut r, &session::cookie(self.cfg, &token));
+        set_cookie(&mut r, &self.known_browser_cookie(&done.email));
         Ok(r)
     }
 

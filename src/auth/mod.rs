@@ -3,6 +3,7 @@
 pub mod account;
 pub mod address;
 pub mod challenge;
+pub mod device;
 pub mod handlers;
 pub mod policy;
 pub mod regulation;

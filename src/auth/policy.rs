@@ -110,31 +110,75 @@ fn checked_redirect(cfg: &Config, input: &str) -> Option<String> {
     Some(url.to_string())
 }
 
-/// Whether a state-changing form POST comes from the gateway's own pages.
-/// `Origin` must match public_url; failing that `Sec-Fetch-Site` must be same-origin or none;
-/// failing that `Referer` must match. Requests without any of them (non-browsers) pass.
+/// Whether a state-changing form POST comes from the gateway's own pages: from `public_url`'s
+/// origin, or from the origin the request is addressed to (a gateway page such as `whoami` or
+/// `/.auth/sessions` served on an app host posts to that host). Browsers tell in one of three
+/// ways, read in this order:
+///
+/// 1. `Sec-Fetch-Site`, which browsers send to secure origins and pages cannot set:
+///    `same-origin` (or `none`, user-initiated) passes; `same-site` (another app under
+///    `cookie_domain`) and `cross-site` are refused. It also vouches for `Origin: null`, which
+///    browsers send for same-origin posts from a `no-referrer` page.
+/// 2. `Origin`, sent with every POST by current browsers, and on plain http the only signal
+///    (no `Sec-Fetch-Site` there): it must be one of the two origins above; `null` is refused.
+///    On an https deployment an `http://` origin is refused too.
+/// 3. `Referer` (old browsers): the same check on its origin.
+///
+/// Requests without any of them (curl, scripts: not a browser a page could drive) pass.
 pub fn same_origin(cfg: &Config, headers: &HeaderMap) -> bool {
-    let public = cfg.public_origin();
-    let fetch_site = headers.get("sec-fetch-site");
-    // Under a no-referrer policy browsers send `Origin: null` even for same-origin posts;
-    // then `Sec-Fetch-Site` (set by the browser, not by scripts) decides.
-    let origin = headers
-        .get(header::ORIGIN)
-        .filter(|o| o.as_bytes() != b"null" || fetch_site.is_none());
-    if let Some(o) = origin {
-        return o.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(&public));
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
     }
-    if let Some(s) = fetch_site {
-        return matches!(s.to_str(), Ok("same-origin") | Ok("none"));
+    if let Some(o) = headers.get(header::ORIGIN) {
+        return o.to_str().is_ok_and(|o| own_origin(cfg, headers, o));
     }
     if let Some(r) = headers.get(header::REFERER) {
         return r
             .to_str()
             .ok()
             .and_then(|r| Url::parse(r).ok())
-            .is_some_and(|u| u.origin().ascii_serialization() == public);
+            .is_some_and(|u| own_origin(cfg, headers, &u.origin().ascii_serialization()));
     }
     true
+}
+
+/// Whether `origin` (serialised, `null` never matches) is public_url's origin or the origin of
+/// the request itself (its `Host`, with an https scheme, or http on an http deployment).
+fn own_origin(cfg: &Config, headers: &HeaderMap, origin: &str) -> bool {
+    if origin.eq_ignore_ascii_case(&cfg.public_origin()) {
+        return true;
+    }
+    let Ok(u) = Url::parse(origin) else {
+        return false;
+    };
+    let scheme_ok = match u.scheme() {
+        "https" => true,
+        "http" => cfg.public_url.scheme() == "http",
+        _ => false,
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    if !scheme_ok || host.is_empty() || host.contains(['/', '@', '?', '#', '\\']) {
+        return false;
+    }
+    // The same URL parser reads both, so default ports and case compare equal.
+    Url::parse(&format!("{}://{host}/", u.scheme()))
+        .is_ok_and(|own| own.origin() == u.origin() && u.origin().is_tuple())
+}
+
+/// Where the answer to a sign-in form sends the browser. A page's `form-action 'self'` also
+/// governs the redirect that answers its form (Chromium, Firefox and Safari all enforce it), so a
+/// target on another origin than public_url (an app host under `cookie_domain`) is reached
+/// through `/.auth/continue` on the form's own origin, which goes on by GET.
+pub fn after_form(cfg: &Config, target: &str) -> String {
+    match Url::parse(target) {
+        Ok(u) if u.origin() == cfg.public_url.origin() => target.to_string(),
+        _ => {
+            let to: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+            format!("/.auth/continue?to={to}")
+        }
+    }
 }
 
 /// A top-level browser navigation (gets a login redirect) rather than an API call (gets 401).
@@ -240,9 +284,102 @@ mod tests {
         );
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!same_origin(&c, &h));
+        h.insert("sec-fetch-site", "same-site".parse().unwrap());
+        assert!(!same_origin(&c, &h), "a sibling app under cookie_domain");
         let mut h = HeaderMap::new();
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(!same_origin(&c, &h));
+        // Sec-Fetch-Site, when sent, outranks the Origin.
+        h.insert("origin", "https://auth.example.com".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+    }
+
+    /// Plain http on a host name: browsers send no Sec-Fetch-Site there, so Origin decides.
+    #[test]
+    fn plain_http_origin_checks() {
+        let c = cfg("http://auth.apps.example:8080", Some(".apps.example"));
+        let post = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("host", host.parse().unwrap());
+            if let Some(o) = origin {
+                h.insert("origin", o.parse().unwrap());
+            }
+            same_origin(&c, &h)
+        };
+        // The sign-in pages post to themselves.
+        assert!(post(
+            Some("http://auth.apps.example:8080"),
+            "auth.apps.example:8080"
+        ));
+        assert!(post(
+            Some("http://AUTH.apps.example:8080"),
+            "auth.apps.example:8080"
+        ));
+        // A gateway page on an app host (whoami's sign-out) posts to its own host.
+        assert!(post(
+            Some("http://jupyter.apps.example:8080"),
+            "jupyter.apps.example:8080"
+        ));
+        assert!(post(Some("http://a.example"), "a.example:80"));
+        // Everything else is refused: other sites, sibling apps, other ports, no-referrer pages.
+        for (origin, host) in [
+            ("http://evil.example", "auth.apps.example:8080"),
+            ("http://evil.apps.example:8080", "auth.apps.example:8080"),
+            ("http://evil.apps.example:8080", "jupyter.apps.example:8080"),
+            (
+                "http://jupyter.apps.example:9999",
+                "jupyter.apps.example:8080",
+            ),
+            ("null", "auth.apps.example:8080"),
+            ("file://", "auth.apps.example:8080"),
+            (
+                "http://jupyter.apps.example:8080",
+                "jupyter.apps.example:8080@evil",
+            ),
+        ] {
+            assert!(!post(Some(origin), host), "{origin} -> {host}");
+        }
+        // Referer when there is no Origin.
+        let mut h = HeaderMap::new();
+        h.insert("host", "auth.apps.example:8080".parse().unwrap());
+        h.insert(
+            "referer",
+            "http://auth.apps.example:8080/.auth/login?rd=x"
+                .parse()
+                .unwrap(),
+        );
+        assert!(same_origin(&c, &h));
+        h.insert("referer", "http://evil.example/".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+    }
+
+    #[test]
+    fn https_deployments_refuse_http_origins_of_their_own_hosts() {
+        let c = cfg("https://auth.example.com", Some(".example.com"));
+        let mut h = HeaderMap::new();
+        h.insert("host", "grafana.example.com".parse().unwrap());
+        h.insert("origin", "https://grafana.example.com".parse().unwrap());
+        assert!(same_origin(&c, &h));
+        h.insert("origin", "http://grafana.example.com".parse().unwrap());
+        assert!(!same_origin(&c, &h));
+    }
+
+    #[test]
+    fn forms_reach_other_origins_through_the_continue_page() {
+        let c = cfg("https://auth.example.com", Some(".example.com"));
+        assert_eq!(
+            after_form(&c, "https://auth.example.com/x?y=1"),
+            "https://auth.example.com/x?y=1"
+        );
+        assert_eq!(
+            after_form(&c, "https://grafana.example.com/d/1?a=b&c=d"),
+            "/.auth/continue?to=https%3A%2F%2Fgrafana.example.com%2Fd%2F1%3Fa%3Db%26c%3Dd"
+        );
+        // What the continue page is given back, it validates again.
+        assert_eq!(
+            safe_redirect(&c, "https://grafana.example.com/d/1?a=b&c=d"),
+            "https://grafana.example.com/d/1?a=b&c=d"
+        );
     }
 
     #[test]

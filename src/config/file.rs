@@ -13,6 +13,10 @@ pub struct RawConfig {
     pub public_url: Option<String>,
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
+    /// File holding the master secret (hex or base64, 32+ bytes); else the systemd credential
+    /// `portcullis-secret`, else `data_dir/secret`.
+    #[serde(default)]
+    pub secrets_file: Option<String>,
     pub upstream: Option<String>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -110,6 +114,8 @@ pub struct RawLogin {
     pub max_code_attempts: u32,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
     #[serde(default = "default_resend_cooldown")]
     pub resend_cooldown: String,
 }
@@ -122,6 +128,7 @@ impl Default for RawLogin {
             code_length: default_code_length(),
             max_code_attempts: default_max_code_attempts(),
             rate_limit: RawRateLimit::default(),
+            max_pending: default_max_pending(),
             resend_cooldown: default_resend_cooldown(),
         }
     }
@@ -134,6 +141,10 @@ pub struct RawRateLimit {
     pub per_ip_per_minute: u32,
     #[serde(default = "default_per_email")]
     pub per_email_per_hour: u32,
+    #[serde(default = "default_per_email_burst")]
+    pub per_email_burst: u32,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RawRateLimit {
@@ -141,6 +152,8 @@ impl Default for RawRateLimit {
         Self {
             per_ip_per_minute: default_per_ip(),
             per_email_per_hour: default_per_email(),
+            per_email_burst: default_per_email_burst(),
+            ipv6_prefix: default_ipv6_prefix(),
         }
     }
 }
@@ -278,6 +291,14 @@ pub struct RawLimits {
     pub upstream_timeout: String,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    #[serde(default = "default_db_cache_bytes")]
+    pub db_cache_bytes: u64,
 }
 
 impl Default for RawLimits {
@@ -288,6 +309,10 @@ impl Default for RawLimits {
             header_read_timeout: default_header_read_timeout(),
             upstream_timeout: default_upstream_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            db_cache_bytes: default_db_cache_bytes(),
         }
     }
 }
@@ -320,7 +345,16 @@ fn default_per_ip() -> u32 {
     5
 }
 fn default_per_email() -> u32 {
+    12
+}
+fn default_per_email_burst() -> u32 {
     10
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+fn default_max_pending() -> usize {
+    10_000
 }
 fn default_cookie_name() -> String {
     "portcullis_session".into()
@@ -381,4 +415,17 @@ fn default_upstream_timeout() -> String {
 }
 fn default_shutdown_grace() -> String {
     "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+/// Well below the shipped unit's `LimitNOFILE=65536` (a proxied connection holds two descriptors).
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_db_cache_bytes() -> u64 {
+    32 * 1024 * 1024
 }

@@ -107,8 +107,16 @@ pub struct LoginConfig {
     pub ttl: Duration,
     pub code_length: u32,
     pub max_code_attempts: u32,
+    /// Sign-in requests per client network (IPv4 address or IPv6 prefix) per minute; also the burst.
     pub per_ip_per_minute: u32,
+    /// Refill rate of each address's budget (one request every hour / this).
     pub per_email_per_hour: u32,
+    /// Requests an address's budget holds at once.
+    pub per_email_burst: u32,
+    /// IPv6 clients share a budget per prefix of this many bits.
+    pub ipv6_prefix: u8,
+    /// Challenges the store may hold at once; further sign-ins get 503 without any work.
+    pub max_pending: usize,
     pub resend_cooldown: Duration,
 }
 
@@ -183,6 +191,14 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// HTTP/1 keep-alive between requests, HTTP/2 with no open stream.
+    pub idle_timeout: Duration,
+    /// Open client connections in all; more are refused.
+    pub max_connections: usize,
+    /// Open connections per client IPv4 address or IPv6 /64 (trusted proxies exempt).
+    pub max_connections_per_ip: usize,
+    /// sled's page cache (the database's share of memory).
+    pub db_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +215,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub public_url: Url,
     pub data_dir: PathBuf,
+    /// Where the master secret is read from (`None`: systemd credential or `data_dir/secret`).
+    pub secrets_file: Option<PathBuf>,
     /// Most specific first; `upstream:` alone is one route for every host.
     pub routes: Vec<Route>,
     pub access: Access,
@@ -309,6 +327,16 @@ impl Config {
         routing::decide(&self.routes, host, path, self.ambiguous_paths)
             .ok()
             .flatten()
+    }
+
+    /// The longest idle timeout any route (or the global session block) grants; `None` when one
+    /// of them disables it. The sweeper may delete idle sessions only past this.
+    pub fn longest_idle_timeout(&self) -> Option<Duration> {
+        let mut longest = self.session.idle_timeout?;
+        for r in &self.routes {
+            longest = longest.max(r.idle_timeout?);
+        }
+        Some(longest)
     }
 
     /// `https` when the public URL is https: cookies get the Secure flag.
@@ -537,6 +565,21 @@ impl Validator {
         if l.rate_limit.per_email_per_hour == 0 {
             self.problem("login.rate_limit.per_email_per_hour", "must be at least 1");
         }
+        if l.rate_limit.per_email_burst == 0 {
+            self.problem("login.rate_limit.per_email_burst", "must be at least 1");
+        }
+        if !(32..=128).contains(&l.rate_limit.ipv6_prefix) {
+            self.problem(
+                "login.rate_limit.ipv6_prefix",
+                format!(
+                    "{} is out of range; use 32 to 128 (64: one budget per /64)",
+                    l.rate_limit.ipv6_prefix
+                ),
+            );
+        }
+        if l.max_pending == 0 {
+            self.problem("login.max_pending", "must be at least 1");
+        }
         let resend_cooldown = self.duration("login.resend_cooldown", &l.resend_cooldown);
         let login = LoginConfig {
             link,
@@ -546,6 +589,9 @@ impl Validator {
             max_code_attempts: l.max_code_attempts,
             per_ip_per_minute: l.rate_limit.per_ip_per_minute,
             per_email_per_hour: l.rate_limit.per_email_per_hour,
+            per_email_burst: l.rate_limit.per_email_burst,
+            ipv6_prefix: l.rate_limit.ipv6_prefix,
+            max_pending: l.max_pending,
             resend_cooldown,
         };
 
@@ -579,10 +625,12 @@ impl Validator {
                         Some(bare)
                     }
                     Err(e) => {
-                        self.problem(
-                            "session.cookie_domain",
-                            format!("`{d}` is not a domain: {e}"),
-                        );
+                        let why = if !bare.is_empty() && !bare.contains('.') {
+                            format!("`{d}` has a single label: a cookie domain needs at least two (browsers drop cookies set for a top-level name like `{bare}`). Put the apps under a two-label name and use that, e.g. `.apps.{bare}` for `grafana.apps.{bare}` and `auth.apps.{bare}`, or leave cookie_domain unset (one sign-in per host)")
+                        } else {
+                            format!("`{d}` is not a domain ({e}): use the name every app host ends with, e.g. `.example.com` for `grafana.example.com` and `auth.example.com`")
+                        };
+                        self.problem("session.cookie_domain", why);
                         None
                     }
                 }
@@ -731,7 +779,20 @@ impl Validator {
                 "must be between 1024 and 10485760",
             );
         }
+        if !(1 << 20..=1 << 36).contains(&lim.db_cache_bytes) {
+            self.problem(
+                "limits.db_cache_bytes",
+                "must be between 1048576 (1 MiB) and 68719476736 (64 GiB)",
+            );
+        }
+        if !(1..=1_000_000).contains(&lim.max_connections) {
+            self.problem("limits.max_connections", "must be between 1 and 1000000");
+        }
+        if lim.max_connections_per_ip == 0 {
+            self.problem("limits.max_connections_per_ip", "must be at least 1");
+        }
         let limits = Limits {
+            db_cache_bytes: lim.db_cache_bytes,
             max_header_bytes: lim.max_header_bytes,
             max_auth_body_bytes: lim.max_auth_body_bytes,
             header_read_timeout: self
@@ -739,6 +800,9 @@ impl Validator {
             upstream_timeout: self
                 .positive_duration("limits.upstream_timeout", &lim.upstream_timeout),
             shutdown_grace: self.duration("limits.shutdown_grace", &lim.shutdown_grace),
+            idle_timeout: self.positive_duration("limits.idle_timeout", &lim.idle_timeout),
+            max_connections: lim.max_connections,
+            max_connections_per_ip: lim.max_connections_per_ip,
         };
 
         let metrics_listen = raw
@@ -756,6 +820,21 @@ impl Validator {
         }
         let mut watched_files = vec![path.to_path_buf()];
         watched_files.append(&mut self.watched);
+
+        let secrets_file = raw.secrets_file.map(PathBuf::from);
+        if let Some(p) = &secrets_file {
+            match std::fs::read(p) {
+                Ok(bytes) => {
+                    if let Err(e) = crate::crypto::MasterSecret::parse(&bytes) {
+                        self.problem("secrets_file", format!("`{}` {e}", p.display()));
+                    }
+                }
+                Err(e) => self.problem(
+                    "secrets_file",
+                    format!("cannot read `{}`: {e}", p.display()),
+                ),
+            }
+        }
 
         let log_format = match raw.log_format.as_str() {
             "text" => LogFormat::Text,
@@ -775,6 +854,7 @@ impl Validator {
             tls,
             public_url: public_url?,
             data_dir: PathBuf::from(raw.data_dir),
+            secrets_file,
             routes,
             access,
             login,
@@ -1165,6 +1245,35 @@ mod tests {
                 .is_some_and(|d| d.public)
         };
         assert!(public("/static/a.css") && !public("/static/../admin"));
+    }
+
+    #[test]
+    fn flood_limits_have_defaults_and_name_their_key() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(
+            (
+                c.login.per_ip_per_minute,
+                c.login.per_email_per_hour,
+                c.login.per_email_burst,
+                c.login.ipv6_prefix,
+                c.login.max_pending,
+                c.limits.db_cache_bytes,
+            ),
+            (5, 12, 10, 64, 10_000, 32 * 1024 * 1024)
+        );
+        let yaml = format!("{MIN}login: {{ max_pending: 0, rate_limit: {{ per_email_burst: 0, ipv6_prefix: 16 }} }}\nlimits: {{ db_cache_bytes: 1000 }}\n");
+        let err = parse(&yaml).unwrap_err();
+        for k in [
+            "login.max_pending",
+            "login.rate_limit.per_email_burst",
+            "login.rate_limit.ipv6_prefix",
+            "limits.db_cache_bytes",
+        ] {
+            assert!(
+                err.problems.iter().any(|p| p.starts_with(k)),
+                "missing {k}: {err}"
+            );
+        }
     }
 
     #[test]

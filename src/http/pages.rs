@@ -1,4 +1,4 @@
-//! Server-rendered HTML pages (login, check your email, confirm, messages, whoami) from embedded templates.
+//! Server-rendered HTML pages (login, check your email, confirm, continue, messages, whoami) from embedded templates.
 
 use minijinja::{context, Environment, Value};
 
@@ -12,7 +12,11 @@ const SITE: &str = "Portcullis";
 impl Pages {
     pub fn new() -> Result<Self, String> {
         let mut env = Environment::new();
-        let pages: [(&str, &str); 8] = [
+        let pages: [(&str, &str); 9] = [
+            (
+                "continue.html",
+                include_str!("../../templates/pages/continue.html"),
+            ),
             (
                 "sessions.html",
                 include_str!("../../templates/pages/sessions.html"),
@@ -91,5 +95,22 @@ mod tests {
         assert!(html.contains("name=\"email\""));
         let m = p.message("Oops", "<b>", Some(("/x", "Back")));
         assert!(m.contains("&lt;b&gt;"));
+    }
+
+    #[test]
+    fn the_continue_page_refreshes_to_its_escaped_target() {
+        let p = Pages::new().unwrap();
+        let html = p.render(
+            "continue.html",
+            context! { title => "Signed in", target => "https://a.example/x?a=1&b=\"2", host => "a.example" },
+        );
+        // minijinja escapes `/` too (`&#x2f;`); the browser reads the attribute back as the URL.
+        assert!(
+            html.contains(
+                "<meta http-equiv=\"refresh\" content=\"0;url=https:&#x2f;&#x2f;a.example&#x2f;x?a=1&amp;b=&quot;2\">"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("id=\"continue\""), "{html}");
     }
 }

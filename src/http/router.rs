@@ -145,6 +145,22 @@ async fn protected(
                 unauthenticated(&cfg)
             }
         }
+        Err(e) if e.is_unavailable() => {
+            tracing::error!(error = %e, "session lookup failed: storage unavailable");
+            let mut r = html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                state.pages.message(
+                    "Try again soon",
+                    "The gateway cannot check your session right now. Try again in a minute.",
+                    None,
+                ),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::STORE_RETRY_AFTER),
+            );
+            r
+        }
         Err(e) => {
             tracing::error!(error = %e, "session lookup failed");
             html(

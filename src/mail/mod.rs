@@ -10,7 +10,26 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{EmailConfig, MailTransport, SmtpSecurity};
-use crate::store::OutboxItem;
+
+/// A rendered mail, link and code included. Built by the outbox worker just before sending and
+/// dropped right after: it is deliberately not serializable, and its `Debug` shows no body.
+pub struct Outgoing {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// When the mail was asked for (names `.eml` files).
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a mail could not be sent (retried by the outbox).
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +82,8 @@ impl Mailer {
         })
     }
 
-    /// Sends one queued mail.
-    pub async fn send(&self, from: &Mailbox, item: &OutboxItem) -> Result<(), MailError> {
+    /// Sends one mail.
+    pub async fn send(&self, from: &Mailbox, item: &Outgoing) -> Result<(), MailError> {
         let message = build_message(from, item)?;
         match self {
             Mailer::Smtp(t, _) => {
@@ -110,7 +129,7 @@ impl Mailer {
     }
 }
 
-fn build_message(from: &Mailbox, item: &OutboxItem) -> Result<Message, MailError> {
+fn build_message(from: &Mailbox, item: &Outgoing) -> Result<Message, MailError> {
     // The recipient is the canonical address the gateway checked, never user-supplied text.
     let to: lettre::Address = item
         .to

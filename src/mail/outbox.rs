@@ -1,4 +1,5 @@
-//! The durable outbox worker: sends queued mail with retry and exponential backoff, survives restarts.
+//! The durable outbox worker: mints each mail's link and code at send time (the queue holds no
+//! secret), sends with retry and exponential backoff, survives restarts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +7,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use crate::auth::challenge::{self, Mint, Minted};
+use crate::mail::templates::SignInMail;
+use crate::mail::Outgoing;
 use crate::state::AppState;
+use crate::store::OutboxItem;
 
 /// Longest wait between two attempts of one mail.
 const MAX_BACKOFF: u64 = 300;
@@ -39,41 +44,102 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
 /// Mails taken per pass; a full batch means "go again at once".
 pub const BATCH: usize = 256;
 
-/// One pass over the queue: sends up to [`BATCH`] due mails, `email.smtp.max_connections` at a time; reschedules
-/// failures with backoff; drops mail for expired challenges. Returns how many it handled.
+/// Renders the mail of a queued item with the credentials minted for it.
+fn compose(
+    state: &AppState,
+    cfg: &crate::config::Config,
+    item: &OutboxItem,
+    minted: &Minted,
+) -> Result<Outgoing, String> {
+    let c = &minted.challenge;
+    let link = minted
+        .link
+        .as_ref()
+        .map(|t| cfg.public_link(&format!("/.auth/verify?token={t}")));
+    let requested_at = crate::clock::format_unix(item.created_at);
+    let mail = SignInMail {
+        site: cfg.public_url.host_str().unwrap_or("Portcullis"),
+        subject: &cfg.email.subject,
+        email: &c.email,
+        link: link.as_deref(),
+        code: minted.code.as_deref(),
+        ttl_minutes: c.expires_at.saturating_sub(state.clock.now()).div_ceil(60),
+        requested_at: &requested_at,
+        ip: &item.ip,
+        user_agent: &item.user_agent,
+    };
+    let (text, html) = state.mail_templates.load().render(&mail)?;
+    Ok(Outgoing {
+        to: c.email.clone(),
+        subject: cfg.email.subject.clone(),
+        text,
+        html,
+        created_at: item.created_at,
+    })
+}
+
+/// Puts a mail that could not be sent back in the queue, due again after the backoff.
+fn reschedule(state: &AppState, id: u64, mut item: OutboxItem, now: u64, error: &str) {
+    item.attempts += 1;
+    state.metrics.mail_retries();
+    item.next_attempt_at = now + backoff(item.attempts);
+    item.last_error = Some(error.to_string());
+    tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error, "mail not sent; will retry");
+    if let Err(e) = state.store.update_mail(id, &item) {
+        tracing::error!(error = %e, "outbox: cannot update the queue");
+    }
+}
+
+/// One pass over the queue: takes up to [`BATCH`] due mails, drops those whose sign-in is over
+/// (or that a newer mail of the same sign-in replaced), mints a link and code for each of the
+/// others (only their hashes are stored, and flushed before any mail leaves), then sends them,
+/// `email.smtp.max_connections` at a time; failures are rescheduled with backoff and mint
+/// again on their next attempt. Returns how many it handled.
 pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreError> {
     let now = state.clock.now();
+    let cfg = state.config();
     let mailer = state.mailer.load_full();
-    let from = state.config().email.from.clone();
+    let from = cfg.email.from.clone();
     let due = state.store.outbox_due(now, BATCH)?;
     let handled = due.len();
-    futures_util::stream::iter(due)
-        .for_each_concurrent(mailer.parallelism(), |(id, mut item)| {
+    let mut ready = Vec::with_capacity(due.len());
+    for (id, item) in due {
+        if item.expires_at <= now {
+            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
+            state.metrics.mail_failed();
+            state.store.remove_mail(id)?;
+            continue;
+        }
+        match challenge::mint(state, &cfg, &item)? {
+            Mint::Drop(why) => {
+                tracing::info!(to = %state.mask(&item.to), reason = why, "outbox: mail not sent");
+                state.store.remove_mail(id)?;
+            }
+            Mint::Send(minted) => match compose(state, &cfg, &item, &minted) {
+                Ok(mail) => ready.push((id, item, mail)),
+                Err(e) => reschedule(state, id, item, now, &format!("templates: {e}")),
+            },
+        }
+    }
+    if ready.is_empty() {
+        return Ok(handled);
+    }
+    // The hashes of what is about to be mailed are durable before any mail leaves, so a mail
+    // that was sent still works after a crash.
+    state.store.flush().await?;
+    futures_util::stream::iter(ready)
+        .for_each_concurrent(mailer.parallelism(), |(id, item, mail)| {
             let (mailer, from) = (&mailer, &from);
             async move {
-                let outcome = if item.expires_at <= now {
-                    tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
-                    state.metrics.mail_failed();
-                    state.store.remove_mail(id)
-                } else {
-                    match mailer.send(from, &item).await {
-                        Ok(()) => {
-                            state.metrics.mail_sent();
-                            tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
-                            state.store.remove_mail(id)
-                        }
-                        Err(e) => {
-                            item.attempts += 1;
-                            state.metrics.mail_retries();
-                            item.next_attempt_at = now + backoff(item.attempts);
-                            item.last_error = Some(e.to_string());
-                            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error = %e, "mail not sent; will retry");
-                            state.store.update_mail(id, &item)
+                match mailer.send(from, &mail).await {
+                    Ok(()) => {
+                        state.metrics.mail_sent();
+                        tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
+                        if let Err(e) = state.store.remove_mail(id) {
+                            tracing::error!(error = %e, "outbox: cannot update the queue");
                         }
                     }
-                };
-                if let Err(e) = outcome {
-                    tracing::error!(error = %e, "outbox: cannot update the queue");
+                    Err(e) => reschedule(state, id, item, now, &e.to_string()),
                 }
             }
         })

@@ -1,4 +1,4 @@
-//! Forwarding an authenticated request to the upstream: header preparation, streaming both ways, upgrades, errors.
+//! Forwarding an authenticated request to the upstream: header preparation, streaming both ways, upgrades (re-checked against their session and access while open), errors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -247,15 +247,16 @@ pub async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let watch = Watch {
+                state: Arc::downgrade(state),
+                token_hash: id.map(|i| i.token_hash),
+                view: view.clone(),
+                route: route.name.clone(),
+                upstream: route.upstream.clone(),
+            };
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((c, u)) => {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(c),
-                            &mut TokioIo::new(u),
-                        )
-                        .await;
-                    }
+                    Ok((c, u)) => pipe(TokioIo::new(c), TokioIo::new(u), watch).await,
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
@@ -264,6 +265,126 @@ pub async fn forward(
         remove_hop_by_hop(resp.headers_mut());
     }
     resp.map(http_body_util::Either::Right)
+}
+
+/// How often an upgraded connection's session and access are checked again.
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an upgraded connection (WebSocket or any `Upgrade`) was let through on, kept with the
+/// pipe so it can be judged again while it is open: the session's token hash (none on a public
+/// route) and the request's canonical view, decided afresh with the configuration in force.
+struct Watch {
+    /// Weak: a stopped gateway's state is not kept alive (nor its database open) by the
+    /// connections it let through; they end at their next check.
+    state: std::sync::Weak<AppState>,
+    token_hash: Option<[u8; 32]>,
+    view: RequestView,
+    route: String,
+    upstream: Upstream,
+}
+
+impl Watch {
+    /// `None` while the connection's request would still be let through now; otherwise why not.
+    /// Only the store and the current configuration are read, so this holds for any session
+    /// store (a shared one sees a revoke made on another replica at its next check).
+    fn verdict(&self) -> Option<&'static str> {
+        let Some(state) = self.state.upgrade() else {
+            return Some("the gateway stopped");
+        };
+        let cfg = state.config();
+        let decision = match cfg.decide(&self.view) {
+            Ok(Some(d)) => d,
+            _ => return Some("no route serves it any more"),
+        };
+        if decision.route.name != self.route
+            || !same_upstream(&decision.route.upstream, &self.upstream)
+        {
+            return Some("its route changed");
+        }
+        let Some(hash) = &self.token_hash else {
+            // Let through without a session: only while that is still allowed.
+            return (!decision.public).then_some("its route is no longer public");
+        };
+        let session = match state.store.session(hash) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Some("its session was signed out or revoked"),
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed for an upgraded connection");
+                return Some("its session cannot be checked");
+            }
+        };
+        let now = state.clock.now();
+        if session.expires_at <= now {
+            return Some("its session expired");
+        }
+        if !decision.allows(&session.email) {
+            return Some("access no longer allows its user");
+        }
+        // An open connection is activity: the idle timeout is not run against it (and the
+        // session stays alive for the user's other requests), recorded once a minute at most.
+        let seen = session
+            .last_seen
+            .max(state.store.pending_touch(hash).unwrap_or(0));
+        if seen.saturating_add(60) <= now {
+            state.store.touch_session(hash, now);
+        }
+        None
+    }
+
+    /// Resolves (with the reason) once the connection may no longer stay open.
+    async fn revoked(&self) -> &'static str {
+        let mut every = tokio::time::interval(RECHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Some(why) = self.verdict() {
+                return why;
+            }
+        }
+    }
+}
+
+fn same_upstream(a: &Upstream, b: &Upstream) -> bool {
+    match (a, b) {
+        (Upstream::Whoami, Upstream::Whoami) => true,
+        (
+            Upstream::Http {
+                scheme: s1,
+                authority: a1,
+            },
+            Upstream::Http {
+                scheme: s2,
+                authority: a2,
+            },
+        ) => s1 == s2 && a1 == a2,
+        _ => false,
+    }
+}
+
+/// Copies both ways between the client and the upstream until either side ends, or until the
+/// connection's session or access no longer lets it through: then both sides are shut down.
+async fn pipe<C, U>(mut client: C, mut upstream: U, watch: Watch)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let why = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
+        why = watch.revoked() => why,
+    };
+    tracing::info!(
+        route = %watch.route,
+        host = %watch.view.host,
+        reason = why,
+        "upgraded connection closed"
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let _ = client.shutdown().await;
+        let _ = upstream.shutdown().await;
+    })
+    .await;
 }
 
 /// Reads the first body frame before anything is sent upstream, so a body that is malformed from

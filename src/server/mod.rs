@@ -1,6 +1,8 @@
 //! Listeners and connections: accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 with upgrades, limits, graceful shutdown.
 
+mod conn;
 pub mod control;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod systemd;
@@ -13,14 +15,17 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::router::handle;
 use crate::http::ConnInfo;
 use crate::state::AppState;
+
+use conn::{Metered, Outcome, Phases, Stream, Timeouts, Tracked};
+use limits::{AcceptBackoff, ClientKey, ConnLimiter, ConnSlot, Refusal, RefusalLog};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -53,11 +58,13 @@ impl Listeners {
     }
 }
 
+/// hyper's own HTTP/1 header timer is off: it only starts after protocol detection and would
+/// also cut keep-alive idle at `header_read_timeout`. [`conn::supervise`] times every phase.
 fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(cfg.limits.max_header_bytes)
         .keep_alive(true);
     b.http2()
@@ -80,6 +87,7 @@ pub async fn run(
     let mut workers = vec![
         tokio::spawn(crate::mail::outbox::run(state.clone(), stop_rx.clone())),
         tokio::spawn(crate::store::sweeper::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::store::recovery::run(state.clone(), stop_rx.clone())),
         tokio::spawn(reload::run(state.clone(), stop_rx.clone())),
     ];
     if let Some(m) = listeners.metrics {
@@ -107,7 +115,8 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, _) = watch::channel(false);
+    let limiter = ConnLimiter::new();
     let builder = Arc::new(builder(&cfg));
     let workers_io = Workers::start(state.clone(), builder)?;
     tracing::info!(
@@ -116,22 +125,39 @@ pub async fn run(
         public_url = %cfg.public_url,
         routes = cfg.routes.len(),
         workers = workers_io.len(),
+        max_connections = cfg.limits.max_connections,
+        max_connections_per_ip = cfg.limits.max_connections_per_ip,
         "portcullis is serving"
     );
+    limits::check_open_file_limit(cfg.limits.max_connections);
+    drop(cfg);
     systemd::notify("READY=1\nSTATUS=serving");
     tokio::pin!(shutdown);
     let mut next = 0usize;
+    let mut refusals = RefusalLog::default();
+    let mut backoff = AcceptBackoff::default();
     loop {
+        if let Some(pause) = backoff.take_pause() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut shutdown => break,
+            }
+        }
         let (stream, peer, tls) = tokio::select! {
             r = listeners.http.accept() => match r {
                 Ok((s, p)) => (s, p, false),
-                Err(e) => { accept_error(e).await; continue; }
+                Err(e) => { backoff.failed(&e); continue; }
             },
             r = accept_opt(listeners.tls.as_ref()) => match r {
                 Ok((s, p)) => (s, p, true),
-                Err(e) => { accept_error(e).await; continue; }
+                Err(e) => { backoff.failed(&e); continue; }
             },
+            _ = at(refusals.due()) => { refusals.report(); continue; }
             _ = &mut shutdown => break,
+        };
+        backoff.succeeded();
+        let Some(slot) = admit(&state, &limiter, &mut refusals, &stream, peer, tls) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let Ok(std_stream) = stream.into_std() else {
@@ -144,7 +170,9 @@ pub async fn run(
                 stream: std_stream,
                 peer,
                 tls,
-                watcher: graceful.watcher(),
+                accepted: Instant::now(),
+                slot,
+                drain: drain_tx.subscribe(),
             },
         );
     }
@@ -152,8 +180,9 @@ pub async fn run(
     drop(listeners.tls);
     systemd::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
     let grace = state.config().limits.shutdown_grace;
-    tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    tracing::info!(connections = drain_tx.receiver_count(), grace = ?grace, "shutting down: finishing in-flight requests");
+    drain_tx.send_replace(true);
+    if tokio::time::timeout(grace, drain_tx.closed())
         .await
         .is_err()
     {
@@ -170,12 +199,58 @@ pub async fn run(
     Ok(())
 }
 
+/// Counts a new connection against `limits.max_connections` and, unless the peer is a trusted
+/// proxy (it speaks for many clients), `limits.max_connections_per_ip`. Over a cap the
+/// connection is closed at once; a plain-HTTP one first gets a minimal 503.
+fn admit(
+    state: &AppState,
+    limiter: &Arc<ConnLimiter>,
+    refusals: &mut RefusalLog,
+    stream: &TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+) -> Option<ConnSlot> {
+    let cfg = state.config();
+    let ip = peer.ip().to_canonical();
+    let key = (!crate::config::is_trusted(&cfg.trusted_proxies, ip)).then(|| ClientKey::of(ip));
+    let (max, per_ip) = (
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_ip,
+    );
+    match limiter.admit(key, max, per_ip) {
+        Ok(slot) => Some(slot),
+        Err(why) => {
+            refusals.refused(why, ip, if why == Refusal::Total { max } else { per_ip });
+            if !tls {
+                // Non-blocking: a fresh socket's send buffer is empty. Read what the client
+                // already sent so that closing sends FIN, not RST (which could discard the 503).
+                let _ = stream.try_write(limits::REFUSED_RESPONSE);
+                let mut sink = [0u8; 2048];
+                let _ = stream.try_read(&mut sink);
+            }
+            None
+        }
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One accepted connection, handed to a worker.
 struct Job {
     stream: std::net::TcpStream,
     peer: std::net::SocketAddr,
     tls: bool,
-    watcher: hyper_util::server::graceful::Watcher,
+    accepted: Instant,
+    /// Its place in the connection counts, given back when the socket closes.
+    slot: ConnSlot,
+    /// Turns true when the server stops; the connection then closes gracefully.
+    drain: watch::Receiver<bool>,
 }
 
 /// Connection workers: each a thread with a single-threaded runtime that serves whole
@@ -248,7 +323,9 @@ async fn serve_connection(
         stream,
         peer,
         tls,
-        watcher,
+        accepted,
+        slot,
+        mut drain,
     } = job;
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
@@ -257,68 +334,76 @@ async fn serve_connection(
             return;
         }
     };
-    let tls_config = if tls {
-        match state.tls.load_full() {
-            Some(c) => Some(c),
-            None => return,
+    let timeouts = {
+        let cfg = state.config();
+        Timeouts {
+            header_read: cfg.limits.header_read_timeout,
+            idle: cfg.limits.idle_timeout,
+        }
+    };
+    let phases = Phases::new(accepted);
+    // The TLS handshake is part of the time before the first request.
+    let stream = if tls {
+        let Some(c) = state.tls.load_full() else {
+            return;
+        };
+        let deadline = phases.started() + timeouts.header_read;
+        let handshake = tokio::time::timeout_at(deadline, TlsAcceptor::from(c).accept(stream));
+        let done = tokio::select! {
+            r = handshake => r,
+            // The server is stopping: no request has come, nothing to finish.
+            _ = drain.changed() => return,
+        };
+        match done {
+            Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "tls handshake timed out (limits.header_read_timeout)");
+                return;
+            }
         }
     } else {
-        None
+        Stream::Plain(stream)
     };
-    let timeout = state.config().limits.header_read_timeout;
     let conn_info = ConnInfo {
         peer,
         tls,
         worker,
         upstream: Arc::default(),
     };
-    let service = service_fn(move |req| {
+    let ph = phases.clone();
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = ph.request_started(req.version());
         let st = state.clone();
         let conn_info = conn_info.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(st, req, conn_info).await) }
+        async move {
+            let resp = handle(st, req, conn_info).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+        }
     });
-    let result = match tls_config {
-        None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
-        }
-        Some(c) => {
-            let Some(tls_stream) = handshake(TlsAcceptor::from(c), stream, timeout).await else {
-                return;
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-            watcher.watch(conn.into_owned()).await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection error");
-    }
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    stream: TcpStream,
-    timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "tls handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("tls handshake timed out");
-            None
+    let io = TokioIo::new(Metered::new(stream, phases.clone(), slot));
+    let conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+    match conn::supervise(
+        conn,
+        |c| c.graceful_shutdown(),
+        &phases,
+        timeouts,
+        &mut drain,
+    )
+    .await
+    {
+        Outcome::Finished(Ok(())) | Outcome::Stopping => {}
+        Outcome::Finished(Err(e)) => tracing::debug!(%peer, error = %e, "connection error"),
+        Outcome::TimedOut(phase) => {
+            tracing::debug!(%peer, requests = phases.requests(), "connection closed: {}", phase.describe())
         }
     }
 }
 
-/// Out of file descriptors and similar: log, back off briefly, keep serving.
-async fn accept_error(e: std::io::Error) {
-    tracing::warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
+/// Accepts on the TLS listener, if there is one.
 async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
@@ -326,14 +411,17 @@ async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, std:
     }
 }
 
-/// Pings the systemd watchdog at half its interval while the store answers.
+/// Pings the systemd watchdog at half its interval while the store answers and can write (so
+/// systemd restarts a gateway whose storage never recovers).
 async fn watchdog(state: Arc<AppState>, interval: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval / 2) => {}
             _ = stop.changed() => return,
         }
-        if state.store.challenge("watchdog-probe").is_ok() {
+        if !state.store.writable() {
+            tracing::error!("store cannot write; withholding the watchdog ping");
+        } else if state.store.challenge("watchdog-probe").is_ok() {
             systemd::notify("WATCHDOG=1");
         } else {
             tracing::error!("store does not answer; withholding the watchdog ping");

@@ -42,6 +42,12 @@ fn tls_files(cfg: &Config) -> Vec<PathBuf> {
 pub fn reload_config(state: &AppState) -> Result<(), String> {
     let old = state.config();
     let new = Config::load(&old.source).map_err(|e| e.to_string())?;
+    // All or nothing: the certificate of the new configuration is loaded before anything is
+    // swapped, so a broken one leaves routes, access and TLS exactly as they were.
+    let tls = match &new.tls {
+        Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
+        None => None,
+    };
     for (what, changed) in [
         ("listen", new.listen != old.listen),
         (
@@ -55,12 +61,6 @@ pub fn reload_config(state: &AppState) -> Result<(), String> {
             tracing::warn!(key = what, "changed, but takes effect only after a restart");
         }
     }
-    // All or nothing: the certificate of the new configuration is loaded before anything is
-    // swapped, so a broken one leaves routes, access and TLS exactly as they were.
-    let tls = match &new.tls {
-        Some(t) => Some(tls::server_config(&t.cert, &t.key).map_err(|e| format!("tls: {e}"))?),
-        None => None,
-    };
     state.set_config(new)?;
     if let Some(c) = tls {
         state.tls.store(Some(c));

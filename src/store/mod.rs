@@ -1,10 +1,17 @@
 //! Typed records (challenges, sessions, outbox mail) and their key scheme over the embedded sled database.
 
+pub mod files;
+pub mod recovery;
+pub mod secret;
 pub mod sweeper;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -16,6 +23,20 @@ pub enum StoreError {
     Db(#[from] sled::Error),
     #[error("corrupt record in `{tree}`: {err}")]
     Corrupt { tree: &'static str, err: String },
+    /// The database is closed for a moment while it is reopened after a write failure.
+    #[error("the database is being reopened after a write failure")]
+    Reopening,
+}
+
+impl StoreError {
+    /// Whether this is the storage failing (an I/O error such as a full disk, or the database
+    /// being reopened after one), which passes, rather than a bad record or a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(sled::Error::Io(_)) | StoreError::Reopening
+        )
+    }
 }
 
 /// A pending sign-in: what was asked for, by whom, and the hashes of what was mailed.
@@ -59,13 +80,25 @@ pub struct Session {
     pub user_agent: String,
 }
 
-/// One queued mail.
+/// One queued sign-in mail. It holds no secret: the link and code are minted (and their hashes
+/// written into the challenge) by the outbox worker when it sends the mail, and live only in
+/// memory and in the mail itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutboxItem {
+    /// The challenge the mail signs in to. Empty in records of older versions (which held the
+    /// rendered mail, link included): those are dropped, never sent.
+    #[serde(default)]
+    pub challenge_id: String,
+    /// Which send of the challenge this is ([`Challenge::sends`]); an older one is dropped.
+    #[serde(default)]
+    pub send: u32,
     pub to: String,
-    pub subject: String,
-    pub text: String,
-    pub html: String,
+    /// Who asked, shown in the mail.
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub user_agent: String,
+    /// When it was asked for (shown in the mail).
     pub created_at: u64,
     /// Mail for a challenge that expired is pointless: dropped instead of sent.
     pub expires_at: u64,
@@ -76,8 +109,39 @@ pub struct OutboxItem {
 
 const SHARDS: usize = 16;
 
-/// The database. Cheap to share behind an `Arc`; sled itself is lock-free for readers.
-pub struct Store {
+/// How long a reopen waits for the old database to be let go of and for the new one to open.
+const REOPEN_WAIT: Duration = Duration::from_secs(3);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How to open the store. Build with [`StoreOptions::new`] and set fields as needed.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The data folder (created 0700, or tightened to it); the database lives in `db/` below it.
+    pub dir: PathBuf,
+    /// sled's page cache in bytes (`limits.db_cache_bytes`; sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    /// Defaults for the data folder `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> StoreOptions {
+        StoreOptions {
+            dir: dir.into(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// The page cache unless configured: enough for the hot records of a small deployment.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// One open sled database and its trees. Replaced as a whole when the store is reopened.
+struct Handles {
     db: sled::Db,
     challenges: sled::Tree,
     links: sled::Tree,
@@ -86,6 +150,52 @@ pub struct Store {
     sessions_by_email: sled::Tree,
     outbox: sled::Tree,
     meta: sled::Tree,
+}
+
+impl Handles {
+    fn open(opts: &StoreOptions) -> Result<Handles, StoreError> {
+        let db = sled::Config::new()
+            .path(opts.dir.join("db"))
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(200))
+            .open()?;
+        Ok(Handles {
+            challenges: db.open_tree("challenges")?,
+            links: db.open_tree("links")?,
+            sessions: db.open_tree("sessions")?,
+            sessions_by_email: db.open_tree("sessions_by_email")?,
+            outbox: db.open_tree("outbox")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// A small durable write: whether the database can write at all.
+    fn probe(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.meta.insert("write_probe", &now.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+type Shared = Arc<ArcSwapOption<Handles>>;
+
+/// The database. Cheap to share behind an `Arc`; sled itself is lock-free for readers.
+///
+/// sled 0.34 remembers the first I/O error of a write (a full disk, `EFBIG`) for the life of the
+/// open database: every later write and flush fails with it, even once space returns. So a write
+/// failure marks the store failing ([`Store::writable`]) and [`Store::recover`] (run by
+/// [`recovery::run`]) reopens the database until a write succeeds again.
+pub struct Store {
+    handles: Shared,
+    opts: StoreOptions,
+    /// 0 while writes succeed; else when (unix ms) they started failing.
+    failing_since: AtomicU64,
+    /// One reopen at a time.
+    reopening: Mutex<()>,
     /// Pending `last_seen` updates, written in batches by the sweeper (no sled write per request).
     touches: [Mutex<HashMap<[u8; 32], u64>>; SHARDS],
     flusher: Option<Flusher>,
@@ -99,18 +209,33 @@ struct Flusher {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How often (at most) the flush thread re-tightens the data folder, for files sled created
+/// after opening (`blobs/*`) under a process umask wider than 077.
+const TIGHTEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Flusher {
-    fn start(db: sled::Db) -> Result<Flusher, StoreError> {
+    fn start(handles: Shared, dir: PathBuf) -> Result<Flusher, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<FlushReply>();
         let thread = std::thread::Builder::new()
             .name("portcullis-flush".into())
             .spawn(move || {
+                let mut tightened = std::time::Instant::now();
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    // The current database, released right after (a reopen waits for it).
+                    let result = match handles.load_full() {
+                        Some(h) => h.db.flush().map(|_| ()).map_err(|e| e.to_string()),
+                        None => Err(StoreError::Reopening.to_string()),
+                    };
                     for w in waiting {
                         let _ = w.send(result.clone());
+                    }
+                    if tightened.elapsed() >= TIGHTEN_EVERY {
+                        tightened = std::time::Instant::now();
+                        if let Err(e) = files::tighten_data_dir(&dir) {
+                            tracing::warn!(error = %e, "cannot keep data_dir private");
+                        }
                     }
                 }
             })
@@ -164,23 +289,138 @@ pub enum Modify<T, R> {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .flush_every_ms(Some(200))
-            .open()?;
+    /// Opens (or creates) the database under `opts.dir`. The folder is created 0700 (a wider
+    /// one is tightened) and everything in it made private (folders 0700, files 0600).
+    pub fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
+        let dir = opts.dir.as_path();
+        files::ensure_private_dir(dir).map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
+        let handles = Handles::open(opts)?;
+        // sled created `db/conf`, `db/db`, `db/blobs/` and maybe a snapshot with the umask's mode.
+        let foreign =
+            files::tighten_data_dir(dir).map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
+        if !foreign.is_empty() {
+            tracing::warn!(dir = %dir.display(), entries = ?foreign, "data_dir holds files Portcullis did not make, readable by others; keep them elsewhere");
+        }
+        let handles: Shared = Arc::new(ArcSwapOption::from_pointee(handles));
         Ok(Store {
-            challenges: db.open_tree("challenges")?,
-            links: db.open_tree("links")?,
-            sessions: db.open_tree("sessions")?,
-            sessions_by_email: db.open_tree("sessions_by_email")?,
-            outbox: db.open_tree("outbox")?,
-            meta: db.open_tree("meta")?,
+            flusher: Some(Flusher::start(handles.clone(), dir.to_path_buf())?),
+            handles,
+            opts: opts.clone(),
+            failing_since: AtomicU64::new(0),
+            reopening: Mutex::new(()),
             touches: Default::default(),
-            flusher: Some(Flusher::start(db.clone())?),
-            db,
         })
+    }
+
+    /// The open database, or [`StoreError::Reopening`] for the moment it is being reopened.
+    fn h(&self) -> Result<Arc<Handles>, StoreError> {
+        self.handles.load_full().ok_or(StoreError::Reopening)
+    }
+
+    /// Passes `r` through, noting a storage failure (see [`Store::writable`]).
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            if e.is_unavailable() {
+                let now = now_ms().max(1);
+                if self
+                    .failing_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    tracing::error!(error = %e, "the store cannot write; sign-in is unavailable until it can (retrying)");
+                }
+            }
+        }
+        r
+    }
+
+    fn healthy_again(&self) {
+        let since = self.failing_since.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            tracing::info!(
+                failing_for_ms = now_ms().saturating_sub(since),
+                "the store writes again"
+            );
+        }
+    }
+
+    /// Whether the last write (or flush) succeeded. False from a failed write until the store
+    /// writes again (after [`Store::recover`]).
+    pub fn writable(&self) -> bool {
+        self.failing_since.load(Ordering::Acquire) == 0
+    }
+
+    /// Since when (unix ms) writes fail, if they do.
+    pub fn failing_since(&self) -> Option<u64> {
+        match self.failing_since.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// While writes fail: reopens the database (sled keeps an I/O error for good, only a fresh
+    /// open clears it) and tries a write. Returns whether the store is writable. Blocking: waits
+    /// up to a few seconds for in-flight users of the old database to let go of it.
+    pub fn recover(&self) -> bool {
+        if self.writable() {
+            return true;
+        }
+        let _one = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = self.handles.load_full() {
+            // Cheap first: an error sled did not keep (or space that returned before it noticed).
+            if h.probe().is_ok() {
+                self.healthy_again();
+                return true;
+            }
+        }
+        // Close the old database: its file lock must be gone before it can be opened again.
+        let deadline = Instant::now() + REOPEN_WAIT;
+        if let Some(mut old) = self.handles.swap(None) {
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(h) => {
+                        drop(h);
+                        break;
+                    }
+                    Err(still) if Instant::now() >= deadline => {
+                        tracing::warn!("the database is still in use; reopening it later");
+                        self.handles.store(Some(still));
+                        return false;
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        // An iterator may still hold a tree (and so the lock) for a moment.
+        let opened = loop {
+            match Handles::open(&self.opts) {
+                Ok(h) => break h,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::error!(error = %e, "cannot reopen the database; retrying");
+                    return false;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        // sled may have made a snapshot file with the umask's mode.
+        if let Err(e) = files::tighten_data_dir(&self.opts.dir) {
+            tracing::warn!(error = %e, "cannot keep data_dir private");
+        }
+        let ok = opened.probe();
+        self.handles.store(Some(Arc::new(opened)));
+        match ok {
+            Ok(()) => {
+                self.healthy_again();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reopened the database, but it still cannot write; retrying");
+                false
+            }
+        }
     }
 
     /// Makes every write so far durable (fsync). Call before telling a client about a write.
@@ -196,43 +436,61 @@ impl Store {
         if f.tx.send(tx).is_err() {
             return self.flush_blocking();
         }
-        match rx.await {
+        let r = match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
-            Err(_) => self.flush_blocking(),
+            Err(_) => return self.flush_blocking(),
+        };
+        self.flushed(r)
+    }
+
+    /// Notes the outcome of a flush: a failure marks the store failing; a success on a failing
+    /// store means it writes again.
+    fn flushed(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
+        if r.is_ok() {
+            if !self.writable() {
+                self.healthy_again();
+            }
+            return r;
         }
+        self.note(r)
     }
 
     /// Blocking flush, for shutdown.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let r = self.h().and_then(|h| Ok(h.db.flush().map(|_| ())?));
+        self.flushed(r)
     }
 
-    /// The server secret (HMAC key for codes), created on first use.
-    pub fn server_secret(&self) -> Result<Vec<u8>, StoreError> {
-        let fresh = crate::crypto::random_bytes(32);
-        // Only the first writer wins; everyone reads the stored value afterwards.
-        let _ = self
-            .meta
-            .compare_and_swap("server_secret", None as Option<&[u8]>, Some(fresh))?;
-        self.db.flush()?;
-        match self.meta.get("server_secret")? {
-            Some(v) if v.len() == 32 => Ok(v.to_vec()),
-            _ => Err(StoreError::Corrupt {
-                tree: "meta",
-                err: "server_secret has the wrong length".into(),
-            }),
+    /// The server secret an older version kept in the database, if any (see [`secret::load`]).
+    pub fn legacy_server_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta_get("server_secret")
+    }
+
+    /// Deletes the secrets older versions kept in the database (`server_secret`, `jwt_keys`)
+    /// and flushes. Returns whether there were any.
+    pub fn forget_legacy_secrets(&self) -> Result<bool, StoreError> {
+        let h = self.h()?;
+        let mut any = false;
+        for key in ["server_secret", "jwt_keys"] {
+            any |= self
+                .note(h.meta.remove(key).map_err(StoreError::from))?
+                .is_some();
         }
+        if any {
+            self.flush_blocking()?;
+        }
+        Ok(any)
     }
 
     /// A raw value of the `meta` tree.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+        Ok(self.h()?.meta.get(key)?.map(|v| v.to_vec()))
     }
 
     pub fn meta_put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        self.meta.insert(key, value)?;
+        let h = self.h()?;
+        self.note(h.meta.insert(key, value).map_err(StoreError::from))?;
         Ok(())
     }
 
@@ -267,15 +525,18 @@ impl Store {
     // ---- challenges ----
 
     pub fn insert_challenge(&self, c: &Challenge) -> Result<(), StoreError> {
-        self.challenges.insert(c.id.as_bytes(), encode(c))?;
-        if let Some(h) = c.link_hash {
-            self.links.insert(h, c.id.as_bytes())?;
-        }
-        Ok(())
+        let h = self.h()?;
+        self.note((|| {
+            h.challenges.insert(c.id.as_bytes(), encode(c))?;
+            if let Some(l) = c.link_hash {
+                h.links.insert(l, c.id.as_bytes())?;
+            }
+            Ok(())
+        })())
     }
 
     pub fn challenge(&self, id: &str) -> Result<Option<Challenge>, StoreError> {
-        match self.challenges.get(id.as_bytes())? {
+        match self.h()?.challenges.get(id.as_bytes())? {
             Some(b) => Ok(Some(decode("challenges", &b)?)),
             None => Ok(None),
         }
@@ -284,6 +545,7 @@ impl Store {
     /// The challenge id a link token hash belongs to.
     pub fn challenge_for_link(&self, link_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
         Ok(self
+            .h()?
             .links
             .get(link_hash)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
@@ -295,7 +557,8 @@ impl Store {
         id: &str,
         f: impl FnMut(Option<Challenge>) -> Modify<Challenge, R>,
     ) -> Result<R, StoreError> {
-        Self::modify(&self.challenges, "challenges", id.as_bytes(), f)
+        let h = self.h()?;
+        self.note(Self::modify(&h.challenges, "challenges", id.as_bytes(), f))
     }
 
     /// Points the link index at a challenge's new token and forgets the old one.
@@ -305,34 +568,46 @@ impl Store {
         old: Option<[u8; 32]>,
         new: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
-        if let Some(o) = old {
-            self.links.remove(o)?;
-        }
-        if let Some(n) = new {
-            self.links.insert(n, id.as_bytes())?;
-        }
-        Ok(())
+        let h = self.h()?;
+        self.note((|| {
+            if let Some(o) = old {
+                h.links.remove(o)?;
+            }
+            if let Some(n) = new {
+                h.links.insert(n, id.as_bytes())?;
+            }
+            Ok(())
+        })())
     }
 
     pub fn remove_challenge(&self, c: &Challenge) -> Result<(), StoreError> {
-        if let Some(h) = c.link_hash {
-            self.links.remove(h)?;
-        }
-        self.challenges.remove(c.id.as_bytes())?;
-        Ok(())
+        let h = self.h()?;
+        self.note((|| {
+            if let Some(l) = c.link_hash {
+                h.links.remove(l)?;
+            }
+            h.challenges.remove(c.id.as_bytes())?;
+            Ok(())
+        })())
     }
 
     pub fn challenge_count(&self) -> usize {
-        self.challenges.len()
+        self.handles
+            .load()
+            .as_ref()
+            .map_or(0, |h| h.challenges.len())
     }
 
     // ---- sessions ----
 
     pub fn insert_session(&self, token_hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
-        self.sessions.insert(token_hash, encode(s))?;
-        self.sessions_by_email
-            .insert(email_key(&s.email, token_hash), &[])?;
-        Ok(())
+        let h = self.h()?;
+        self.note((|| {
+            h.sessions.insert(token_hash, encode(s))?;
+            h.sessions_by_email
+                .insert(email_key(&s.email, token_hash), &[])?;
+            Ok(())
+        })())
     }
 
     /// A user's sessions, via the email index.
@@ -340,7 +615,7 @@ impl Store {
         let mut prefix = email.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for r in self.sessions_by_email.scan_prefix(&prefix) {
+        for r in self.h()?.sessions_by_email.scan_prefix(&prefix) {
             let (k, _) = r?;
             let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) else {
                 continue;
@@ -354,7 +629,7 @@ impl Store {
     }
 
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
-        match self.sessions.get(token_hash)? {
+        match self.h()?.sessions.get(token_hash)? {
             Some(b) => Ok(Some(decode("sessions", &b)?)),
             None => Ok(None),
         }
@@ -362,16 +637,17 @@ impl Store {
 
     pub fn remove_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
         self.shard(token_hash).remove(token_hash);
-        match self.sessions.remove(token_hash)? {
+        let h = self.h()?;
+        self.note((|| match h.sessions.remove(token_hash)? {
             Some(v) => {
                 if let Ok(s) = decode::<Session>("sessions", &v) {
-                    self.sessions_by_email
+                    h.sessions_by_email
                         .remove(email_key(&s.email, token_hash))?;
                 }
                 Ok(true)
             }
             None => Ok(false),
-        }
+        })())
     }
 
     /// Revokes every session of `email`. Returns how many.
@@ -387,7 +663,8 @@ impl Store {
 
     /// All sessions with their keys (admin views, sweeping). Skips corrupt records.
     pub fn sessions(&self) -> impl Iterator<Item = ([u8; 32], Session)> + '_ {
-        self.sessions.iter().filter_map(|r| {
+        let tree = self.handles.load().as_ref().map(|h| h.sessions.clone());
+        tree.into_iter().flat_map(|t| t.iter()).filter_map(|r| {
             let (k, v) = r.ok()?;
             let key: [u8; 32] = k.as_ref().try_into().ok()?;
             Some((key, decode("sessions", &v).ok()?))
@@ -395,7 +672,7 @@ impl Store {
     }
 
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.handles.load().as_ref().map_or(0, |h| h.sessions.len())
     }
 
     fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], u64>> {
@@ -420,10 +697,11 @@ impl Store {
             let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
             pending.extend(g.drain());
         }
+        let h = self.h()?;
         let mut n = 0;
         for (key, seen) in pending {
-            Self::modify(
-                &self.sessions,
+            let r = Self::modify(
+                &h.sessions,
                 "sessions",
                 &key,
                 |s: Option<Session>| match s {
@@ -433,7 +711,8 @@ impl Store {
                     }
                     _ => Modify::Keep(()),
                 },
-            )?;
+            );
+            self.note(r)?;
             n += 1;
         }
         Ok(n)
@@ -443,15 +722,18 @@ impl Store {
 
     /// Queues a mail. Returns its id.
     pub fn enqueue_mail(&self, item: &OutboxItem) -> Result<u64, StoreError> {
-        let id = self.db.generate_id()?;
-        self.outbox.insert(id.to_be_bytes(), encode(item))?;
-        Ok(id)
+        let h = self.h()?;
+        self.note((|| {
+            let id = h.db.generate_id()?;
+            h.outbox.insert(id.to_be_bytes(), encode(item))?;
+            Ok(id)
+        })())
     }
 
     /// Every queued mail, oldest first.
     pub fn outbox(&self) -> Result<Vec<(u64, OutboxItem)>, StoreError> {
         let mut out = Vec::new();
-        for r in self.outbox.iter() {
+        for r in self.h()?.outbox.iter() {
             let (k, v) = r?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             out.push((id, decode("outbox", &v)?));
@@ -463,7 +745,7 @@ impl Store {
     /// into memory when it is long).
     pub fn outbox_due(&self, now: u64, limit: usize) -> Result<Vec<(u64, OutboxItem)>, StoreError> {
         let mut out = Vec::new();
-        for r in self.outbox.iter() {
+        for r in self.h()?.outbox.iter() {
             let (k, v) = r?;
             let item: OutboxItem = decode("outbox", &v)?;
             if item.next_attempt_at <= now {
@@ -478,23 +760,30 @@ impl Store {
     }
 
     pub fn update_mail(&self, id: u64, item: &OutboxItem) -> Result<(), StoreError> {
-        self.outbox.insert(id.to_be_bytes(), encode(item))?;
+        let h = self.h()?;
+        self.note(
+            h.outbox
+                .insert(id.to_be_bytes(), encode(item))
+                .map_err(StoreError::from),
+        )?;
         Ok(())
     }
 
     pub fn remove_mail(&self, id: u64) -> Result<(), StoreError> {
-        self.outbox.remove(id.to_be_bytes())?;
+        let h = self.h()?;
+        self.note(h.outbox.remove(id.to_be_bytes()).map_err(StoreError::from))?;
         Ok(())
     }
 
     pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+        self.handles.load().as_ref().map_or(0, |h| h.outbox.len())
     }
 
     /// Deletes expired challenges and sessions. Returns (challenges, sessions) removed.
     pub fn sweep(&self, now: u64, idle: Option<u64>) -> Result<(usize, usize), StoreError> {
+        let h = self.h()?;
         let mut gone_c = 0;
-        for r in self.challenges.iter() {
+        for r in h.challenges.iter() {
             let (_, v) = r?;
             if let Ok(c) = decode::<Challenge>("challenges", &v) {
                 // Keep a minute of grace so a user gets "expired" rather than "unknown".
@@ -502,6 +791,14 @@ impl Store {
                     self.remove_challenge(&c)?;
                     gone_c += 1;
                 }
+            }
+        }
+        // Link index entries whose challenge is gone (a crash between the two writes of a
+        // mint or resend can leave one behind).
+        for r in h.links.iter() {
+            let (hash, id) = r?;
+            if !h.challenges.contains_key(&id)? {
+                self.note(h.links.remove(hash).map_err(StoreError::from))?;
             }
         }
         let mut gone_s = 0;
@@ -545,7 +842,7 @@ mod tests {
     #[test]
     fn challenge_roundtrip_and_cas() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
         store.insert_challenge(&challenge("c1")).unwrap();
         assert_eq!(
             store.challenge_for_link(&[7; 32]).unwrap().as_deref(),
@@ -571,25 +868,62 @@ mod tests {
     }
 
     #[test]
-    fn secret_is_stable_and_data_survives_reopen() {
+    fn a_failing_store_is_reopened_in_place_and_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
-        let s1 = {
-            let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
+        store.insert_challenge(&challenge("kept")).unwrap();
+        store.flush_blocking().unwrap();
+        assert!(store.writable() && store.recover());
+        // As after a failed write; a reader still holds the old database for a moment.
+        store.failing_since.store(1, Ordering::Release);
+        assert!(!store.writable() && store.failing_since().is_some());
+        let held = store.h().unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        // The old database answers the cheap probe (its error was not kept): no reopen needed.
+        assert!(store.recover());
+        reader.join().unwrap();
+        assert!(store.writable());
+        // Forced reopen: the old handles go, new ones open on the same files.
+        let old = store.handles.swap(None).unwrap();
+        drop(old);
+        store.failing_since.store(1, Ordering::Release);
+        assert!(matches!(
+            store.challenge("kept"),
+            Err(StoreError::Reopening)
+        ));
+        assert!(store.recover());
+        assert!(store.writable());
+        assert!(store.challenge("kept").unwrap().is_some());
+        store.insert_challenge(&challenge("after")).unwrap();
+        store.flush_blocking().unwrap();
+    }
+
+    #[test]
+    fn data_survives_reopen_in_a_private_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        {
+            let store = Store::open(&StoreOptions::new(&dir)).unwrap();
             store.insert_challenge(&challenge("c2")).unwrap();
-            let s = store.server_secret().unwrap();
-            assert_eq!(s, store.server_secret().unwrap());
             store.flush_blocking().unwrap();
-            s
-        };
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.server_secret().unwrap(), s1);
+        }
+        let store = Store::open(&StoreOptions::new(&dir)).unwrap();
         assert!(store.challenge("c2").unwrap().is_some());
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("db")), 0o700);
+        assert_eq!(mode(&dir.join("db/conf")), 0o600);
+        assert_eq!(mode(&dir.join("db/db")), 0o600);
     }
 
     #[test]
     fn touches_are_batched_and_sweep_removes_expired() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
         let s = Session {
             id: "ab".into(),
             email: "a@example.com".into(),
@@ -623,7 +957,12 @@ mod tests {
             "index follows removals"
         );
         store.insert_challenge(&challenge("old")).unwrap();
+        store.relink("gone", None, Some([9; 32])).unwrap();
         assert_eq!(store.sweep(2000, None).unwrap(), (1, 0));
         assert!(store.challenge_for_link(&[7; 32]).unwrap().is_none());
+        assert!(
+            store.challenge_for_link(&[9; 32]).unwrap().is_none(),
+            "dangling link index entry swept"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Background upkeep: writes batched `last_seen` updates and deletes expired challenges and sessions.
+//! Background upkeep: writes batched `last_seen` updates, deletes expired challenges and sessions, and keeps the pending-challenge count of `login.max_pending` in step with the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,14 +6,42 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// How often pending activity is written.
 const TOUCH_FLUSH: Duration = Duration::from_secs(10);
 /// How often expired records are swept (every sixth tick).
 const SWEEP_EVERY: u32 = 6;
 
+/// Time between two sweeps (the soonest a full `login.max_pending` can have room again).
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(TOUCH_FLUSH.as_secs() * SWEEP_EVERY as u64);
+
+/// Deletes expired challenges and sessions, then re-counts the challenges left for the pending
+/// cap. Returns (challenges, sessions) removed. Blocking: a pass over both trees.
+pub fn sweep_once(state: &AppState) -> Result<(usize, usize), StoreError> {
+    let cfg = state.config();
+    // A session may be in use on any route: only the longest idle timeout any route grants
+    // (none at all if one disables it) may end it here; each request still applies its own.
+    let swept = state.store.sweep(
+        state.clock.now(),
+        cfg.longest_idle_timeout().map(|d| d.as_secs()),
+    )?;
+    recount(state);
+    Ok(swept)
+}
+
+/// Sets the pending count to the challenges in the store. Sign-ins admitted while counting are
+/// added on top (they may be counted twice until the next sweep: never too few).
+fn recount(state: &AppState) {
+    let before = state.limiter.pending();
+    let stored = state.store.challenge_count();
+    state.limiter.rebase_pending(before, stored);
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || recount(&st)).await;
     let mut tick = 0u32;
     loop {
         tokio::select! {
@@ -27,23 +55,13 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         if tick % SWEEP_EVERY == 0 {
             let current = state.jwt.load().created_at;
             if current + crate::jwt::ROTATE_AFTER <= state.clock.now() {
-                match crate::jwt::load_or_rotate(&state.store, state.clock.now()) {
-                    Ok(k) => {
-                        tracing::info!("rotated the JWT signing key");
-                        state.jwt.store(k);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot rotate the JWT signing key"),
-                }
+                state
+                    .jwt
+                    .store(crate::jwt::keys_at(&state.master, state.clock.now()));
+                tracing::info!("rotated the JWT signing key");
             }
             let st = state.clone();
-            let swept = tokio::task::spawn_blocking(move || {
-                let cfg = st.config();
-                st.store.sweep(
-                    st.clock.now(),
-                    cfg.session.idle_timeout.map(|d| d.as_secs()),
-                )
-            })
-            .await;
+            let swept = tokio::task::spawn_blocking(move || sweep_once(&st)).await;
             match swept {
                 Ok(Ok((c, s))) if c + s > 0 => {
                     tracing::info!(challenges = c, sessions = s, "swept expired records")

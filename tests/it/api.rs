@@ -153,6 +153,7 @@ async fn login_is_rate_limited_per_ip() {
 async fn login_is_rate_limited_per_canonical_address() {
     let gw = TestGateway::builder()
         .set("login.rate_limit.per_email_per_hour", 2)
+        .set("login.rate_limit.per_email_burst", 2)
         .start()
         .await;
     let c = gw.http();

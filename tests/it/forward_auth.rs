@@ -563,6 +563,46 @@ async fn websocket(kind: Kind) {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].all("x-forwarded-email"), ["ws@example.com"]);
 }
+/// A signed-in upload of a few megabytes (a notebook, a data file) reaches the app whole: the
+/// snippet sets no body limit of the proxy's own.
+async fn upload(kind: Kind) {
+    let Some(s) = Stack::start(kind).await else {
+        return;
+    };
+    let token = s.gw.sign_in("up@example.com").await;
+    let body: Vec<u8> = (0..4 * 1024 * 1024 + 7)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let r = s
+        .browser()
+        .send(
+            s.at(Req::post, "/upload")
+                .header("cookie", &format!("portcullis_session={token}"))
+                .header("content-type", "application/octet-stream")
+                .body(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{kind:?}: {}\n{}",
+        r.text().chars().take(500).collect::<String>(),
+        s.logs()
+    );
+    assert_eq!(r.json()["body_len"], body.len(), "{kind:?}");
+    assert_eq!(r.json()["body"].as_str().map(str::len), Some(body.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_upload_of_a_few_megabytes() {
+    upload(Kind::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_upload_of_a_few_megabytes() {
+    upload(Kind::Caddy).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_full_sign_in_and_identity() {
     full_sign_in(Kind::Nginx).await;

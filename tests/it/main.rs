@@ -4,9 +4,14 @@
 mod support;
 
 mod api;
+mod apps;
+mod at_rest;
 mod bypass;
 mod cli;
+mod connections;
+mod disk_full;
 mod durability;
+mod floods;
 mod flow;
 mod forward_auth;
 mod jwt;
@@ -15,3 +20,4 @@ mod proxy;
 mod routes;
 mod security;
 mod sessions;
+mod websocket_revoke;

@@ -494,6 +494,15 @@ async fn a_route_can_disable_the_idle_timeout() {
         get(&c, "kiosk.example.com", "/kiosk").await.status,
         StatusCode::OK
     );
+    // The sweeper honours the longest idle timeout any route grants: it must not delete the
+    // session the kiosk route still accepts (it used to apply the global 1h).
+    gw.clock.advance(3 * 3600);
+    portcullis::store::sweeper::sweep_once(gw.state()).unwrap();
+    assert_eq!(
+        get(&c, "kiosk.example.com", "/kiosk1").await.status,
+        StatusCode::OK,
+        "the sweep cut a session a route still allows"
+    );
     // The absolute lifetime (7d) still ends it.
     gw.clock.advance(7 * 24 * 3600);
     assert_eq!(

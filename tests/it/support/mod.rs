@@ -225,7 +225,7 @@ impl TestGateway {
                 },
                 "login": {
                     "resend_cooldown": "0s",
-                    "rate_limit": {"per_ip_per_minute": 1000, "per_email_per_hour": 1000},
+                    "rate_limit": {"per_ip_per_minute": 1000, "per_email_per_hour": 1000, "per_email_burst": 1000},
                 },
                 "limits": {"upstream_timeout": "10s", "shutdown_grace": "2s"},
                 "log_emails": true,

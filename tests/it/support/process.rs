@@ -23,7 +23,7 @@ pub fn base_config(dir: &Path, port: u16, smtp_port: u16) -> Value {
         "access": {"allowed_domains": ["example.com"]},
         "login": {
             "resend_cooldown": "0s",
-            "rate_limit": {"per_ip_per_minute": 1000, "per_email_per_hour": 1000},
+            "rate_limit": {"per_ip_per_minute": 1000, "per_email_per_hour": 1000, "per_email_burst": 1000},
         },
         "email": {
             "from": "Portcullis <auth@example.com>",
@@ -119,15 +119,20 @@ impl Setup {
 impl Served {
     /// Starts the binary (stderr appended to `log`) and waits until `/.auth/healthz` answers.
     pub async fn start(config: &Path, log: &Path, port: u16, envs: &[(&str, &str)]) -> Served {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(config);
+        Served::launch(cmd, log, port, envs).await
+    }
+
+    /// Starts `cmd` (which runs `portcullis serve`, e.g. through a shell that sets limits first)
+    /// like [`Served::start`].
+    pub async fn launch(mut cmd: Command, log: &Path, port: u16, envs: &[(&str, &str)]) -> Served {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
             .env_remove("NOTIFY_SOCKET")

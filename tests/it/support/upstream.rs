@@ -90,6 +90,8 @@ struct Shared {
     chunks: Mutex<Vec<Bytes>>,
     /// Lets `/drip` send its second chunk.
     release: Notify,
+    /// `/ws` connections the upstream still holds open.
+    ws_open: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Upstream {
@@ -154,6 +156,13 @@ impl Upstream {
     /// Lets a waiting `/drip` response finish.
     pub fn release(&self) {
         self.shared.release.notify_one();
+    }
+
+    /// How many `/ws` connections the upstream still holds open (its side of each).
+    pub fn open_websockets(&self) -> usize {
+        self.shared
+            .ws_open
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -225,10 +234,12 @@ async fn handle(
             .map(|v| v.to_str().unwrap_or("").to_string())
             .unwrap_or_default();
         let on_upgrade = hyper::upgrade::on(&mut req);
+        let sh = sh.clone();
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
+            sh.ws_open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             let _ = ws.send(Message::Text(format!("hello {identity}"))).await;
@@ -244,6 +255,8 @@ async fn handle(
                     _ => {}
                 }
             }
+            drop(ws);
+            sh.ws_open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         return Ok(Response::builder()

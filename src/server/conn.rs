@@ -1,0 +1,342 @@
+//! One connection's phases and their time limits: before the first request (TLS handshake,
+//! silence, protocol detection, HTTP/2 preface, request head), idle between requests, a later
+//! request head, draining. Requests in progress, streamed bodies and upgrades are never timed here.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::limits::ConnSlot;
+
+/// The time limits of a connection (`limits.header_read_timeout`, `limits.idle_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+/// The phase whose time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing usable before `header_read_timeout`: silence, a TLS handshake or HTTP/2 preface
+    /// left half-way, or a request head still incomplete.
+    FirstRequest,
+    /// Between requests for `idle_timeout` (HTTP/1 keep-alive; HTTP/2 with no open stream).
+    Idle,
+    /// A later HTTP/1 request head began and did not end within `header_read_timeout`.
+    RequestHead,
+}
+
+impl Phase {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::FirstRequest => "no request within limits.header_read_timeout",
+            Phase::Idle => "idle for limits.idle_timeout",
+            Phase::RequestHead => "request head not finished within limits.header_read_timeout",
+        }
+    }
+}
+
+/// What the connection is doing, as seen by its service (requests) and its socket (reads).
+/// Times are milliseconds since the connection was accepted.
+#[derive(Debug)]
+pub struct Phases {
+    started: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    h2: AtomicBool,
+    /// When the last request in flight ended.
+    idle_since: AtomicU64,
+    /// 1 + when the first byte arrived while idle (an HTTP/1 head starting); 0: none.
+    head_since: AtomicU64,
+    /// Wakes the supervisor when the phase changes (its deadline may now be earlier).
+    changed: Notify,
+}
+
+impl Phases {
+    pub fn new(started: Instant) -> Arc<Phases> {
+        Arc::new(Phases {
+            started,
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            h2: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// A request head was parsed; the request counts as in progress until the returned guard
+    /// (carried by the response body) is dropped.
+    pub fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
+        if version == http::Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.head_since.store(0, Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived. Between HTTP/1 requests that is the next head starting: from then on the
+    /// head has `header_read_timeout`, not `idle_timeout`. (HTTP/2 reads pings and window
+    /// updates while idle, so it keeps the idle clock.)
+    fn bytes_read(&self) {
+        if self.head_since.load(Ordering::Relaxed) == 0
+            && self.requests.load(Ordering::Relaxed) > 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the current phase ends, and which it is; `None` while a request is in progress.
+    fn deadline(&self, t: Timeouts) -> Option<(Instant, Phase)> {
+        if self.requests.load(Ordering::SeqCst) == 0 {
+            return Some((self.started + t.header_read, Phase::FirstRequest));
+        }
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let head = self.head_since.load(Ordering::SeqCst);
+        if head != 0 {
+            return Some((self.at(head - 1) + t.header_read, Phase::RequestHead));
+        }
+        let idle = self.idle_since.load(Ordering::SeqCst);
+        Some((self.at(idle) + t.idle, Phase::Idle))
+    }
+}
+
+/// A request in progress; dropped with its response body (or when the request is abandoned).
+#[derive(Debug)]
+pub struct InFlight(Arc<Phases>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let p = &self.0;
+        p.idle_since.store(p.now_ms(), Ordering::SeqCst);
+        if p.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            p.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is sent or dropped:
+/// a streamed response is never idle.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client socket, plain or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The client socket with its connection slot (given back when the socket closes, also after an
+/// upgrade) and a report of reads to the connection's [`Phases`].
+pub struct Metered {
+    stream: Stream,
+    phases: Arc<Phases>,
+    _slot: ConnSlot,
+}
+
+impl Metered {
+    pub fn new(stream: Stream, phases: Arc<Phases>, slot: ConnSlot) -> Metered {
+        Metered {
+            stream,
+            phases,
+            _slot: slot,
+        }
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.phases.bytes_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How a supervised connection ended.
+#[derive(Debug)]
+pub enum Outcome<E> {
+    /// hyper finished it (client closed, error, graceful close, or handed over to an upgrade).
+    Finished(Result<(), E>),
+    /// Cut: the phase's time ran out.
+    TimedOut(Phase),
+    /// Closed because the server is stopping and no request had arrived.
+    Stopping,
+}
+
+/// Drives `conn` while enforcing the phase limits: before the first request and for a late
+/// request head it is dropped (closed) when time runs out; an idle connection gets a graceful
+/// close (HTTP/2 GOAWAY), dropped if that does not finish within `header_read_timeout`. When
+/// `drain` turns true (server stopping) the connection is closed gracefully, at once if no
+/// request ever came. Once hyper hands the socket to an upgrade, `conn` finishes and nothing
+/// here times the upgraded stream.
+pub async fn supervise<C, E>(
+    mut conn: Pin<&mut C>,
+    mut graceful: impl FnMut(Pin<&mut C>),
+    phases: &Phases,
+    t: Timeouts,
+    drain: &mut watch::Receiver<bool>,
+) -> Outcome<E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut closing: Option<Instant> = None;
+    let mut draining = false;
+    loop {
+        let next = match closing {
+            Some(hard) => Some((hard, Phase::Idle)),
+            None => phases.deadline(t),
+        };
+        // While a request is in progress nothing expires; look again after `idle` at the latest.
+        let wake = next.map_or_else(|| Instant::now() + t.idle, |(at, _)| at);
+        tokio::select! {
+            r = conn.as_mut() => return Outcome::Finished(r),
+            // A request started or ended, or a head began: recompute the deadline.
+            _ = phases.changed.notified(), if closing.is_none() => {}
+            _ = tokio::time::sleep_until(wake) => {
+                if closing.is_some() {
+                    return Outcome::TimedOut(Phase::Idle);
+                }
+                // The phase may have moved on while sleeping: act only on a deadline still past.
+                match phases.deadline(t) {
+                    Some((at, phase)) if at <= Instant::now() => match phase {
+                        Phase::FirstRequest | Phase::RequestHead => return Outcome::TimedOut(phase),
+                        Phase::Idle => {
+                            graceful(conn.as_mut());
+                            closing = Some(Instant::now() + t.header_read);
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                if phases.requests() == 0 {
+                    return Outcome::Stopping;
+                }
+                graceful(conn.as_mut());
+            }
+        }
+    }
+}
