@@ -83,6 +83,23 @@ pub async fn dispatch(
         cfg: &cfg,
         who: &who,
     };
+    // The account pages act with the user's whole session (list, revoke, admin): they are served
+    // only on the sign-in host, so an app's own scripts, same-origin with `/.auth/` on the app's
+    // host, cannot read or drive them.
+    if is_account_path(&path) && !on_sign_in_host(&cfg, view) {
+        return if method == Method::GET {
+            redirect(StatusCode::FOUND, &cfg.public_link(&path))
+        } else {
+            let e = AuthError::Forbidden(
+                "account actions are only accepted on the sign-in host".into(),
+            );
+            if wants_json {
+                e.to_json()
+            } else {
+                e.to_page(state)
+            }
+        };
+    }
     let result = match (&method, path.as_str()) {
         // Liveness: the process answers. It does not claim the storage works (readyz does).
         (&Method::GET | &Method::HEAD, "/.auth/healthz") if state.store.writable() => {
@@ -308,6 +325,21 @@ fn original_request(
         nginx: family == Family::Nginx,
         trusted: true,
     })
+}
+
+/// `/.auth/sessions…` and `/.auth/admin…`: pages that act with the user's whole session.
+fn is_account_path(path: &str) -> bool {
+    ["/.auth/sessions", "/.auth/admin"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+/// Whether the request is addressed to `public_url`'s host (canonical comparison).
+fn on_sign_in_host(cfg: &Config, view: &RequestView) -> bool {
+    cfg.public_url
+        .host_str()
+        .and_then(|h| canonical_authority(h).ok())
+        .is_some_and(|a| a.host == view.host)
 }
 
 /// The mail transport's health, probed at most every [`MAIL_PROBE_EVERY`] per mailer (a reload

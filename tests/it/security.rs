@@ -1579,3 +1579,41 @@ async fn the_mail_shows_a_parsed_device_never_the_raw_user_agent() {
         );
     }
 }
+
+/// The account pages act with the whole session: on an app's host (where the app's own scripts
+/// are same-origin with `/.auth/`) they redirect to the sign-in host, and their POSTs are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_pages_are_served_only_on_the_sign_in_host() {
+    let gw = TestGateway::builder()
+        .echo_upstream()
+        .set(
+            "routes",
+            json!([{"host": "app.example.com", "upstream": "builtin:whoami"}]),
+        )
+        .start()
+        .await;
+    let token = gw.sign_in("ann@example.com").await;
+    let c = gw.http();
+    c.set_cookie("portcullis_session", &token);
+    let on_app = |r: Req| r.header("host", "app.example.com");
+    let r = c.send(Req::get("/.auth/sessions")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for path in ["/.auth/sessions", "/.auth/admin"] {
+        let r = c.send(on_app(Req::get(path))).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{path}");
+        assert_eq!(r.location(), format!("{}{path}", gw.base), "{path}");
+    }
+    for path in ["/.auth/sessions/revoke", "/.auth/admin/revoke"] {
+        let r = c
+            .send(
+                on_app(Req::post(path))
+                    .header("origin", "http://app.example.com")
+                    .form(&[("all", "1")]),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
+    }
+    // Nothing was revoked.
+    let r = c.send(Req::get("/.auth/api/session")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
