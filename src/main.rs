@@ -324,7 +324,10 @@ fn bench_seed(
     use portcullis::crypto;
     use portcullis::store::{Session, Store, StoreOptions};
     let cfg = Config::load(config)?;
-    let store = Store::open(&StoreOptions::new(&cfg.data_dir))?;
+    let store = Store::open(&StoreOptions {
+        cache_bytes: cfg.limits.db_cache_bytes,
+        ..StoreOptions::new(&cfg.data_dir)
+    })?;
     let now = portcullis::Clock::now(&SystemClock);
     let (local, domain) = email.split_once('@').ok_or("--email needs an @")?;
     let every = (count / print.max(1)).max(1);

@@ -86,11 +86,14 @@ impl AppState {
                 err,
             }
         })?;
-        let store =
-            Store::open(&StoreOptions::new(&config.data_dir)).map_err(|err| StartError::Store {
-                dir: dir.clone(),
-                err,
-            })?;
+        let store = Store::open(&StoreOptions {
+            cache_bytes: config.limits.db_cache_bytes,
+            ..StoreOptions::new(&config.data_dir)
+        })
+        .map_err(|err| StartError::Store {
+            dir: dir.clone(),
+            err,
+        })?;
         let (master, source) =
             crate::store::secret::load(config.secrets_file.as_deref(), &config.data_dir, &store)
                 .map_err(|e| StartError::Secret(e.to_string()))?;

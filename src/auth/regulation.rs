@@ -43,7 +43,8 @@ const SHARDS: usize = 16;
 pub const TIDY: usize = 2;
 /// Queued keys looked at, at most, by one insertion into a full shard.
 pub const SCAN: usize = 8;
-/// Keys each table remembers by default (about 2 MiB per full table).
+/// Keys each table remembers by default (a full table takes 3 to 6 MiB, the hash table's
+/// buckets depending on how much it has churned).
 pub const DEFAULT_ENTRIES: usize = 65_536;
 /// `Retry-After` when the pending cap is reached: the sweeper's period, the soonest that room
 /// can appear.
@@ -52,8 +53,8 @@ pub const CAP_RETRY_SECS: u64 = crate::store::sweeper::SWEEP_PERIOD.as_secs();
 const KNOWN_PER_BROWSER: usize = 8;
 /// Lifetime of the known-browser cookie (the longest browsers keep one).
 const KNOWN_MAX_AGE: i64 = 400 * 24 * 3600;
-/// Domain label of the known-browser MAC. Contains `/`, which challenge ids (the prefix of
-/// every code MAC input under the same key) never do.
+/// Domain label of the known-browser MAC: the key (`AppState::secret`, the server's own MAC
+/// key) may serve other MACs too, each with its own label.
 const KNOWN_LABEL: &[u8] = b"portcullis/known-browser/v1\0";
 
 /// A token bucket: `burst` requests at once, then one every `interval_us` microseconds.

@@ -105,7 +105,9 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
     let mut ready = Vec::with_capacity(due.len());
     for (id, item) in due {
         if item.expires_at <= now {
-            tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
+            // Debug, not warn: a flood of sign-ins that expire unsent would otherwise write one line each
+            // (the mail_failed metric counts them).
+            tracing::debug!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
             state.metrics.mail_failed();
             state.store.remove_mail(id)?;
             continue;
