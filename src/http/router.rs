@@ -44,11 +44,20 @@ pub async fn handle(
         path = %path,
         status = resp.status().as_u16(),
         peer = %conn.peer.ip(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = %Millis(started.elapsed()),
         request_id = request_id.to_str().unwrap_or("-"),
         "request"
     );
     resp
+}
+
+/// A duration printed as milliseconds with two decimals (`ms=0.10`), without allocating.
+struct Millis(std::time::Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}", self.0.as_secs_f64() * 1000.0)
+    }
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -193,4 +202,19 @@ pub fn unauthenticated(cfg: &Config) -> Response<Body> {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_log_milliseconds_have_two_decimals() {
+        let d = std::time::Duration::from_nanos(98_739);
+        assert_eq!(Millis(d).to_string(), "0.10");
+        assert_eq!(
+            Millis(std::time::Duration::from_millis(1500)).to_string(),
+            "1500.00"
+        );
+    }
 }
