@@ -444,13 +444,11 @@ impl Store {
         self.flushed(r)
     }
 
-    /// Notes the outcome of a flush: a failure marks the store failing; a success on a failing
-    /// store means it writes again.
+    /// Notes the outcome of a flush: a failure marks the store failing. A success does not
+    /// clear that mark: a flush with nothing to write succeeds on a database that cannot write,
+    /// so only [`Store::recover`]'s test write (run by the recovery task) says it writes again.
     fn flushed(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
         if r.is_ok() {
-            if !self.writable() {
-                self.healthy_again();
-            }
             return r;
         }
         self.note(r)
