@@ -5,8 +5,57 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Access, Upstream};
 use crate::request::{canonicalize, Ambiguity, CanonicalPath};
+
+/// Where authenticated traffic goes.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// An HTTP(S) origin; requests keep their path and query.
+    Http { scheme: String, authority: String },
+    /// The built-in page that shows who you are and what an upstream would receive.
+    Whoami,
+}
+
+/// Who may sign in: exact domains (lower-case) and individual canonical addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub allowed_domains: Vec<String>,
+    pub allowed_emails: HashSet<String>,
+}
+
+impl Access {
+    /// Who this block lets in, for `portcullis check`: `@example.com, boss@other.org (+3 more)`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .allowed_domains
+            .iter()
+            .map(|d| format!("anyone @{d}"))
+            .collect();
+        let mut emails: Vec<&String> = self.allowed_emails.iter().collect();
+        emails.sort();
+        const SHOWN: usize = 5;
+        parts.extend(emails.iter().take(SHOWN).map(|e| e.to_string()));
+        if emails.len() > SHOWN {
+            parts.push(format!("and {} more address(es)", emails.len() - SHOWN));
+        }
+        if parts.is_empty() {
+            "nobody".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// Whether a canonical (already parsed, lower-case) address is allowed.
+    pub fn allows(&self, canonical_email: &str) -> bool {
+        if self.allowed_emails.contains(canonical_email) {
+            return true;
+        }
+        match canonical_email.rsplit_once('@') {
+            Some((_, domain)) => self.allowed_domains.iter().any(|d| d == domain),
+            None => false,
+        }
+    }
+}
 
 /// How a route matches the request host (compared without port, lower-case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use crate::auth::address::parse_address;
 use crate::auth::challenge::Requester;
-use crate::auth::handlers::{form, read_body};
 use crate::auth::policy::same_origin;
 use crate::auth::session::{authenticate, removal_cookie, Identity};
 use crate::config::Config;
 use crate::error::AuthError;
+use crate::http::extract::{form, query_param, read_body};
+use crate::http::response::login_url;
 use crate::http::response::{html, redirect, set_cookie, Body};
-use crate::http::router::login_url;
 use crate::state::AppState;
 use crate::store::Session;
 
@@ -160,8 +160,7 @@ pub fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) 
         .rev()
         .map(|e| serde_json::json!({"at": time(e.at), "event": e.event, "email": e.email, "ip": e.ip, "detail": e.detail}))
         .collect();
-    let notice = crate::auth::handlers::query_param(req, "revoked")
-        .map(|n| format!("Revoked {n} session(s)."));
+    let notice = query_param(req, "revoked").map(|n| format!("Revoked {n} session(s)."));
     let page = state.pages.render(
         "admin.html",
         context! {

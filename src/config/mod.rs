@@ -15,6 +15,7 @@ use url::Url;
 use crate::auth::address::{parse_address, parse_domain};
 use crate::net::Cidr;
 use crate::routing::{self, HostPattern, PublicPath, Route};
+pub use crate::routing::{Access, Upstream};
 use file::RawConfig;
 
 /// Every problem found in one configuration file.
@@ -43,61 +44,11 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Where authenticated traffic goes.
-#[derive(Debug, Clone)]
-pub enum Upstream {
-    /// An HTTP(S) origin; requests keep their path and query.
-    Http { scheme: String, authority: String },
-    /// The built-in page that shows who you are and what an upstream would receive.
-    Whoami,
-}
-
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// Who may sign in: exact domains (lower-case) and individual canonical addresses.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    pub allowed_domains: Vec<String>,
-    pub allowed_emails: HashSet<String>,
-}
-
-impl Access {
-    /// Who this block lets in, for `portcullis check`: `@example.com, boss@other.org (+3 more)`.
-    pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .allowed_domains
-            .iter()
-            .map(|d| format!("anyone @{d}"))
-            .collect();
-        let mut emails: Vec<&String> = self.allowed_emails.iter().collect();
-        emails.sort();
-        const SHOWN: usize = 5;
-        parts.extend(emails.iter().take(SHOWN).map(|e| e.to_string()));
-        if emails.len() > SHOWN {
-            parts.push(format!("and {} more address(es)", emails.len() - SHOWN));
-        }
-        if parts.is_empty() {
-            "nobody".into()
-        } else {
-            parts.join(", ")
-        }
-    }
-
-    /// Whether a canonical (already parsed, lower-case) address is allowed.
-    pub fn allows(&self, canonical_email: &str) -> bool {
-        if self.allowed_emails.contains(canonical_email) {
-            return true;
-        }
-        match canonical_email.rsplit_once('@') {
-            Some((_, domain)) => self.allowed_domains.iter().any(|d| d == domain),
-            None => false,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

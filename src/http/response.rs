@@ -5,6 +5,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::config::Config;
+
 /// A response body: either produced here or streamed from the upstream.
 pub type Body = Either<Full<Bytes>, Incoming>;
 
@@ -99,4 +101,22 @@ pub fn set_cookie(r: &mut Response<Body>, cookie: &cookie::Cookie<'_>) {
     if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
+}
+
+/// `{public_url}/.auth/login?rd=<original URL>`.
+pub fn login_url(cfg: &Config, original: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
+    cfg.public_link(&format!("/.auth/login?rd={rd}"))
+}
+
+/// 401 JSON for API clients.
+pub fn unauthenticated(cfg: &Config) -> Response<Body> {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "sign in first", "code": "unauthenticated"}),
+    );
+    if let Ok(v) = format!("Portcullis realm=\"{}\"", cfg.public_origin()).parse() {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
 }

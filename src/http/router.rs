@@ -12,7 +12,7 @@ use crate::auth::handlers;
 use crate::auth::policy::is_navigation;
 use crate::auth::session::authenticate;
 use crate::config::{is_trusted, Config};
-use crate::http::response::{html, json, redirect, Body};
+use crate::http::response::{html, json, login_url, redirect, unauthenticated, Body};
 use crate::http::ConnInfo;
 use crate::proxy::forward::forward;
 use crate::request::{Refusal, RequestView, ALLOWED_METHODS};
@@ -184,24 +184,6 @@ async fn protected(
     };
     route.stats.status(resp.status().as_u16());
     resp
-}
-
-/// `{public_url}/.auth/login?rd=<original URL>`.
-pub fn login_url(cfg: &Config, original: &str) -> String {
-    let rd: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
-    cfg.public_link(&format!("/.auth/login?rd={rd}"))
-}
-
-/// 401 JSON for API clients.
-pub fn unauthenticated(cfg: &Config) -> Response<Body> {
-    let mut r = json(
-        StatusCode::UNAUTHORIZED,
-        &serde_json::json!({"error": "sign in first", "code": "unauthenticated"}),
-    );
-    if let Ok(v) = format!("Portcullis realm=\"{}\"", cfg.public_origin()).parse() {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    r
 }
 
 #[cfg(test)]
