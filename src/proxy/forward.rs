@@ -65,7 +65,9 @@ pub fn prepare(
         &cfg.session.cookie_name,
         id.is_some_and(|i| i.via == Via::Bearer),
     );
-    set_forwarded(h, conn.peer, view, trusted);
+    // `host[:port]` once: Host, X-Forwarded-Host and Forwarded all carry it.
+    let authority = view.authority();
+    set_forwarded(h, conn.peer, view, &authority, trusted);
     if let Some(id) = id {
         inject(h, &cfg.headers.email, &id.email);
         inject(h, &cfg.headers.user, &id.email);
@@ -78,7 +80,7 @@ pub fn prepare(
         h.insert(header::UPGRADE, u.clone());
     }
     // The upstream gets the host the decision was made for, in its one canonical spelling.
-    match HeaderValue::from_str(&view.authority()) {
+    match HeaderValue::from_str(&authority) {
         Ok(v) if !view.host.is_empty() => {
             h.insert(header::HOST, v);
         }
@@ -90,7 +92,13 @@ pub fn prepare(
 /// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the chain is
 /// appended to and its `-Proto` kept; from anyone else all are written afresh.
 /// `X-Forwarded-Host` is always the host the decision was made for.
-fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, view: &RequestView, trusted: bool) {
+fn set_forwarded(
+    h: &mut http::HeaderMap,
+    peer: SocketAddr,
+    view: &RequestView,
+    authority: &str,
+    trusted: bool,
+) {
     let ip = peer.ip().to_canonical();
     let append = |h: &mut http::HeaderMap, name: &'static str, own: String| {
         let prev: Vec<&str> = h
@@ -116,16 +124,12 @@ fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, view: &RequestView, 
     };
     append(h, "x-forwarded-for", ip.to_string());
     let proto = view.scheme;
-    append(
-        h,
-        "forwarded",
-        forwarded_element(ip, proto, &view.authority()),
-    );
+    append(h, "forwarded", forwarded_element(ip, proto, authority));
     let keep_proto = trusted && h.contains_key("x-forwarded-proto");
     if !keep_proto {
         h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
-    match HeaderValue::from_str(&view.authority()) {
+    match HeaderValue::from_str(authority) {
         Ok(v) if !view.host.is_empty() => {
             h.insert("x-forwarded-host", v);
         }
