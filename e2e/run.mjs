@@ -316,6 +316,57 @@ async function signOut(page) {
   await page.locator('#email').waitFor({ state: 'visible' });
 }
 
+/** WCAG 2.1 contrast ratio of two computed CSS colours (`rgb(r, g, b)`; alpha ignored). */
+function contrast(a, b) {
+  const lum = (c) => {
+    const [r, g, bl] = c.match(/[\d.]+/g).slice(0, 3).map((v) => {
+      const x = Number(v) / 255;
+      return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * bl;
+  };
+  const [hi, lo] = [lum(a), lum(b)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}
+
+/** Fails when the page scrolls sideways or a table cell's short value wraps (like "127./0.0./1"). */
+async function expectPhoneLayout(page, what) {
+  const r = await page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    const wrapped = [];
+    for (const el of document.querySelectorAll('table.stack td code, table.stack th')) {
+      const text = el.textContent.trim();
+      const line = parseFloat(getComputedStyle(el).lineHeight) || 20;
+      // Values that fit on one line of a phone must stay on one line.
+      if (text.length <= 24 && el.getBoundingClientRect().height > line * 1.5 && el.offsetParent) wrapped.push(text);
+    }
+    const cells = [...document.querySelectorAll('table.stack td')].filter((td) => td.offsetParent);
+    const narrow = cells.filter((td) => td.getBoundingClientRect().width < width * 0.6).map((td) => td.textContent.trim().slice(0, 30));
+    return { width, scroll: document.documentElement.scrollWidth, wrapped, narrow, stacked: cells.length > 0 && cells.every((td) => getComputedStyle(td).display === 'block') };
+  });
+  expect(r.scroll <= r.width, `${what}: the page is ${r.scroll}px wide on a ${r.width}px screen (sideways scrolling)`);
+  expect(r.stacked, `${what}: the table does not stack on a ${r.width}px screen`);
+  expect(r.wrapped.length === 0, `${what}: short values wrap: ${JSON.stringify(r.wrapped)}`);
+  expect(r.narrow.length === 0, `${what}: cells squeezed below 60% of the screen: ${JSON.stringify(r.narrow)}`);
+}
+
+/** Every button's text against its own (or, when transparent, the card's) background: at least 4.5:1. */
+async function expectButtonContrast(page, what) {
+  const buttons = await page.evaluate(() => {
+    const card = getComputedStyle(document.querySelector('main')).backgroundColor;
+    return [...document.querySelectorAll('button')].map((b) => {
+      const s = getComputedStyle(b);
+      const transparent = s.backgroundColor === 'rgba(0, 0, 0, 0)' || s.backgroundColor === 'transparent';
+      return { id: b.id || b.textContent.trim(), fg: s.color, bg: transparent ? card : s.backgroundColor };
+    });
+  });
+  expect(buttons.length > 0, `${what}: no buttons`);
+  for (const b of buttons) {
+    const ratio = contrast(b.fg, b.bg);
+    expect(ratio >= 4.5, `${what}: button "${b.id}" text ${b.fg} on ${b.bg} is ${ratio.toFixed(2)}:1, WCAG AA needs 4.5:1`);
+  }
+}
+
 // ---------------------------------------------------------------- the test
 let gw; // module-level so SIGINT/SIGTERM can stop it
 async function main() {
@@ -360,6 +411,11 @@ async function main() {
 
         const { page } = await newPage(browser);
         activePage = page;
+        // An invalid `pattern` attribute is reported only here (and then checks nothing).
+        const consoleErrors = [];
+        page.on('console', (m) => {
+          if (m.type() === 'error') consoleErrors.push(m.text());
+        });
 
         // ---- 1st sign-in: magic link in the same browser
         await step('protected URL redirects to the login page', async () => {
@@ -425,6 +481,26 @@ async function main() {
           await requestMail(page, EMAIL);
         });
 
+        await step('the code field refuses letters and wrong lengths in the browser (valid pattern, no console error)', async () => {
+          const verdicts = await page.locator('#code').evaluate((el) => {
+            const out = {};
+            for (const v of ['123456', '123 456', '123-456', '12345', '1234567', 'abcdef', '12a456']) {
+              el.value = v;
+              out[v] = el.checkValidity();
+            }
+            el.value = '';
+            return out;
+          });
+          const wanted = { '123456': true, '123 456': true, '123-456': true, '12345': false, '1234567': false, abcdef: false, '12a456': false };
+          expect(JSON.stringify(verdicts) === JSON.stringify(wanted), `#code validity ${JSON.stringify(verdicts)}, expected ${JSON.stringify(wanted)}`);
+          const bad = consoleErrors.filter((e) => /pattern|regular expression/i.test(e));
+          expect(bad.length === 0, `the browser console reports: ${bad.join(' | ')}`);
+          for (const attr of ['inputmode', 'autocomplete']) {
+            const v = await page.locator('#code').getAttribute(attr);
+            expect(v === { inputmode: 'numeric', autocomplete: 'one-time-code' }[attr], `#code ${attr}="${v}"`);
+          }
+        });
+
         let second;
         await step('mail #2 arrives; type the code into #code and click #submit-code', async () => {
           const mail2 = await waitForMail(smtp, EMAIL, 1);
@@ -433,6 +509,35 @@ async function main() {
           log(`     code ${second.code}`);
           await page.locator('#code').fill(second.code);
           await Promise.all([page.waitForURL((u) => u.pathname === '/dashboard'), submit(page, '#submit-code', '/.auth/code')]);
+          await expectSignedIn(page, EMAIL);
+        });
+
+        // ---- a phone (390 px), light and dark
+        await step('390 px wide, dark: whoami and sessions tables stack, buttons readable, "Sign out everywhere" is not the primary action', async () => {
+          await page.setViewportSize({ width: 390, height: 844 });
+          try {
+            for (const scheme of ['light', 'dark']) {
+              await page.emulateMedia({ colorScheme: scheme });
+              await page.goto(protectedUrl);
+              await expectSignedIn(page, EMAIL);
+              await expectPhoneLayout(page, `whoami, ${scheme}`);
+              await expectButtonContrast(page, `whoami, ${scheme}`);
+              await shot(page, `mobile-${scheme}-whoami.png`);
+              await page.goto(`${base}/.auth/sessions`);
+              await expectText(page, 'h1', 'Your sessions');
+              await expectPhoneLayout(page, `sessions, ${scheme}`);
+              await expectButtonContrast(page, `sessions, ${scheme}`);
+              const fill = await page.locator('#revoke-all').evaluate((b) => getComputedStyle(b).backgroundColor);
+              expect(fill === 'rgba(0, 0, 0, 0)', `"Sign out everywhere" has a filled background ${fill}: styled as the primary action`);
+              await shot(page, `mobile-${scheme}-sessions.png`);
+            }
+            await page.goto(`${base}/.auth/login`);
+            await expectButtonContrast(page, 'login, dark');
+          } finally {
+            await page.emulateMedia({ colorScheme: null });
+            await page.setViewportSize({ width: 1000, height: 760 });
+          }
+          await page.goto(protectedUrl);
           await expectSignedIn(page, EMAIL);
         });
 
@@ -491,7 +596,7 @@ async function main() {
       'the whole run',
     );
     console.log(`\nOK: all ${stepNo} steps passed in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-    console.log(`screenshots: ${['login.png', 'check-email.png', 'whoami.png', 'confirm.png'].map((f) => path.join(OUT, f)).join(', ')}`);
+    console.log(`screenshots: ${['login.png', 'check-email.png', 'whoami.png', 'confirm.png', 'mobile-light-whoami.png', 'mobile-dark-whoami.png', 'mobile-light-sessions.png', 'mobile-dark-sessions.png'].map((f) => path.join(OUT, f)).join(', ')}`);
     return 0;
   } catch (err) {
     console.error(`\nFAIL in step ${currentStep}:\n  ${err instanceof Failure ? err.message : err?.stack || err}`);
