@@ -1,10 +1,12 @@
-//! The `portcullis` command line: `serve` runs the gateway, `check` validates a configuration file.
+//! The `portcullis` command line: `serve` runs the gateway, `check` validates a configuration file,
+//! `sessions` talks to the running server; `completions` and `man` print shell completions and a
+//! man page generated from the same definition.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use portcullis::config::LogFormat;
 use portcullis::{App, Config, SystemClock};
 
@@ -16,11 +18,19 @@ macro_rules! out {
     }};
 }
 
+/// `--help` and the man page's DESCRIPTION.
+const LONG_ABOUT: &str = "Passwordless authentication gateway: magic link + one-time code sign-in in front of any web app.
+
+A request without a session gets a sign-in page; the user receives one mail with a link and a code, either signs them in, and signed-in requests are forwarded to the app with the user's address in headers. nginx, Caddy and Traefik can ask it instead (forward-auth).
+
+The configuration is one YAML file (`portcullis check --config FILE` validates it); the database and the master secret live in its data_dir. SIGHUP reloads the configuration; SIGTERM finishes in-flight requests and exits. Logs go to stderr (PORTCULLIS_LOG=debug for more).";
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
     version,
-    about = "Passwordless authentication gateway: magic link + one-time code sign-in in front of any web app"
+    about = "Passwordless authentication gateway: magic link + one-time code sign-in in front of any web app",
+    long_about = LONG_ABOUT
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +56,16 @@ enum Command {
         #[command(subcommand)]
         action: SessionsAction,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    #[command(
+        after_help = "bash: portcullis completions bash > /etc/bash_completion.d/portcullis\nzsh:  portcullis completions zsh > \"${fpath[1]}/_portcullis\"\nfish: portcullis completions fish > ~/.config/fish/completions/portcullis.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line: `portcullis man | man -l -`.
+    Man,
     /// Benchmarks only: write COUNT sessions into the (stopped) gateway's store and print one valid token.
     #[command(hide = true)]
     BenchSeed {
@@ -65,15 +85,19 @@ enum Command {
 enum SessionsAction {
     /// List sessions (all, or one user's).
     List {
+        /// Configuration file (YAML) of the running server.
         #[arg(long, short)]
         config: PathBuf,
+        /// Only this user's sessions.
         #[arg(long)]
         email: Option<String>,
     },
     /// Sign a user out everywhere.
     Revoke {
+        /// Configuration file (YAML) of the running server.
         #[arg(long, short)]
         config: PathBuf,
+        /// The user whose sessions end.
         #[arg(long)]
         email: String,
     },
@@ -155,6 +179,114 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
     }
     out!("{} session(s)", sessions.len());
     ExitCode::SUCCESS
+}
+
+/// The command line as users see it: hidden commands (`bench-seed`) are left out, which
+/// clap_complete would otherwise offer.
+fn public_command() -> clap::Command {
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    let mut cmd = clap::Command::new("portcullis")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommands(visible);
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    if let Some(about) = full.get_long_about() {
+        cmd = cmd.long_about(about.clone());
+    }
+    cmd
+}
+
+/// One man page for everything: NAME, SYNOPSIS, DESCRIPTION and OPTIONS of `portcullis`, then a
+/// COMMANDS section with each command's synopsis, description and options (clap_mangen's own
+/// renderers, their section headings dropped), so no `portcullis-serve(1)` pages are needed.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap_mangen::Man;
+    let mut root = public_command().disable_help_subcommand(true);
+    root.build();
+    let man = Man::new(root.clone());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?; // the only chunk that keeps roff's preamble
+    let sections: [Render; 4] = [
+        Man::render_name_section,
+        Man::render_synopsis_section,
+        Man::render_description_section,
+        Man::render_options_section,
+    ];
+    for render in sections {
+        out.extend(roff_chunk(&man, render, true)?);
+    }
+    out.extend_from_slice(b".SH COMMANDS\n");
+    for cmd in root.get_subcommands() {
+        man_command(cmd, &mut out)?;
+    }
+    out.extend(roff_chunk(&man, Man::render_version_section, true)?);
+    Ok(out)
+}
+
+type Render = fn(&clap_mangen::Man, &mut dyn std::io::Write) -> std::io::Result<()>;
+
+/// A `.SS "portcullis <command>"` subsection per leaf command (`sessions list`, not `sessions`).
+fn man_command(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use clap_mangen::Man;
+    if cmd.has_subcommands() {
+        for sub in cmd.get_subcommands() {
+            man_command(sub, out)?;
+        }
+        return Ok(());
+    }
+    // Bin names are plain words here (`portcullis sessions list`): no roff escaping needed.
+    let title = cmd.get_bin_name().unwrap_or(cmd.get_name());
+    out.extend_from_slice(format!(".SS \"{title}\"\n").as_bytes());
+    let man = Man::new(cmd.clone());
+    let sections: [Render; 3] = [
+        Man::render_synopsis_section,
+        Man::render_description_section,
+        Man::render_options_section,
+    ];
+    for render in sections {
+        out.extend(roff_chunk(&man, render, false)?);
+        out.extend_from_slice(b".PP\n");
+    }
+    Ok(())
+}
+
+/// One clap_mangen section without the preamble every render repeats, and without its `.SH`
+/// heading unless `heading`.
+fn roff_chunk(man: &clap_mangen::Man, render: Render, heading: bool) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    render(man, &mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let mut out = Vec::with_capacity(raw.len());
+    for line in text.lines() {
+        let preamble = line.starts_with(".ie \\n(.g ") || line.starts_with(".el .ds Aq ");
+        if preamble || (!heading && line.starts_with(".SH ")) {
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Writes generated output to stdout; a closed pipe (`portcullis man | head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Logs go to stderr through a background writer, so a busy gateway never waits on the terminal
@@ -266,6 +398,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Sessions { action } => sessions_cmd(action),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut public_command(), "portcullis", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man => match man_page() {
+            Ok(page) => print_bytes(&page),
+            Err(e) => {
+                eprintln!("portcullis man: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::BenchSeed {
             config,
             count,
@@ -372,5 +516,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks (duplicate flags, bad defaults), which `completions` and `man` rely on.
+        Cli::command().debug_assert();
     }
 }

@@ -8,6 +8,7 @@ mod apps;
 mod at_rest;
 mod bypass;
 mod cli;
+mod cli_extras;
 mod connections;
 mod disk_full;
 mod durability;
