@@ -58,6 +58,18 @@ pub fn code_mac(secret: &[u8], challenge_id: &str, code: &str) -> [u8; 32] {
     }
 }
 
+/// HMAC-SHA256 of `msg` under `key`.
+pub fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(msg);
+            mac.finalize().into_bytes().into()
+        }
+        // HMAC accepts keys of any length: unreachable, but never a panic.
+        Err(_) => sha256(msg),
+    }
+}
+
 /// Constant-time equality of two byte strings.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()

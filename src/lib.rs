@@ -38,16 +38,16 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let listeners = Listeners::bind(&config).await?;
-        Self::with_listeners(config, clock, listeners)
+        Self::with_listeners(config, clock, listeners).await
     }
 
     /// Like [`App::build`] with sockets bound by the caller (tests bind port 0 first).
-    pub fn with_listeners(
+    pub async fn with_listeners(
         config: Config,
         clock: Arc<dyn Clock>,
         listeners: Listeners,
     ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
-        let state = Arc::new(AppState::new(config, clock)?);
+        let state = Arc::new(AppState::new(config, clock).await?);
         Ok(App { state, listeners })
     }
 

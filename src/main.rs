@@ -468,10 +468,16 @@ fn bench_seed(
     use portcullis::crypto;
     use portcullis::store::{Session, Store, StoreOptions};
     let cfg = Config::load(config)?;
-    let store = Store::open(&StoreOptions {
-        cache_bytes: cfg.limits.db_cache_bytes,
-        ..StoreOptions::new(&cfg.data_dir)
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = rt.block_on(Store::connect(
+        &cfg.store,
+        &StoreOptions {
+            cache_bytes: cfg.limits.db_cache_bytes,
+            ..StoreOptions::new(&cfg.data_dir)
+        },
+    ))?;
     let now = portcullis::Clock::now(&SystemClock);
     let (local, domain) = email.split_once('@').ok_or("--email needs an @")?;
     let every = (count / print.max(1)).max(1);
@@ -488,7 +494,7 @@ fn bench_seed(
             ip: "127.0.0.1".into(),
             user_agent: "bench-seed".into(),
         };
-        store.insert_session(&hash, &session)?;
+        rt.block_on(store.insert_session(&hash, &session))?;
         if i % every == every - 1 && (tokens.len() as u64) < print.max(1) {
             tokens.push(token);
         }

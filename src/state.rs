@@ -15,7 +15,7 @@ use crate::http::pages::Pages;
 use crate::mail::templates::MailTemplates;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{AuditEvent, Store, StoreConfig, StoreOptions};
 
 /// The pooled upstream client (HTTP/1.1, plain or TLS).
 pub type UpstreamClient =
@@ -49,8 +49,6 @@ pub struct AppState {
     pub outbox_wake: Notify,
     /// JWT signing keys (always loaded; used when `headers.jwt` is set).
     pub jwt: ArcSwap<crate::jwt::Keys>,
-    /// Recent security events for the admin page (newest last).
-    pub recent: std::sync::Mutex<std::collections::VecDeque<AuditEvent>>,
     /// Random per-process prefix of request ids.
     pub instance_id: String,
 }
@@ -61,6 +59,11 @@ pub enum StartError {
     #[error("cannot open the database in `{dir}`: {err} (is another portcullis running on this data_dir?)")]
     Store {
         dir: String,
+        err: crate::store::StoreError,
+    },
+    #[error("cannot use the store at {at}: {err}")]
+    Shared {
+        at: String,
         err: crate::store::StoreError,
     },
     #[error("data_dir `{dir}`: {err}")]
@@ -77,7 +80,7 @@ pub enum StartError {
 
 impl AppState {
     /// Opens the store and builds every component from a validated config.
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    pub async fn new(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
         let dir = config.data_dir.display().to_string();
         // Private before anything is written into it: 0700 (a wider folder is tightened).
         crate::store::files::ensure_private_dir(&config.data_dir).map_err(|err| {
@@ -86,16 +89,27 @@ impl AppState {
                 err,
             }
         })?;
-        let store = Store::open(&StoreOptions {
+        let opts = StoreOptions {
             cache_bytes: config.limits.db_cache_bytes,
             ..StoreOptions::new(&config.data_dir)
-        })
-        .map_err(|err| StartError::Store {
-            dir: dir.clone(),
-            err,
-        })?;
+        };
+        let store =
+            Store::connect(&config.store, &opts)
+                .await
+                .map_err(|err| match &config.store {
+                    StoreConfig::Sled => StartError::Store {
+                        dir: dir.clone(),
+                        err,
+                    },
+                    StoreConfig::Redis(r) => StartError::Shared {
+                        at: r.describe(),
+                        err,
+                    },
+                })?;
+        tracing::info!(store = %describe_store(&config), "store opened");
         let (master, source) =
             crate::store::secret::load(config.secrets_file.as_deref(), &config.data_dir, &store)
+                .await
                 .map_err(|e| StartError::Secret(e.to_string()))?;
         tracing::info!(from = %source, "master secret loaded");
         let jwt = crate::jwt::keys_at(&master, clock.now());
@@ -134,7 +148,6 @@ impl AppState {
             metrics: Metrics::default(),
             outbox_wake: Notify::new(),
             jwt: ArcSwap::new(jwt),
-            recent: Default::default(),
             instance_id: crate::crypto::random_bytes(3)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -193,22 +206,18 @@ impl AppState {
     }
 }
 
-/// One security event (sign-in, failure, lockout, logout, revoke, denial).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AuditEvent {
-    pub at: u64,
-    pub event: &'static str,
-    pub email: String,
-    pub ip: String,
-    pub detail: String,
+/// Which store a configuration uses, in words (logs, `portcullis check`).
+pub fn describe_store(cfg: &Config) -> String {
+    match &cfg.store {
+        StoreConfig::Sled => format!("sled in {}", cfg.data_dir.join("db").display()),
+        StoreConfig::Redis(r) => format!("redis at {} (keys `{}*`)", r.describe(), r.prefix),
+    }
 }
 
-/// How many recent events the admin page keeps.
-const RECENT_EVENTS: usize = 200;
-
 impl AppState {
-    /// Writes an audit log line (target `portcullis::audit`) and remembers the event for the admin page.
-    pub fn audit(&self, event: &'static str, email: &str, ip: &str, detail: &str) {
+    /// Writes an audit log line (target `portcullis::audit`) and remembers the event for the
+    /// admin page (in the store: every replica shows every event).
+    pub async fn audit(&self, event: &'static str, email: &str, ip: &str, detail: &str) {
         let shown = self.mask(email);
         match event {
             "code_failed" | "lockout" | "denied" | "cross_origin" => {
@@ -218,17 +227,16 @@ impl AppState {
                 tracing::info!(target: "portcullis::audit", event, email = %shown, ip, detail, "security event")
             }
         }
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if r.len() >= RECENT_EVENTS {
-            r.pop_front();
-        }
-        r.push_back(AuditEvent {
+        let e = AuditEvent {
             at: self.clock.now(),
-            event,
+            event: event.to_string(),
             email: email.to_string(),
             ip: ip.to_string(),
             detail: detail.to_string(),
-        });
+        };
+        if let Err(err) = self.store.push_event(&e).await {
+            tracing::warn!(error = %err, event, "cannot keep the security event for the admin page");
+        }
     }
 }
 

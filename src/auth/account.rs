@@ -53,13 +53,13 @@ fn row(s: &Session, current: bool) -> Row {
 }
 
 /// The signed-in identity, or a redirect to the login page that comes back to `back`.
-fn signed_in(
+async fn signed_in(
     state: &AppState,
     cfg: &Config,
     req: &Request<Incoming>,
     back: &str,
 ) -> Result<Identity, Box<Response<Body>>> {
-    match authenticate(state, cfg, req.headers(), None) {
+    match authenticate(state, cfg, req.headers(), None).await {
         Ok(Some(id)) if id.allowed => Ok(id),
         Ok(_) => Err(Box::new(redirect(
             StatusCode::SEE_OTHER,
@@ -70,14 +70,15 @@ fn signed_in(
 }
 
 /// `GET /.auth/sessions`.
-pub fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
-    let id = match signed_in(state, cfg, req, "/.auth/sessions") {
+pub async fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
+    let id = match signed_in(state, cfg, req, "/.auth/sessions").await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
     let rows: Vec<Row> = state
         .store
-        .sessions_for(&id.email)?
+        .sessions_for(&id.email)
+        .await?
         .iter()
         .map(|(hash, s)| row(s, *hash == id.token_hash))
         .collect();
@@ -98,7 +99,7 @@ pub async fn revoke_own(
     if !same_origin(cfg, req.headers()) {
         return Err(AuthError::CrossOrigin);
     }
-    let id = match signed_in(state, cfg, &req, "/.auth/sessions") {
+    let id = match signed_in(state, cfg, &req, "/.auth/sessions").await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
@@ -106,20 +107,22 @@ pub async fn revoke_own(
     let target = form(&body).remove("id").unwrap_or_default();
     let mut revoked_current = false;
     let mut n = 0;
-    for (hash, s) in state.store.sessions_for(&id.email)? {
+    for (hash, s) in state.store.sessions_for(&id.email).await? {
         if target == "all" || s.id == target {
-            state.store.remove_session(&hash)?;
+            state.store.remove_session(&hash).await?;
             revoked_current |= hash == id.token_hash;
             n += 1;
         }
     }
     state.store.flush().await?;
-    state.audit(
-        "revoke",
-        &id.email,
-        &who.ip,
-        &format!("{n} session(s) by their owner ({target})"),
-    );
+    state
+        .audit(
+            "revoke",
+            &id.email,
+            &who.ip,
+            &format!("{n} session(s) by their owner ({target})"),
+        )
+        .await;
     if revoked_current {
         let mut r = redirect(StatusCode::SEE_OTHER, "/.auth/login");
         set_cookie(&mut r, &removal_cookie(cfg));
@@ -128,12 +131,12 @@ pub async fn revoke_own(
     Ok(redirect(StatusCode::SEE_OTHER, "/.auth/sessions"))
 }
 
-fn admin(
+async fn admin(
     state: &AppState,
     cfg: &Config,
     req: &Request<Incoming>,
 ) -> Result<Identity, Box<Response<Body>>> {
-    let id = signed_in(state, cfg, req, "/.auth/admin")?;
+    let id = signed_in(state, cfg, req, "/.auth/admin").await?;
     if cfg.admins.contains(&id.email) {
         Ok(id)
     } else {
@@ -142,20 +145,26 @@ fn admin(
 }
 
 /// `GET /.auth/admin`: every session, revoke by user, recent security events.
-pub fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
-    let id = match admin(state, cfg, req) {
+pub async fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
+    let id = match admin(state, cfg, req).await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
-    let mut all: Vec<Session> = state.store.sessions().map(|(_, s)| s).collect();
+    let mut all: Vec<Session> = state
+        .store
+        .sessions()
+        .await?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
     let total = all.len();
     all.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     all.truncate(ADMIN_LIST);
     let rows: Vec<Row> = all.iter().map(|s| row(s, false)).collect();
     let events: Vec<serde_json::Value> = state
-        .recent
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .store
+        .recent_events()
+        .await?
         .iter()
         .rev()
         .map(|e| serde_json::json!({"at": time(e.at), "event": e.event, "email": e.email, "ip": e.ip, "detail": e.detail}))
@@ -181,20 +190,22 @@ pub async fn admin_revoke(
     if !same_origin(cfg, req.headers()) {
         return Err(AuthError::CrossOrigin);
     }
-    let id = match admin(state, cfg, &req) {
+    let id = match admin(state, cfg, &req).await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
     };
     let (_, body) = read_body(req, &cfg.limits).await?;
     let email = parse_address(&form(&body).remove("email").unwrap_or_default())?;
-    let n = state.store.remove_sessions_for(email.canonical())?;
+    let n = state.store.remove_sessions_for(email.canonical()).await?;
     state.store.flush().await?;
-    state.audit(
-        "revoke",
-        email.canonical(),
-        &who.ip,
-        &format!("{n} session(s) by admin {}", id.email),
-    );
+    state
+        .audit(
+            "revoke",
+            email.canonical(),
+            &who.ip,
+            &format!("{n} session(s) by admin {}", id.email),
+        )
+        .await;
     Ok(redirect(
         StatusCode::SEE_OTHER,
         &format!("/.auth/admin?revoked={n}"),

@@ -8,21 +8,14 @@
 
 use crate::auth::address::parse_address;
 use crate::auth::policy::safe_redirect;
-use crate::auth::regulation::{self, Purpose};
+use crate::auth::regulation::{network_of, secs_ceil, Denied, Limits, Purpose};
 use crate::config::Config;
 use crate::crypto;
 use crate::error::AuthError;
 use crate::state::AppState;
-use crate::store::{Challenge, Modify, OutboxItem, StoreError};
+use crate::store::{Challenge, Modify, OutboxItem, Rate, StoreError};
 
-/// Who asked, for the mail ("requested from … with …") and the session record.
-#[derive(Debug, Clone, Default)]
-pub struct Requester {
-    pub ip: String,
-    pub user_agent: String,
-    /// The known-browser cookie it presented (its own sign-in budget, see `regulation`).
-    pub known: crate::auth::regulation::KnownBrowser,
-}
+pub use crate::auth::regulation::Requester;
 
 /// A challenge that was created or refreshed, and its browser-binding secret.
 #[derive(Debug, Clone)]
@@ -40,23 +33,26 @@ fn user_agent(who: &Requester) -> String {
 /// Queues the mail of send number `c.sends` for addresses that may sign in. It names the
 /// challenge and holds no secret; the worker mints the link and code when it sends it.
 /// Disallowed addresses get the same work minus the queueing, so both take the same path.
-fn queue_mail(state: &AppState, c: &Challenge, who: &Requester) -> Result<(), AuthError> {
+async fn queue_mail(state: &AppState, c: &Challenge, who: &Requester) -> Result<(), AuthError> {
     let now = state.clock.now();
     if c.deliverable {
-        state.store.enqueue_mail(&OutboxItem {
-            challenge_id: c.id.clone(),
-            send: c.sends,
-            to: c.email.clone(),
-            ip: who.ip.clone(),
-            // Never the client's raw text (an attacker could write "restore access at
-            // https://evil.example" into a genuine mail): a parsed device name only.
-            user_agent: crate::auth::device::device(&who.user_agent),
-            created_at: now,
-            expires_at: c.expires_at,
-            attempts: 0,
-            next_attempt_at: now,
-            last_error: None,
-        })?;
+        state
+            .store
+            .enqueue_mail(&OutboxItem {
+                challenge_id: c.id.clone(),
+                send: c.sends,
+                to: c.email.clone(),
+                ip: who.ip.clone(),
+                // Never the client's raw text (an attacker could write "restore access at
+                // https://evil.example" into a genuine mail): a parsed device name only.
+                user_agent: crate::auth::device::device(&who.user_agent),
+                created_at: now,
+                expires_at: c.expires_at,
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+            })
+            .await?;
         state.metrics.mail_queued();
     } else {
         state.metrics.login_denied();
@@ -94,7 +90,7 @@ pub enum Mint {
 /// Mints the link and code of a queued mail at send time and writes their hashes into its
 /// challenge, replacing the previous ones (a retried send makes the earlier mail useless).
 /// The caller flushes the store before sending, so a mail that left is always redeemable.
-pub fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, StoreError> {
+pub async fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, StoreError> {
     let now = state.clock.now();
     let usable = |c: &Challenge| -> Result<(), &'static str> {
         if c.sends != item.send {
@@ -114,7 +110,7 @@ pub fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, S
             "it was queued by an older version (with its link in clear); the user can ask again",
         ));
     }
-    let Some(current) = state.store.challenge(&item.challenge_id)? else {
+    let Some(current) = state.store.challenge(&item.challenge_id).await? else {
         return Ok(Mint::Drop("the sign-in no longer exists"));
     };
     if let Err(why) = usable(&current) {
@@ -130,24 +126,27 @@ pub fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, S
         .as_ref()
         .map(|k| crypto::code_mac(&state.code_key, &current.id, k));
     // Index first: a resend that clears this hash after the swap below then finds the entry.
-    state.store.relink(&current.id, None, link_hash)?;
+    state.store.relink(&current, None, link_hash).await?;
     let mut replaced = None;
-    let outcome = state.store.modify_challenge(&current.id, |c| {
-        let Some(mut c) = c else {
-            return Modify::Keep(Err("the sign-in no longer exists"));
-        };
-        if let Err(why) = usable(&c) {
-            return Modify::Keep(Err(why));
-        }
-        replaced = c.link_hash;
-        c.link_hash = link_hash;
-        c.code_mac = code_mac;
-        Modify::Write(c.clone(), Ok(c))
-    })?;
+    let outcome = state
+        .store
+        .modify_challenge(&current.id, |c| {
+            let Some(mut c) = c else {
+                return Modify::Keep(Err("the sign-in no longer exists"));
+            };
+            if let Err(why) = usable(&c) {
+                return Modify::Keep(Err(why));
+            }
+            replaced = c.link_hash;
+            c.link_hash = link_hash;
+            c.code_mac = code_mac;
+            Modify::Write(c.clone(), Ok(c))
+        })
+        .await?;
     match outcome {
         Ok(challenge) => {
             if replaced != link_hash {
-                state.store.relink(&challenge.id, replaced, None)?;
+                state.store.relink(&challenge, replaced, None).await?;
             }
             Ok(Mint::Send(Box::new(Minted {
                 challenge,
@@ -156,7 +155,7 @@ pub fn mint(state: &AppState, cfg: &Config, item: &OutboxItem) -> Result<Mint, S
             })))
         }
         Err(why) => {
-            state.store.relink(&current.id, link_hash, None)?;
+            state.store.relink(&current, link_hash, None).await?;
             Ok(Mint::Drop(why))
         }
     }
@@ -173,7 +172,7 @@ pub async fn start(
 ) -> Result<Issued, AuthError> {
     let address = parse_address(email_input)?;
     let email = address.canonical().to_string();
-    regulation::admit(state, cfg, who, &email, Purpose::NewChallenge)?;
+    admit(state, cfg, who, &email, Purpose::NewChallenge).await?;
     if client_state.as_ref().is_some_and(|s| s.len() > 1024) {
         return Err(AuthError::BadRequest(
             "invalid_state",
@@ -200,8 +199,8 @@ pub async fn start(
         ip: who.ip.clone(),
         user_agent: user_agent(who),
     };
-    state.store.insert_challenge(&c)?;
-    queue_mail(state, &c, who)?;
+    state.store.insert_challenge(&c).await?;
+    queue_mail(state, &c, who).await?;
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     tracing::info!(challenge = %c.id, email = %state.mask(&c.email), ip = %who.ip, "sign-in requested");
@@ -223,7 +222,8 @@ pub async fn resend(
     let now = state.clock.now();
     let current = state
         .store
-        .challenge(challenge_id)?
+        .challenge(challenge_id)
+        .await?
         .ok_or(AuthError::UnknownChallenge)?;
     check_live(cfg, &current, now)?;
     let since = now.saturating_sub(current.last_sent_at);
@@ -231,29 +231,32 @@ pub async fn resend(
     if since < cooldown {
         return Err(AuthError::ResendCooldown(cooldown - since));
     }
-    regulation::admit(state, cfg, who, &current.email, Purpose::Resend)?;
+    admit(state, cfg, who, &current.email, Purpose::Resend).await?;
     let mut cleared = None;
-    let updated = state.store.modify_challenge(challenge_id, |c| {
-        let Some(mut c) = c else {
-            return Modify::Keep(Err(AuthError::UnknownChallenge));
-        };
-        if let Err(e) = check_live(cfg, &c, now) {
-            return Modify::Keep(Err(e));
-        }
-        if c.last_sent_at != current.last_sent_at {
-            // Someone else resent concurrently; theirs stands.
-            return Modify::Keep(Err(AuthError::ResendCooldown(cooldown.max(1))));
-        }
-        cleared = c.link_hash;
-        c.link_hash = None;
-        c.code_mac = None;
-        c.sends += 1;
-        c.last_sent_at = now;
-        c.expires_at = now + cfg.login.ttl.as_secs();
-        Modify::Write(c.clone(), Ok(c))
-    })??;
-    state.store.relink(&updated.id, cleared, None)?;
-    queue_mail(state, &updated, who)?;
+    let updated = state
+        .store
+        .modify_challenge(challenge_id, |c| {
+            let Some(mut c) = c else {
+                return Modify::Keep(Err(AuthError::UnknownChallenge));
+            };
+            if let Err(e) = check_live(cfg, &c, now) {
+                return Modify::Keep(Err(e));
+            }
+            if c.last_sent_at != current.last_sent_at {
+                // Someone else resent concurrently; theirs stands.
+                return Modify::Keep(Err(AuthError::ResendCooldown(cooldown.max(1))));
+            }
+            cleared = c.link_hash;
+            c.link_hash = None;
+            c.code_mac = None;
+            c.sends += 1;
+            c.last_sent_at = now;
+            c.expires_at = now + cfg.login.ttl.as_secs();
+            Modify::Write(c.clone(), Ok(c))
+        })
+        .await??;
+    state.store.relink(&updated, cleared, None).await?;
+    queue_mail(state, &updated, who).await?;
     state.store.flush().await?;
     state.outbox_wake.notify_one();
     Ok(updated)
@@ -274,16 +277,25 @@ fn check_live(cfg: &Config, c: &Challenge, now: u64) -> Result<(), AuthError> {
 }
 
 /// The live challenge a link token belongs to, without spending it (for the confirm page).
-pub fn peek_link(state: &AppState, cfg: &Config, token: &str) -> Result<Challenge, AuthError> {
+pub async fn peek_link(
+    state: &AppState,
+    cfg: &Config,
+    token: &str,
+) -> Result<Challenge, AuthError> {
     if !crypto::looks_like_token(token) {
         return Err(AuthError::InvalidLink);
     }
     let hash = crypto::sha256(token.as_bytes());
     let id = state
         .store
-        .challenge_for_link(&hash)?
+        .challenge_for_link(&hash)
+        .await?
         .ok_or(AuthError::InvalidLink)?;
-    let c = state.store.challenge(&id)?.ok_or(AuthError::InvalidLink)?;
+    let c = state
+        .store
+        .challenge(&id)
+        .await?
+        .ok_or(AuthError::InvalidLink)?;
     if !c.link_hash.is_some_and(|h| crypto::ct_eq(&h, &hash)) || !c.deliverable {
         return Err(AuthError::InvalidLink);
     }
@@ -292,27 +304,34 @@ pub fn peek_link(state: &AppState, cfg: &Config, token: &str) -> Result<Challeng
 }
 
 /// Spends a link token. Of concurrent redemptions exactly one succeeds (compare-and-swap).
-pub fn redeem_link(state: &AppState, cfg: &Config, token: &str) -> Result<Challenge, AuthError> {
-    let c = peek_link(state, cfg, token)?;
+pub async fn redeem_link(
+    state: &AppState,
+    cfg: &Config,
+    token: &str,
+) -> Result<Challenge, AuthError> {
+    let c = peek_link(state, cfg, token).await?;
     let hash = crypto::sha256(token.as_bytes());
     let now = state.clock.now();
-    state.store.modify_challenge(&c.id, |c| {
-        let Some(mut c) = c else {
-            return Modify::Keep(Err(AuthError::InvalidLink));
-        };
-        if !c.link_hash.is_some_and(|h| crypto::ct_eq(&h, &hash)) {
-            return Modify::Keep(Err(AuthError::InvalidLink));
-        }
-        if let Err(e) = check_live(cfg, &c, now) {
-            return Modify::Keep(Err(e));
-        }
-        c.completed = true;
-        Modify::Write(c.clone(), Ok(c))
-    })?
+    state
+        .store
+        .modify_challenge(&c.id, |c| {
+            let Some(mut c) = c else {
+                return Modify::Keep(Err(AuthError::InvalidLink));
+            };
+            if !c.link_hash.is_some_and(|h| crypto::ct_eq(&h, &hash)) {
+                return Modify::Keep(Err(AuthError::InvalidLink));
+            }
+            if let Err(e) = check_live(cfg, &c, now) {
+                return Modify::Keep(Err(e));
+            }
+            c.completed = true;
+            Modify::Write(c.clone(), Ok(c))
+        })
+        .await?
 }
 
 /// Checks a code against its challenge; counts failures and locks the challenge at the cap.
-pub fn redeem_code(
+pub async fn redeem_code(
     state: &AppState,
     cfg: &Config,
     challenge_id: &str,
@@ -329,40 +348,146 @@ pub fn redeem_code(
     let now = state.clock.now();
     let max = cfg.login.max_code_attempts;
     let mut failed: Option<(String, u32)> = None;
-    let result = state.store.modify_challenge(challenge_id, |c| {
-        failed = None;
-        let Some(mut c) = c else {
-            return Modify::Keep(Err(AuthError::UnknownChallenge));
-        };
-        if let Err(e) = check_live(cfg, &c, now) {
-            return Modify::Keep(Err(e));
-        }
-        let mac = crypto::code_mac(&state.code_key, &c.id, &code);
-        let good = c.deliverable && c.code_mac.is_some_and(|m| crypto::ct_eq(&m, &mac));
-        if good {
-            c.completed = true;
-            Modify::Write(c.clone(), Ok(c))
-        } else {
-            c.attempts += 1;
-            let left = max.saturating_sub(c.attempts);
-            failed = Some((c.email.clone(), left));
-            let err = if left == 0 {
-                AuthError::Locked
-            } else {
-                AuthError::WrongCode(left)
+    let result = state
+        .store
+        .modify_challenge(challenge_id, |c| {
+            failed = None;
+            let Some(mut c) = c else {
+                return Modify::Keep(Err(AuthError::UnknownChallenge));
             };
-            Modify::Write(c, Err(err))
-        }
-    })?;
+            if let Err(e) = check_live(cfg, &c, now) {
+                return Modify::Keep(Err(e));
+            }
+            let mac = crypto::code_mac(&state.code_key, &c.id, &code);
+            let good = c.deliverable && c.code_mac.is_some_and(|m| crypto::ct_eq(&m, &mac));
+            if good {
+                c.completed = true;
+                Modify::Write(c.clone(), Ok(c))
+            } else {
+                c.attempts += 1;
+                let left = max.saturating_sub(c.attempts);
+                failed = Some((c.email.clone(), left));
+                let err = if left == 0 {
+                    AuthError::Locked
+                } else {
+                    AuthError::WrongCode(left)
+                };
+                Modify::Write(c, Err(err))
+            }
+        })
+        .await?;
     if let Some((email, left)) = failed {
         state.metrics.codes_failed();
         let detail = format!("challenge {challenge_id}, {left} attempts left");
-        state.audit(
-            if left == 0 { "lockout" } else { "code_failed" },
-            &email,
-            ip,
-            &detail,
-        );
+        state
+            .audit(
+                if left == 0 { "lockout" } else { "code_failed" },
+                &email,
+                ip,
+                &detail,
+            )
+            .await;
     }
     result
+}
+
+/// The keyed name of a shared rate-limit bucket: an HMAC under the server's key, so the store
+/// holds neither the address nor the client network in clear.
+fn bucket_key(state: &AppState, tag: u8, parts: &[&[u8]]) -> [u8; 32] {
+    let mut msg = Vec::with_capacity(64);
+    msg.extend_from_slice(b"portcullis/bucket/v1\0");
+    msg.push(tag);
+    for p in parts {
+        msg.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        msg.extend_from_slice(p);
+    }
+    crypto::hmac(&state.secret, &msg)
+}
+
+fn rate(b: crate::auth::regulation::Bucket) -> Rate {
+    Rate {
+        interval_us: b.interval_us(),
+        tolerance_us: b.tolerance(),
+    }
+}
+
+/// Applies the pending cap and the rate limits to a sign-in request for the canonical `email`,
+/// before any work is done for it. The buckets live in the store when it is shared (every
+/// replica spends the same budget), else in this process ([`crate::auth::regulation`]).
+pub async fn admit(
+    state: &AppState,
+    cfg: &Config,
+    who: &Requester,
+    email: &str,
+    purpose: Purpose,
+) -> Result<(), AuthError> {
+    let now = state.clock.now();
+    let browser = who.known.vouches_for(&state.secret, email);
+    let network = network_of(&who.ip, cfg.login.ipv6_prefix);
+    let limits = Limits::of(cfg);
+    let limiter = &state.limiter;
+    let (keys, rates): (Vec<[u8; 32]>, Vec<Rate>) = match browser {
+        // A known browser spends only its own budget: nobody else can empty it.
+        Some(id) => (
+            vec![bucket_key(state, b'b', &[id.as_bytes(), email.as_bytes()])],
+            vec![rate(limits.address)],
+        ),
+        None => (
+            vec![
+                bucket_key(state, b'e', &[email.as_bytes()]),
+                bucket_key(state, b'n', &[network.as_bytes()]),
+            ],
+            vec![rate(limits.address), rate(limits.network)],
+        ),
+    };
+    let new = purpose == Purpose::NewChallenge;
+    let outcome = if state.store.shares_limits() {
+        match new.then(|| limiter.reserve(limits.max_pending, browser.is_some())) {
+            Some(Err(d)) => Err(d),
+            _ => {
+                let taken = state
+                    .store
+                    .take(&keys, &rates, now.saturating_mul(1_000_000))
+                    .await;
+                let r = match taken {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(wait_us)) => Err(Denied::Limited(secs_ceil(wait_us))),
+                    Err(e) => {
+                        if new {
+                            limiter.release();
+                        }
+                        return Err(e.into());
+                    }
+                };
+                if r.is_err() && new {
+                    limiter.release();
+                }
+                r
+            }
+        }
+    } else {
+        limiter.check(&limits, &network, email, browser, purpose, now)
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(d) => {
+            state.metrics.rate_limited();
+            match d {
+                Denied::Limited(s) => {
+                    tracing::debug!(network = %network, email = %state.mask(email), known = browser.is_some(), "sign-in rate-limited");
+                    Err(AuthError::RateLimited(s))
+                }
+                Denied::Busy(s) => {
+                    if limiter.warn_due(now) {
+                        tracing::warn!(
+                            pending = limiter.pending(),
+                            max_pending = cfg.login.max_pending,
+                            "sign-ins refused: too many pending challenges or tracked addresses (login.max_pending); further refusals are not logged for a minute"
+                        );
+                    }
+                    Err(AuthError::Busy(s))
+                }
+            }
+        }
+    }
 }

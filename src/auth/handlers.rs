@@ -109,11 +109,11 @@ pub async fn dispatch(
         )),
         (&Method::GET | &Method::HEAD, "/.auth/readyz") => h.readyz().await,
         (&Method::GET | &Method::HEAD, "/.auth/jwks.json") => Ok(h.jwks()),
-        (&Method::GET, "/.auth/sessions") => account::sessions_page(state, &cfg, &req),
+        (&Method::GET, "/.auth/sessions") => account::sessions_page(state, &cfg, &req).await,
         (&Method::POST, "/.auth/sessions/revoke") => {
             account::revoke_own(state, &cfg, req, &who).await
         }
-        (&Method::GET, "/.auth/admin") => account::admin_page(state, &cfg, &req),
+        (&Method::GET, "/.auth/admin") => account::admin_page(state, &cfg, &req).await,
         (&Method::POST, "/.auth/admin/revoke") => {
             account::admin_revoke(state, &cfg, req, &who).await
         }
@@ -125,20 +125,22 @@ pub async fn dispatch(
         (&Method::POST, "/.auth/verify") => h.verify_submit(req).await,
         (&Method::GET | &Method::HEAD, "/.auth/continue") => Ok(h.continue_page(&req)),
         (&Method::POST, "/.auth/logout") => h.logout(req).await,
-        (&Method::GET | &Method::HEAD, "/.auth/check") => h.check(&req, conn, view, Family::Legacy),
+        (&Method::GET | &Method::HEAD, "/.auth/check") => {
+            h.check(&req, conn, view, Family::Legacy).await
+        }
         (&Method::GET | &Method::HEAD, "/.auth/check/nginx") => {
-            h.check(&req, conn, view, Family::Nginx)
+            h.check(&req, conn, view, Family::Nginx).await
         }
         (&Method::GET | &Method::HEAD, "/.auth/check/forward") => {
-            h.check(&req, conn, view, Family::Forward)
+            h.check(&req, conn, view, Family::Forward).await
         }
         (&Method::POST, "/.auth/api/login") => h.api_login(req).await,
         (&Method::POST, "/.auth/api/resend") => h.api_resend(req).await,
         (&Method::POST, "/.auth/api/verify") => h.api_verify(req).await,
-        (&Method::GET, "/.auth/api/session") => h.api_session(&req, view),
+        (&Method::GET, "/.auth/api/session") => h.api_session(&req, view).await,
         (&Method::POST, "/.auth/api/logout") => h.api_logout(req).await,
         (&Method::GET, p) if p.starts_with("/.auth/api/challenge/") => {
-            h.api_challenge(&p["/.auth/api/challenge/".len()..])
+            h.api_challenge(&p["/.auth/api/challenge/".len()..]).await
         }
         (_, p) if KNOWN.contains(&p) || p.starts_with("/.auth/api/challenge/") => {
             Err(AuthError::MethodNotAllowed)
@@ -601,7 +603,7 @@ impl Ctx<'_> {
     }
 
     /// The challenge this browser is bound to, or a page telling the user to start again.
-    fn bound_challenge(&self, headers: &HeaderMap) -> Result<Challenge, AuthError> {
+    async fn bound_challenge(&self, headers: &HeaderMap) -> Result<Challenge, AuthError> {
         let (id, _) = binding(self.cfg, headers).ok_or_else(|| {
             AuthError::BadRequest(
                 "no_challenge",
@@ -612,7 +614,8 @@ impl Ctx<'_> {
         let c = self
             .state
             .store
-            .challenge(&id)?
+            .challenge(&id)
+            .await?
             .ok_or(AuthError::UnknownChallenge)?;
         if !bound_to(headers, self.cfg, &c) {
             return Err(AuthError::BadRequest(
@@ -626,9 +629,9 @@ impl Ctx<'_> {
     async fn code_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
         let (headers, body) = read_body(req, &self.cfg.limits).await?;
-        let c = self.bound_challenge(&headers)?;
+        let c = self.bound_challenge(&headers).await?;
         let code = form(&body).remove("code").unwrap_or_default();
-        match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip) {
+        match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip).await {
             Ok(done) => self.finish_html(&done, true, true).await,
             Err(e @ AuthError::WrongCode(_)) => {
                 Ok(self.render_check(e.status(), &c, Some(e.to_string()), None))
@@ -640,7 +643,7 @@ impl Ctx<'_> {
     async fn resend_submit(&self, req: Request<Incoming>) -> Reply {
         self.check_origin(req.headers())?;
         let (headers, _) = read_body(req, &self.cfg.limits).await?;
-        let c = self.bound_challenge(&headers)?;
+        let c = self.bound_challenge(&headers).await?;
         match challenge::resend(self.state, self.cfg, &c.id, self.who).await {
             Ok(c) => Ok(self.render_check(
                 StatusCode::OK,
@@ -669,10 +672,10 @@ impl Ctx<'_> {
     /// the browser that asked for it (binding cookie), which signs in at once.
     async fn verify_page(&self, req: &Request<Incoming>) -> Reply {
         let token = query(req).remove("token").unwrap_or_default();
-        let c = challenge::peek_link(self.state, self.cfg, &token)?;
+        let c = challenge::peek_link(self.state, self.cfg, &token).await?;
         self.state.metrics.links_opened();
         if req.method() == Method::GET && bound_to(req.headers(), self.cfg, &c) {
-            let done = challenge::redeem_link(self.state, self.cfg, &token)?;
+            let done = challenge::redeem_link(self.state, self.cfg, &token).await?;
             return self.finish_html(&done, true, false).await;
         }
         let site = self.cfg.public_url.host_str().unwrap_or("this site");
@@ -687,7 +690,7 @@ impl Ctx<'_> {
         self.check_origin(req.headers())?;
         let (_, body) = read_body(req, &self.cfg.limits).await?;
         let token = form(&body).remove("token").unwrap_or_default();
-        let done = challenge::redeem_link(self.state, self.cfg, &token)?;
+        let done = challenge::redeem_link(self.state, self.cfg, &token).await?;
         self.finish_html(&done, true, true).await
     }
 
@@ -727,15 +730,18 @@ impl Ctx<'_> {
             &c.email,
             &self.who.ip,
             &self.who.user_agent,
-        )?;
+        )
+        .await?;
         self.state.store.flush().await?;
         self.state.metrics.signins();
-        self.state.audit(
-            "sign_in",
-            &c.email,
-            &self.who.ip,
-            &format!("session {}", s.id),
-        );
+        self.state
+            .audit(
+                "sign_in",
+                &c.email,
+                &self.who.ip,
+                &format!("session {}", s.id),
+            )
+            .await;
         Ok((token, s))
     }
 
@@ -768,15 +774,17 @@ impl Ctx<'_> {
     }
 
     async fn revoke_presented(&self, headers: &HeaderMap) -> Result<(), AuthError> {
-        if let Some(id) = authenticate(self.state, self.cfg, headers, None)? {
-            self.state.store.remove_session(&id.token_hash)?;
+        if let Some(id) = authenticate(self.state, self.cfg, headers, None).await? {
+            self.state.store.remove_session(&id.token_hash).await?;
             self.state.store.flush().await?;
-            self.state.audit(
-                "logout",
-                &id.email,
-                &self.who.ip,
-                &format!("session {}", id.session.id),
-            );
+            self.state
+                .audit(
+                    "logout",
+                    &id.email,
+                    &self.who.ip,
+                    &format!("session {}", id.session.id),
+                )
+                .await;
         }
         Ok(())
     }
@@ -786,7 +794,7 @@ impl Ctx<'_> {
     /// decision as the proxy for the original request. 200 with identity headers when allowed,
     /// 302 to the login page for a browser navigation (not for nginx, which handles 401 itself),
     /// 401 otherwise, 403 when signed in but not allowed. Anything unparsable fails closed (401).
-    fn check(
+    async fn check(
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
@@ -820,7 +828,7 @@ impl Ctx<'_> {
             }
         };
         let public = decision.public && orig.trusted;
-        let id = authenticate(self.state, self.cfg, req.headers(), Some(&decision))?;
+        let id = authenticate(self.state, self.cfg, req.headers(), Some(&decision)).await?;
         match id {
             Some(id) if id.allowed => {
                 let mut r = text(StatusCode::OK, "");
@@ -913,11 +921,12 @@ impl Ctx<'_> {
         Ok(self.challenge_json(&c))
     }
 
-    fn api_challenge(&self, id: &str) -> Reply {
+    async fn api_challenge(&self, id: &str) -> Reply {
         let c = self
             .state
             .store
-            .challenge(id)?
+            .challenge(id)
+            .await?
             .ok_or(AuthError::UnknownChallenge)?;
         let now = self.state.clock.now();
         Ok(json(
@@ -930,9 +939,11 @@ impl Ctx<'_> {
         let b: ApiVerify = self.api_body(req).await?;
         let done = match (&b.challenge_id, &b.code, &b.link_token) {
             (Some(id), Some(code), None) => {
-                challenge::redeem_code(self.state, self.cfg, id, code, &self.who.ip)?
+                challenge::redeem_code(self.state, self.cfg, id, code, &self.who.ip).await?
             }
-            (None, None, Some(token)) => challenge::redeem_link(self.state, self.cfg, token)?,
+            (None, None, Some(token)) => {
+                challenge::redeem_link(self.state, self.cfg, token).await?
+            }
             _ => {
                 return Err(AuthError::BadRequest(
                     "invalid_request",
@@ -956,9 +967,9 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    fn api_session(&self, req: &Request<Incoming>, view: &RequestView) -> Reply {
+    async fn api_session(&self, req: &Request<Incoming>, view: &RequestView) -> Reply {
         let decision = self.cfg.decide_for(&view.host, &canonicalize("/"));
-        match authenticate(self.state, self.cfg, req.headers(), decision.as_ref())? {
+        match authenticate(self.state, self.cfg, req.headers(), decision.as_ref()).await? {
             Some(id) if id.allowed => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"email": id.email, "expires_at": id.session.expires_at}),

@@ -32,10 +32,7 @@ use hmac::{Hmac, Mac};
 use http::{header, HeaderMap};
 use sha2::Sha256;
 
-use crate::auth::challenge::Requester;
 use crate::config::Config;
-use crate::error::AuthError;
-use crate::state::AppState;
 
 /// Shards per table (each its own lock).
 const SHARDS: usize = 16;
@@ -48,7 +45,7 @@ pub const SCAN: usize = 8;
 pub const DEFAULT_ENTRIES: usize = 65_536;
 /// `Retry-After` when the pending cap is reached: the sweeper's period, the soonest that room
 /// can appear.
-pub const CAP_RETRY_SECS: u64 = crate::store::sweeper::SWEEP_PERIOD.as_secs();
+pub const CAP_RETRY_SECS: u64 = crate::store::SWEEP_PERIOD.as_secs();
 /// Addresses one known-browser cookie vouches for (newest first).
 const KNOWN_PER_BROWSER: usize = 8;
 /// Lifetime of the known-browser cookie (the longest browsers keep one).
@@ -56,6 +53,15 @@ const KNOWN_MAX_AGE: i64 = 400 * 24 * 3600;
 /// Domain label of the known-browser MAC: the key (`AppState::secret`, the server's own MAC
 /// key) may serve other MACs too, each with its own label.
 const KNOWN_LABEL: &[u8] = b"portcullis/known-browser/v1\0";
+
+/// Who asked, for the mail ("requested from … with …") and the session record.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    pub ip: String,
+    pub user_agent: String,
+    /// The known-browser cookie it presented (its own sign-in budget).
+    pub known: KnownBrowser,
+}
 
 /// A token bucket: `burst` requests at once, then one every `interval_us` microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +80,13 @@ impl Bucket {
         }
     }
 
+    /// Microseconds between two requests on average.
+    pub fn interval_us(&self) -> u64 {
+        self.interval_us
+    }
+
     /// How far ahead of `now` the arrival time may run before requests are refused.
-    fn tolerance(&self) -> u64 {
+    pub fn tolerance(&self) -> u64 {
         self.interval_us.saturating_mul(u64::from(self.burst - 1))
     }
 }
@@ -161,7 +172,7 @@ impl Shard {
 }
 
 /// Microseconds to whole seconds for `Retry-After` (at least 1, at most a day).
-fn secs_ceil(us: u64) -> u64 {
+pub fn secs_ceil(us: u64) -> u64 {
     us.div_ceil(1_000_000).clamp(1, 86_400)
 }
 
@@ -340,7 +351,7 @@ impl RateLimiter {
     }
 
     /// Takes one pending slot, or refuses when the cap (plus the known browsers' reserve) is full.
-    fn reserve(&self, max: usize, known: bool) -> Result<(), Denied> {
+    pub fn reserve(&self, max: usize, known: bool) -> Result<(), Denied> {
         let limit = if known {
             max.saturating_add((max / 10).max(1))
         } else {
@@ -354,7 +365,8 @@ impl RateLimiter {
             .map_err(|_| Denied::Busy(CAP_RETRY_SECS))
     }
 
-    fn release(&self) {
+    /// Gives back a slot taken by [`RateLimiter::reserve`] for a request refused after all.
+    pub fn release(&self) {
         let _ = self
             .pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
@@ -390,7 +402,7 @@ impl RateLimiter {
     }
 
     /// Whether a "cap reached" warning is due (at most one a minute).
-    fn warn_due(&self, now: u64) -> bool {
+    pub fn warn_due(&self, now: u64) -> bool {
         let last = self.warned_at.load(Ordering::Relaxed);
         now >= last.saturating_add(60)
             && self
@@ -517,43 +529,6 @@ impl KnownBrowser {
             .secure(cfg.secure_cookies())
             .max_age(cookie::time::Duration::seconds(KNOWN_MAX_AGE))
             .build()
-    }
-}
-
-/// Applies the pending cap and the rate limits to a sign-in request for the canonical `email`,
-/// before any work is done for it.
-pub fn admit(
-    state: &AppState,
-    cfg: &Config,
-    who: &Requester,
-    email: &str,
-    purpose: Purpose,
-) -> Result<(), AuthError> {
-    let now = state.clock.now();
-    let browser = who.known.vouches_for(&state.secret, email);
-    let network = network_of(&who.ip, cfg.login.ipv6_prefix);
-    let limiter = &state.limiter;
-    match limiter.check(&Limits::of(cfg), &network, email, browser, purpose, now) {
-        Ok(()) => Ok(()),
-        Err(d) => {
-            state.metrics.rate_limited();
-            match d {
-                Denied::Limited(s) => {
-                    tracing::debug!(network = %network, email = %state.mask(email), known = browser.is_some(), "sign-in rate-limited");
-                    Err(AuthError::RateLimited(s))
-                }
-                Denied::Busy(s) => {
-                    if limiter.warn_due(now) {
-                        tracing::warn!(
-                            pending = limiter.pending(),
-                            max_pending = cfg.login.max_pending,
-                            "sign-ins refused: too many pending challenges or tracked addresses (login.max_pending); further refusals are not logged for a minute"
-                        );
-                    }
-                    Err(AuthError::Busy(s))
-                }
-            }
-        }
     }
 }
 

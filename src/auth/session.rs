@@ -58,9 +58,10 @@ pub fn presented_tokens<'a>(cookie_name: &str, headers: &'a HeaderMap) -> Vec<(&
 }
 
 /// Looks up the request's session. `Ok(None)` when there is no valid one.
-/// Reads sled (lock-free) and, at most once a minute per session, records activity in memory.
+/// Reads the store (through its short session cache) and, at most once a minute per session,
+/// records activity in memory.
 /// `decision` decides the idle timeout and who is allowed; without one the global policy applies.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     cfg: &Config,
     headers: &HeaderMap,
@@ -73,7 +74,7 @@ pub fn authenticate(
             continue;
         }
         let hash = crypto::sha256(token.as_bytes());
-        let Some(session) = state.store.session(&hash)? else {
+        let Some(session) = state.store.session(&hash).await? else {
             continue;
         };
         if session.expires_at <= now {
@@ -107,7 +108,7 @@ pub fn authenticate(
 }
 
 /// Creates a fresh session (new random token: no fixation) and returns its token.
-pub fn create(
+pub async fn create(
     state: &AppState,
     cfg: &Config,
     email: &str,
@@ -126,7 +127,7 @@ pub fn create(
         ip: ip.to_string(),
         user_agent: user_agent.chars().take(256).collect(),
     };
-    state.store.insert_session(&hash, &session)?;
+    state.store.insert_session(&hash, &session).await?;
     Ok((token, session))
 }
 

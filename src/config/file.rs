@@ -17,6 +17,8 @@ pub struct RawConfig {
     /// `portcullis-secret`, else `data_dir/secret`.
     #[serde(default)]
     pub secrets_file: Option<String>,
+    #[serde(default)]
+    pub store: RawStore,
     pub upstream: Option<String>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -44,6 +46,24 @@ pub struct RawConfig {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub admins: Vec<String>,
+}
+
+/// `store:`: where challenges, sessions and the outbox live (sled in `data_dir` by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sled`, `redis://…`, `rediss://…` or `redis+sentinel://host:port[,host:port]/master[/db]`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Sentinel addresses (`host:port`), with `master_name`, instead of a `redis://` URL.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    #[serde(default)]
+    pub master_name: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// One entry of `routes:`.

@@ -1,6 +1,7 @@
 //! Validated, typed configuration: loads the YAML file and reports every problem with its file, line or key path.
 
 mod file;
+mod store;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -168,6 +169,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the master secret is read from (`None`: systemd credential or `data_dir/secret`).
     pub secrets_file: Option<PathBuf>,
+    /// Where challenges, sessions and the outbox live.
+    pub store: crate::store::StoreConfig,
     /// Most specific first; `upstream:` alone is one route for every host.
     pub routes: Vec<Route>,
     pub access: Access,
@@ -772,6 +775,7 @@ impl Validator {
         let mut watched_files = vec![path.to_path_buf()];
         watched_files.append(&mut self.watched);
 
+        let store = self.store(&raw.store);
         let secrets_file = raw.secrets_file.map(PathBuf::from);
         if let Some(p) = &secrets_file {
             match std::fs::read(p) {
@@ -806,6 +810,7 @@ impl Validator {
             public_url: public_url?,
             data_dir: PathBuf::from(raw.data_dir),
             secrets_file,
+            store,
             routes,
             access,
             login,

@@ -131,7 +131,7 @@ async fn protected(
         Err(a) => return refuse(state, &Refusal::Path(a), navigation),
     };
     let route = decision.route;
-    let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)) {
+    let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)).await {
         Ok(Some(id)) if id.allowed => forward(state, &cfg, route, req, Some(&id), conn, view).await,
         Ok(_) if decision.public => forward(state, &cfg, route, req, None, conn, view).await,
         Ok(Some(id)) => {

@@ -79,13 +79,13 @@ fn compose(
 }
 
 /// Puts a mail that could not be sent back in the queue, due again after the backoff.
-fn reschedule(state: &AppState, id: u64, mut item: OutboxItem, now: u64, error: &str) {
+async fn reschedule(state: &AppState, id: u64, mut item: OutboxItem, now: u64, error: &str) {
     item.attempts += 1;
     state.metrics.mail_retries();
     item.next_attempt_at = now + backoff(item.attempts);
     item.last_error = Some(error.to_string());
     tracing::warn!(to = %state.mask(&item.to), attempts = item.attempts, retry_in_s = backoff(item.attempts), error, "mail not sent; will retry");
-    if let Err(e) = state.store.update_mail(id, &item) {
+    if let Err(e) = state.store.update_mail(id, &item).await {
         tracing::error!(error = %e, "outbox: cannot update the queue");
     }
 }
@@ -100,7 +100,8 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
     let cfg = state.config();
     let mailer = state.mailer.load_full();
     let from = cfg.email.from.clone();
-    let due = state.store.outbox_due(now, BATCH)?;
+    // Claimed for a lease: another worker (another replica) takes them only if this one dies.
+    let due = state.store.claim_mail(now, BATCH).await?;
     let handled = due.len();
     let mut ready = Vec::with_capacity(due.len());
     for (id, item) in due {
@@ -109,17 +110,17 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
             // (the mail_failed metric counts them).
             tracing::debug!(to = %state.mask(&item.to), attempts = item.attempts, "outbox: dropping mail for an expired sign-in");
             state.metrics.mail_failed();
-            state.store.remove_mail(id)?;
+            state.store.remove_mail(id).await?;
             continue;
         }
-        match challenge::mint(state, &cfg, &item)? {
+        match challenge::mint(state, &cfg, &item).await? {
             Mint::Drop(why) => {
                 tracing::info!(to = %state.mask(&item.to), reason = why, "outbox: mail not sent");
-                state.store.remove_mail(id)?;
+                state.store.remove_mail(id).await?;
             }
             Mint::Send(minted) => match compose(state, &cfg, &item, &minted) {
                 Ok(mail) => ready.push((id, item, mail)),
-                Err(e) => reschedule(state, id, item, now, &format!("templates: {e}")),
+                Err(e) => reschedule(state, id, item, now, &format!("templates: {e}")).await,
             },
         }
     }
@@ -137,11 +138,11 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
                     Ok(()) => {
                         state.metrics.mail_sent();
                         tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
-                        if let Err(e) = state.store.remove_mail(id) {
+                        if let Err(e) = state.store.remove_mail(id).await {
                             tracing::error!(error = %e, "outbox: cannot update the queue");
                         }
                     }
-                    Err(e) => reschedule(state, id, item, now, &e.to_string()),
+                    Err(e) => reschedule(state, id, item, now, &e.to_string()).await,
                 }
             }
         })

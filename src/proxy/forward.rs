@@ -291,7 +291,7 @@ impl Watch {
     /// `None` while the connection's request would still be let through now; otherwise why not.
     /// Only the store and the current configuration are read, so this holds for any session
     /// store (a shared one sees a revoke made on another replica at its next check).
-    fn verdict(&self) -> Option<&'static str> {
+    async fn verdict(&self) -> Option<&'static str> {
         let Some(state) = self.state.upgrade() else {
             return Some("the gateway stopped");
         };
@@ -309,7 +309,7 @@ impl Watch {
             // Let through without a session: only while that is still allowed.
             return (!decision.public).then_some("its route is no longer public");
         };
-        let session = match state.store.session(hash) {
+        let session = match state.store.session(hash).await {
             Ok(Some(s)) => s,
             Ok(None) => return Some("its session was signed out or revoked"),
             Err(e) => {
@@ -342,7 +342,7 @@ impl Watch {
         every.tick().await;
         loop {
             every.tick().await;
-            if let Some(why) = self.verdict() {
+            if let Some(why) = self.verdict().await {
                 return why;
             }
         }

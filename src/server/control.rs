@@ -79,21 +79,27 @@ async fn run(state: &AppState, c: Command) -> serde_json::Value {
                 Some(e) => state
                     .store
                     .sessions_for(e)
+                    .await
                     .map(|v| v.into_iter().map(|(_, s)| s).collect())
                     .unwrap_or_default(),
-                None => state.store.sessions().map(|(_, s)| s).collect(),
+                None => match state.store.sessions().await {
+                    Ok(v) => v.into_iter().map(|(_, s)| s).collect(),
+                    Err(e) => return serde_json::json!({"error": e.to_string()}),
+                },
             };
             serde_json::json!({"sessions": sessions})
         }
-        ("revoke", Some(email)) => match state.store.remove_sessions_for(&email) {
+        ("revoke", Some(email)) => match state.store.remove_sessions_for(&email).await {
             Ok(n) => {
                 let _ = state.store.flush().await;
-                state.audit(
-                    "revoke",
-                    &email,
-                    "control-socket",
-                    &format!("{n} session(s) from the command line"),
-                );
+                state
+                    .audit(
+                        "revoke",
+                        &email,
+                        "control-socket",
+                        &format!("{n} session(s) from the command line"),
+                    )
+                    .await;
                 serde_json::json!({"revoked": n, "email": email})
             }
             Err(e) => serde_json::json!({"error": e.to_string()}),

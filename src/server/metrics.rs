@@ -22,7 +22,7 @@ fn label(s: &str) -> String {
 }
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(state: &AppState) -> String {
+pub async fn render(state: &AppState) -> String {
     let mut out = String::with_capacity(4096);
     state.metrics.render(&mut out);
     let cfg = state.config();
@@ -70,17 +70,17 @@ pub fn render(state: &AppState) -> String {
         (
             "active_sessions",
             "Sessions in the store (expired ones until the next sweep).",
-            state.store.session_count(),
+            state.store.session_count().await,
         ),
         (
             "pending_challenges",
             "Sign-in challenges in the store.",
-            state.store.challenge_count(),
+            state.store.challenge_count().await,
         ),
         (
             "outbox_depth",
             "Mails waiting to be sent.",
-            state.store.outbox_len(),
+            state.store.outbox_len().await,
         ),
     ] {
         let _ = writeln!(out, "# HELP portcullis_{name} {help}\n# TYPE portcullis_{name} gauge\nportcullis_{name} {v}");
@@ -104,7 +104,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, mut stop: watch:
                 let st = st.clone();
                 async move {
                     let r: Response<Body> = if req.uri().path() == "/metrics" {
-                        let mut r = text(StatusCode::OK, render(&st));
+                        let mut r = text(StatusCode::OK, render(&st).await);
                         if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
                             r.headers_mut().insert(http::header::CONTENT_TYPE, v);
                         }

@@ -4,7 +4,9 @@ mod conn;
 pub mod control;
 pub mod limits;
 pub mod metrics;
+pub mod recovery;
 pub mod reload;
+pub mod sweeper;
 pub mod systemd;
 pub mod tls;
 
@@ -86,8 +88,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = vec![
         tokio::spawn(crate::mail::outbox::run(state.clone(), stop_rx.clone())),
-        tokio::spawn(crate::store::sweeper::run(state.clone(), stop_rx.clone())),
-        tokio::spawn(crate::store::recovery::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::server::sweeper::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::server::recovery::run(state.clone(), stop_rx.clone())),
         tokio::spawn(reload::run(state.clone(), stop_rx.clone())),
     ];
     if let Some(m) = listeners.metrics {
@@ -193,7 +195,7 @@ pub async fn run(
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
     }
-    state.store.flush_touches()?;
+    state.store.flush_touches().await?;
     state.store.flush().await?;
     tracing::info!("stopped; database flushed");
     Ok(())
@@ -421,7 +423,7 @@ async fn watchdog(state: Arc<AppState>, interval: Duration, mut stop: watch::Rec
         }
         if !state.store.writable() {
             tracing::error!("store cannot write; withholding the watchdog ping");
-        } else if state.store.challenge("watchdog-probe").is_ok() {
+        } else if state.store.challenge("watchdog-probe").await.is_ok() {
             systemd::notify("WATCHDOG=1");
         } else {
             tracing::error!("store does not answer; withholding the watchdog ping");

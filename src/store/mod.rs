@@ -1,40 +1,65 @@
-//! Typed records (challenges, sessions, outbox mail) and their key scheme over the embedded sled database.
+//! The store interface: typed records, the [`Backend`] operations every store provides (sled embedded, Redis/Valkey shared), and the [`Store`] front that adds a short session cache and batched activity.
+//!
+//! Everything the gateway shares between requests and processes goes through here: challenges
+//! (create, compare-and-set, redeem once), sessions (create, look up, touch, revoke, list by
+//! address, sweep), the mail outbox (enqueue, claim with a lease, acknowledge, retry), rate-limit
+//! buckets, the master secret when it is created in the store, and recent security events.
+//! Nothing usable is written: tokens and codes only as hashes (see `auth::challenge`).
 
 pub mod files;
-pub mod recovery;
+pub mod redis;
 pub mod secret;
-pub mod sweeper;
+pub mod sled;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use arc_swap::ArcSwapOption;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Storage failure. Never shown to clients beyond "internal error".
+/// Time between two sweeps of expired records (the soonest a full `login.max_pending` can have
+/// room again).
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(60);
+
+/// How long a mail claimed by a worker stays its own before another worker (another replica,
+/// after a crash) may take it. Longer than a send may take (the SMTP timeout is capped below it).
+pub const MAIL_LEASE_SECS: u64 = 30;
+
+/// How long a session read from the store is served from this process's memory. A revocation
+/// elsewhere (another replica, the CLI on a shared store) takes effect here within this time; one
+/// made by this process empties the entry at once.
+pub const SESSION_CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// Storage failure. Never shown to clients beyond "internal error" or "unavailable".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Db(#[from] sled::Error),
+    Db(#[from] ::sled::Error),
     #[error("corrupt record in `{tree}`: {err}")]
     Corrupt { tree: &'static str, err: String },
     /// The database is closed for a moment while it is reopened after a write failure.
     #[error("the database is being reopened after a write failure")]
     Reopening,
+    /// The shared store cannot be reached (connection refused or lost, timeout, failover).
+    #[error("the store is unreachable: {0}")]
+    Unreachable(String),
+    /// The shared store answered with an error that is not about reaching it.
+    #[error("the store refused a command: {0}")]
+    Backend(String),
 }
 
 impl StoreError {
-    /// Whether this is the storage failing (an I/O error such as a full disk, or the database
-    /// being reopened after one), which passes, rather than a bad record or a bug.
+    /// Whether this is the storage failing (an I/O error such as a full disk, the database
+    /// being reopened after one, a shared store out of reach), which passes, rather than a bad
+    /// record or a bug. Answered with 503 and `Retry-After`.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Db(sled::Error::Io(_)) | StoreError::Reopening
+            StoreError::Db(::sled::Error::Io(_))
+                | StoreError::Reopening
+                | StoreError::Unreachable(_)
         )
     }
 }
@@ -66,6 +91,19 @@ pub struct Challenge {
     pub ip: String,
     pub user_agent: String,
 }
+
+impl Challenge {
+    /// Seconds a store keeps this record from its last change: its life plus a grace period in
+    /// which a user gets "expired" rather than "unknown".
+    pub fn keep_secs(&self) -> u64 {
+        self.expires_at
+            .saturating_sub(self.last_sent_at.max(self.created_at))
+            .saturating_add(CHALLENGE_GRACE)
+    }
+}
+
+/// Seconds an expired challenge is kept (so a late click reads "expired", not "unknown").
+pub const CHALLENGE_GRACE: u64 = 60;
 
 /// A signed-in browser or API client. Keyed by SHA-256 of its token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,177 +145,25 @@ pub struct OutboxItem {
     pub last_error: Option<String>,
 }
 
-const SHARDS: usize = 16;
-
-/// How long a reopen waits for the old database to be let go of and for the new one to open.
-const REOPEN_WAIT: Duration = Duration::from_secs(3);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// One security event (sign-in, failure, lockout, logout, revoke, denial).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    pub at: u64,
+    pub event: String,
+    pub email: String,
+    pub ip: String,
+    pub detail: String,
 }
 
-/// How to open the store. Build with [`StoreOptions::new`] and set fields as needed.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// The data folder (created 0700, or tightened to it); the database lives in `db/` below it.
-    pub dir: PathBuf,
-    /// sled's page cache in bytes (`limits.db_cache_bytes`; sled's own default is 1 GiB).
-    pub cache_bytes: u64,
-}
+/// How many recent events a store keeps for the admin page.
+pub const RECENT_EVENTS: usize = 200;
 
-impl StoreOptions {
-    /// Defaults for the data folder `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> StoreOptions {
-        StoreOptions {
-            dir: dir.into(),
-            cache_bytes: DEFAULT_CACHE_BYTES,
-        }
-    }
-}
-
-/// The page cache unless configured: enough for the hot records of a small deployment.
-pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-
-/// One open sled database and its trees. Replaced as a whole when the store is reopened.
-struct Handles {
-    db: sled::Db,
-    challenges: sled::Tree,
-    links: sled::Tree,
-    sessions: sled::Tree,
-    /// `email \0 token_hash` -> (): a user's sessions without a full scan.
-    sessions_by_email: sled::Tree,
-    outbox: sled::Tree,
-    meta: sled::Tree,
-}
-
-impl Handles {
-    fn open(opts: &StoreOptions) -> Result<Handles, StoreError> {
-        let db = sled::Config::new()
-            .path(opts.dir.join("db"))
-            .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(Some(200))
-            .open()?;
-        Ok(Handles {
-            challenges: db.open_tree("challenges")?,
-            links: db.open_tree("links")?,
-            sessions: db.open_tree("sessions")?,
-            sessions_by_email: db.open_tree("sessions_by_email")?,
-            outbox: db.open_tree("outbox")?,
-            meta: db.open_tree("meta")?,
-            db,
-        })
-    }
-
-    /// A small durable write: whether the database can write at all.
-    fn probe(&self) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.meta.insert("write_probe", &now.to_be_bytes())?;
-        self.db.flush()?;
-        Ok(())
-    }
-}
-
-type Shared = Arc<ArcSwapOption<Handles>>;
-
-/// The database. Cheap to share behind an `Arc`; sled itself is lock-free for readers.
-///
-/// sled 0.34 remembers the first I/O error of a write (a full disk, `EFBIG`) for the life of the
-/// open database: every later write and flush fails with it, even once space returns. So a write
-/// failure marks the store failing ([`Store::writable`]) and [`Store::recover`] (run by
-/// [`recovery::run`]) reopens the database until a write succeeds again.
-pub struct Store {
-    handles: Shared,
-    opts: StoreOptions,
-    /// 0 while writes succeed; else when (unix ms) they started failing.
-    failing_since: AtomicU64,
-    /// One reopen at a time.
-    reopening: Mutex<()>,
-    /// Pending `last_seen` updates, written in batches by the sweeper (no sled write per request).
-    touches: [Mutex<HashMap<[u8; 32], u64>>; SHARDS],
-    flusher: Option<Flusher>,
-}
-
-type FlushReply = tokio::sync::oneshot::Sender<Result<(), String>>;
-
-/// The group-commit thread: takes every pending request, flushes once, answers them all.
-struct Flusher {
-    tx: std::sync::mpsc::Sender<FlushReply>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// How often (at most) the flush thread re-tightens the data folder, for files sled created
-/// after opening (`blobs/*`) under a process umask wider than 077.
-const TIGHTEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl Flusher {
-    fn start(handles: Shared, dir: PathBuf) -> Result<Flusher, StoreError> {
-        let (tx, rx) = std::sync::mpsc::channel::<FlushReply>();
-        let thread = std::thread::Builder::new()
-            .name("portcullis-flush".into())
-            .spawn(move || {
-                let mut tightened = std::time::Instant::now();
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    // The current database, released right after (a reopen waits for it).
-                    let result = match handles.load_full() {
-                        Some(h) => h.db.flush().map(|_| ()).map_err(|e| e.to_string()),
-                        None => Err(StoreError::Reopening.to_string()),
-                    };
-                    for w in waiting {
-                        let _ = w.send(result.clone());
-                    }
-                    if tightened.elapsed() >= TIGHTEN_EVERY {
-                        tightened = std::time::Instant::now();
-                        if let Err(e) = files::tighten_data_dir(&dir) {
-                            tracing::warn!(error = %e, "cannot keep data_dir private");
-                        }
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
-        Ok(Flusher {
-            tx,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Stop the flush thread and wait for it, so its database handle is gone (and the
-        // directory lock released) when the Store is.
-        if let Some(mut f) = self.flusher.take() {
-            drop(f.tx);
-            if let Some(t) = f.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-fn email_key(email: &str, hash: &[u8; 32]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(email.len() + 33);
-    k.extend_from_slice(email.as_bytes());
-    k.push(0);
-    k.extend_from_slice(hash);
-    k
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serialising these plain structs to JSON cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        err: e.to_string(),
-    })
+/// A GCRA token bucket as a store keeps it: one more request every `interval_us`, and the
+/// arrival time may run `tolerance_us` ahead of now (that is the burst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval_us: u64,
+    pub tolerance_us: u64,
 }
 
 /// Outcome of an atomic read-modify-write.
@@ -288,231 +174,309 @@ pub enum Modify<T, R> {
     Keep(R),
 }
 
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        err: e.to_string(),
+    })
+}
+
+type R<T> = Result<T, StoreError>;
+
+/// The operations a store backend provides. Every step that must be atomic is one atomic
+/// operation of the backend (a sled compare-and-swap or batch; a Redis Lua script or
+/// `MULTI`), never a read and a write in two round trips that another process could split.
+///
+/// Times are Unix seconds from the gateway's clock (injected in tests), passed in by the caller.
+pub trait Backend: Send + Sync {
+    /// `sled` or `redis`, for logs and `portcullis check`.
+    fn kind(&self) -> &'static str;
+
+    // ---- challenges ----
+    /// Stores a new challenge (and its link index entry).
+    fn insert_challenge(&self, c: &Challenge) -> impl Future<Output = R<()>> + Send;
+    /// The raw record of a challenge, for [`Store::modify_challenge`].
+    fn challenge_raw(&self, id: &str) -> impl Future<Output = R<Option<Vec<u8>>>> + Send;
+    /// Replaces the challenge `id` by `new` if its record is still exactly `old`.
+    fn cas_challenge(
+        &self,
+        id: &str,
+        old: &[u8],
+        new: &Challenge,
+    ) -> impl Future<Output = R<bool>> + Send;
+    /// The challenge id a link token hash belongs to.
+    fn challenge_for_link(&self, link: &[u8; 32])
+        -> impl Future<Output = R<Option<String>>> + Send;
+    /// Points the link index at a challenge's new token and forgets the old one.
+    fn relink(
+        &self,
+        id: &str,
+        old: Option<[u8; 32]>,
+        new: Option<[u8; 32]>,
+        keep_secs: u64,
+    ) -> impl Future<Output = R<()>> + Send;
+    fn remove_challenge(&self, c: &Challenge) -> impl Future<Output = R<()>> + Send;
+    fn challenge_count(&self) -> impl Future<Output = R<usize>> + Send;
+
+    // ---- sessions ----
+    fn insert_session(&self, hash: &[u8; 32], s: &Session) -> impl Future<Output = R<()>> + Send;
+    fn session(&self, hash: &[u8; 32]) -> impl Future<Output = R<Option<Session>>> + Send;
+    /// A user's sessions, newest first.
+    fn sessions_for(&self, email: &str)
+        -> impl Future<Output = R<Vec<([u8; 32], Session)>>> + Send;
+    /// Revokes one session; whether it existed.
+    fn remove_session(&self, hash: &[u8; 32]) -> impl Future<Output = R<bool>> + Send;
+    /// Every session (admin views, the CLI).
+    fn sessions(&self) -> impl Future<Output = R<Vec<([u8; 32], Session)>>> + Send;
+    fn session_count(&self) -> impl Future<Output = R<usize>> + Send;
+    /// Raises `last_seen` of each session to the given time (never lowers it). Returns how many
+    /// were written.
+    fn write_touches(&self, batch: &[([u8; 32], u64)]) -> impl Future<Output = R<usize>> + Send;
+
+    // ---- outbox ----
+    /// Queues a mail; returns its id.
+    fn enqueue_mail(&self, item: &OutboxItem) -> impl Future<Output = R<u64>> + Send;
+    /// Takes up to `limit` mails due at `now`, oldest first; each stays this caller's until
+    /// `now + MAIL_LEASE_SECS` (then any worker may take it again).
+    fn claim_mail(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> impl Future<Output = R<Vec<(u64, OutboxItem)>>> + Send;
+    /// Writes a mail back (a retry: `item.next_attempt_at` says when it is due again).
+    fn update_mail(&self, id: u64, item: &OutboxItem) -> impl Future<Output = R<()>> + Send;
+    /// Acknowledges (or drops) a mail.
+    fn remove_mail(&self, id: u64) -> impl Future<Output = R<()>> + Send;
+    /// Every queued mail, oldest first.
+    fn outbox(&self) -> impl Future<Output = R<Vec<(u64, OutboxItem)>>> + Send;
+    fn outbox_len(&self) -> impl Future<Output = R<usize>> + Send;
+
+    // ---- rate limits ----
+    /// Spends one request of every bucket `keys[i]` (at `rates[i]`) if all have room, else none.
+    /// `Ok(Err(wait_us))`: refused, the soonest the request would pass. `Ok(Ok(None))` from a
+    /// backend that keeps no shared buckets: the caller's in-process limiter decides.
+    fn take(
+        &self,
+        keys: &[[u8; 32]],
+        rates: &[Rate],
+        now_us: u64,
+    ) -> impl Future<Output = R<Result<Option<()>, u64>>> + Send;
+
+    // ---- shared secret, events ----
+    /// The master secret kept in the store: `candidate` is stored unless one is there already;
+    /// returns the one that is. `None` from a backend that keeps no secrets (sled: files).
+    fn shared_secret(&self, candidate: &[u8]) -> impl Future<Output = R<Option<Vec<u8>>>> + Send;
+    fn push_event(&self, e: &AuditEvent) -> impl Future<Output = R<()>> + Send;
+    /// Up to [`RECENT_EVENTS`] events, oldest first.
+    fn recent_events(&self) -> impl Future<Output = R<Vec<AuditEvent>>> + Send;
+
+    // ---- upkeep ----
+    /// Deletes expired challenges and sessions (and sessions idle longer than `idle`).
+    fn sweep(&self, now: u64, idle: Option<u64>) -> impl Future<Output = R<(usize, usize)>> + Send;
+    /// Makes every write so far durable.
+    fn flush(&self) -> impl Future<Output = R<()>> + Send;
+    /// Whether the store answers and writes (readiness).
+    fn check(&self) -> impl Future<Output = R<()>> + Send;
+}
+
+/// Where the store lives: `store.url` (with `store.sentinels`) or sled in `data_dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Sled,
+    Redis(redis::RedisConfig),
+}
+
+/// How to open the embedded store. Build with [`StoreOptions::new`] and set fields as needed.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The data folder (created 0700, or tightened to it); the database lives in `db/` below it.
+    pub dir: std::path::PathBuf,
+    /// sled's page cache in bytes (`limits.db_cache_bytes`; sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    /// Defaults for the data folder `dir`.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> StoreOptions {
+        StoreOptions {
+            dir: dir.into(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// The page cache unless configured: enough for the hot records of a small deployment.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The backend in use.
+pub enum Engine {
+    Sled(sled::SledStore),
+    Redis(Box<redis::RedisStore>),
+}
+
+/// Calls the same [`Backend`] method on whichever backend runs.
+macro_rules! on {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.engine {
+            Engine::Sled(b) => Backend::$method(b, $($arg),*).await,
+            Engine::Redis(b) => Backend::$method(&**b, $($arg),*).await,
+        }
+    };
+}
+
+const SHARDS: usize = 16;
+/// Sessions one cache shard holds before it is emptied (16 shards: 64k sessions).
+const CACHE_PER_SHARD: usize = 4096;
+
+/// Sessions read from the backend, with when they were read.
+type CacheShard = HashMap<[u8; 32], (Session, Instant)>;
+
+/// The store as the gateway uses it: a backend, a short-lived cache of sessions read from it,
+/// and `last_seen` updates batched in memory (no write per request).
+pub struct Store {
+    engine: Engine,
+    cache: [Mutex<CacheShard>; SHARDS],
+    touches: [Mutex<HashMap<[u8; 32], u64>>; SHARDS],
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store {
-    /// Opens (or creates) the database under `opts.dir`. The folder is created 0700 (a wider
-    /// one is tightened) and everything in it made private (folders 0700, files 0600).
+    /// Opens the embedded sled store under `opts.dir`.
     pub fn open(opts: &StoreOptions) -> Result<Store, StoreError> {
-        let dir = opts.dir.as_path();
-        files::ensure_private_dir(dir).map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
-        let handles = Handles::open(opts)?;
-        // sled created `db/conf`, `db/db`, `db/blobs/` and maybe a snapshot with the umask's mode.
-        let foreign =
-            files::tighten_data_dir(dir).map_err(|e| StoreError::Db(sled::Error::Io(e)))?;
-        if !foreign.is_empty() {
-            tracing::warn!(dir = %dir.display(), entries = ?foreign, "data_dir holds files Portcullis did not make, readable by others; keep them elsewhere");
+        Ok(Store::with(Engine::Sled(sled::SledStore::open(opts)?)))
+    }
+
+    /// Opens the store `cfg` names: sled under `opts.dir`, or a connection to Redis (which must
+    /// answer now; later outages are survived).
+    pub async fn connect(cfg: &StoreConfig, opts: &StoreOptions) -> Result<Store, StoreError> {
+        match cfg {
+            StoreConfig::Sled => Store::open(opts),
+            StoreConfig::Redis(r) => Ok(Store::with(Engine::Redis(Box::new(
+                redis::RedisStore::connect(r).await?,
+            )))),
         }
-        let handles: Shared = Arc::new(ArcSwapOption::from_pointee(handles));
-        Ok(Store {
-            flusher: Some(Flusher::start(handles.clone(), dir.to_path_buf())?),
-            handles,
-            opts: opts.clone(),
-            failing_since: AtomicU64::new(0),
-            reopening: Mutex::new(()),
+    }
+
+    fn with(engine: Engine) -> Store {
+        Store {
+            engine,
+            cache: Default::default(),
             touches: Default::default(),
-        })
-    }
-
-    /// The open database, or [`StoreError::Reopening`] for the moment it is being reopened.
-    fn h(&self) -> Result<Arc<Handles>, StoreError> {
-        self.handles.load_full().ok_or(StoreError::Reopening)
-    }
-
-    /// Passes `r` through, noting a storage failure (see [`Store::writable`]).
-    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(e) = &r {
-            if e.is_unavailable() {
-                let now = now_ms().max(1);
-                if self
-                    .failing_since
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    tracing::error!(error = %e, "the store cannot write; sign-in is unavailable until it can (retrying)");
-                }
-            }
-        }
-        r
-    }
-
-    fn healthy_again(&self) {
-        let since = self.failing_since.swap(0, Ordering::AcqRel);
-        if since != 0 {
-            tracing::info!(
-                failing_for_ms = now_ms().saturating_sub(since),
-                "the store writes again"
-            );
         }
     }
 
-    /// Whether the last write (or flush) succeeded. False from a failed write until the store
-    /// writes again (after [`Store::recover`]).
+    /// The backend in use.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The embedded database, when that is the backend.
+    pub fn sled(&self) -> Option<&sled::SledStore> {
+        match &self.engine {
+            Engine::Sled(s) => Some(s),
+            Engine::Redis(_) => None,
+        }
+    }
+
+    /// `sled` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match &self.engine {
+            Engine::Sled(b) => Backend::kind(b),
+            Engine::Redis(b) => Backend::kind(&**b),
+        }
+    }
+
+    /// Whether rate-limit buckets live in the store (shared by every replica) rather than in
+    /// this process.
+    pub fn shares_limits(&self) -> bool {
+        matches!(self.engine, Engine::Redis(_))
+    }
+
+    /// Whether the last write succeeded (sled), or the shared store was reachable at the last
+    /// command (Redis). False until the store writes again.
     pub fn writable(&self) -> bool {
-        self.failing_since.load(Ordering::Acquire) == 0
+        match &self.engine {
+            Engine::Sled(b) => b.writable(),
+            Engine::Redis(b) => b.reachable(),
+        }
     }
 
-    /// Since when (unix ms) writes fail, if they do.
+    /// Since when (unix ms) the store fails, if it does.
     pub fn failing_since(&self) -> Option<u64> {
-        match self.failing_since.load(Ordering::Acquire) {
-            0 => None,
-            t => Some(t),
+        match &self.engine {
+            Engine::Sled(b) => b.failing_since(),
+            Engine::Redis(b) => b.failing_since(),
         }
     }
 
-    /// While writes fail: reopens the database (sled keeps an I/O error for good, only a fresh
-    /// open clears it) and tries a write. Returns whether the store is writable. Blocking: waits
-    /// up to a few seconds for in-flight users of the old database to let go of it.
-    pub fn recover(&self) -> bool {
-        if self.writable() {
-            return true;
-        }
-        let _one = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = self.handles.load_full() {
-            // Cheap first: an error sled did not keep (or space that returned before it noticed).
-            if h.probe().is_ok() {
-                self.healthy_again();
-                return true;
-            }
-        }
-        // Close the old database: its file lock must be gone before it can be opened again.
-        let deadline = Instant::now() + REOPEN_WAIT;
-        if let Some(mut old) = self.handles.swap(None) {
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(h) => {
-                        drop(h);
-                        break;
-                    }
-                    Err(still) if Instant::now() >= deadline => {
-                        tracing::warn!("the database is still in use; reopening it later");
-                        self.handles.store(Some(still));
-                        return false;
-                    }
-                    Err(still) => {
-                        old = still;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-        // An iterator may still hold a tree (and so the lock) for a moment.
-        let opened = loop {
-            match Handles::open(&self.opts) {
-                Ok(h) => break h,
-                Err(e) if Instant::now() >= deadline => {
-                    tracing::error!(error = %e, "cannot reopen the database; retrying");
-                    return false;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        // sled may have made a snapshot file with the umask's mode.
-        if let Err(e) = files::tighten_data_dir(&self.opts.dir) {
-            tracing::warn!(error = %e, "cannot keep data_dir private");
-        }
-        let ok = opened.probe();
-        self.handles.store(Some(Arc::new(opened)));
-        match ok {
-            Ok(()) => {
-                self.healthy_again();
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reopened the database, but it still cannot write; retrying");
-                false
-            }
+    /// Makes every write so far durable (fsync for sled; Redis persists by its own settings).
+    /// Call before telling a client about a write.
+    pub async fn flush(&self) -> R<()> {
+        on!(self.flush())
+    }
+
+    /// Blocking flush of the embedded store, for shutdown (nothing to do for Redis).
+    pub fn flush_blocking(&self) -> R<()> {
+        match &self.engine {
+            Engine::Sled(b) => b.flush_blocking(),
+            Engine::Redis(_) => Ok(()),
         }
     }
 
-    /// Makes every write so far durable (fsync). Call before telling a client about a write.
-    ///
-    /// Group commit: concurrent callers share one `flush()` on a dedicated thread that starts
-    /// after their writes. (sled 0.34's `flush_async` deadlocks under concurrent callers,
-    /// spacejam/sled#1308; this never calls it.)
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let Some(f) = &self.flusher else {
-            return self.flush_blocking();
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if f.tx.send(tx).is_err() {
-            return self.flush_blocking();
+    /// Whether the store answers and can write, asked now (readiness, recovery).
+    pub async fn check(&self) -> R<()> {
+        on!(self.check())
+    }
+
+    // ---- challenges ----
+
+    pub async fn insert_challenge(&self, c: &Challenge) -> R<()> {
+        on!(self.insert_challenge(c))
+    }
+
+    pub async fn challenge(&self, id: &str) -> R<Option<Challenge>> {
+        match on!(self.challenge_raw(id))? {
+            Some(b) => Ok(Some(decode("challenges", &b)?)),
+            None => Ok(None),
         }
-        let r = match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Db(sled::Error::Io(std::io::Error::other(e)))),
-            Err(_) => return self.flush_blocking(),
-        };
-        self.flushed(r)
     }
 
-    /// Notes the outcome of a flush: a failure marks the store failing. A success does not
-    /// clear that mark: a flush with nothing to write succeeds on a database that cannot write,
-    /// so only [`Store::recover`]'s test write (run by the recovery task) says it writes again.
-    fn flushed(&self, r: Result<(), StoreError>) -> Result<(), StoreError> {
-        if r.is_ok() {
-            return r;
-        }
-        self.note(r)
+    pub async fn challenge_for_link(&self, link: &[u8; 32]) -> R<Option<String>> {
+        on!(self.challenge_for_link(link))
     }
 
-    /// Blocking flush, for shutdown.
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let r = self.h().and_then(|h| Ok(h.db.flush().map(|_| ())?));
-        self.flushed(r)
-    }
-
-    /// The server secret an older version kept in the database, if any (see [`secret::load`]).
-    pub fn legacy_server_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.meta_get("server_secret")
-    }
-
-    /// Deletes the secrets older versions kept in the database (`server_secret`, `jwt_keys`)
-    /// and flushes. Returns whether there were any.
-    pub fn forget_legacy_secrets(&self) -> Result<bool, StoreError> {
-        let h = self.h()?;
-        let mut any = false;
-        for key in ["server_secret", "jwt_keys"] {
-            any |= self
-                .note(h.meta.remove(key).map_err(StoreError::from))?
-                .is_some();
-        }
-        if any {
-            self.flush_blocking()?;
-        }
-        Ok(any)
-    }
-
-    /// A raw value of the `meta` tree.
-    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.h()?.meta.get(key)?.map(|v| v.to_vec()))
-    }
-
-    pub fn meta_put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note(h.meta.insert(key, value).map_err(StoreError::from))?;
-        Ok(())
-    }
-
-    /// Atomic read-modify-write of one JSON record with a compare-and-swap loop.
-    fn modify<T, R>(
-        tree: &sled::Tree,
-        name: &'static str,
-        key: &[u8],
-        mut f: impl FnMut(Option<T>) -> Modify<T, R>,
-    ) -> Result<R, StoreError>
-    where
-        T: Serialize + DeserializeOwned,
-    {
+    /// Atomically updates a challenge; `f` sees the current value and decides. A
+    /// compare-and-set loop: `f` may run again when another writer changed the record first.
+    pub async fn modify_challenge<T>(
+        &self,
+        id: &str,
+        mut f: impl FnMut(Option<Challenge>) -> Modify<Challenge, T> + Send,
+    ) -> R<T> {
         loop {
-            let old = tree.get(key)?;
+            let old = on!(self.challenge_raw(id))?;
             let current = match &old {
-                Some(b) => Some(decode::<T>(name, b)?),
+                Some(b) => Some(decode::<Challenge>("challenges", b)?),
                 None => None,
             };
             match f(current) {
                 Modify::Keep(r) => return Ok(r),
                 Modify::Write(new, r) => {
-                    let swapped = tree.compare_and_swap(key, old.as_ref(), Some(encode(&new)))?;
-                    if swapped.is_ok() {
+                    let Some(old) = old else {
+                        // Never created by a modify: a vanished record stays vanished.
+                        continue;
+                    };
+                    if on!(self.cas_challenge(id, &old, &new))? {
                         return Ok(r);
                     }
                 }
@@ -520,447 +484,189 @@ impl Store {
         }
     }
 
-    // ---- challenges ----
-
-    pub fn insert_challenge(&self, c: &Challenge) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note((|| {
-            h.challenges.insert(c.id.as_bytes(), encode(c))?;
-            if let Some(l) = c.link_hash {
-                h.links.insert(l, c.id.as_bytes())?;
-            }
-            Ok(())
-        })())
-    }
-
-    pub fn challenge(&self, id: &str) -> Result<Option<Challenge>, StoreError> {
-        match self.h()?.challenges.get(id.as_bytes())? {
-            Some(b) => Ok(Some(decode("challenges", &b)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The challenge id a link token hash belongs to.
-    pub fn challenge_for_link(&self, link_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .h()?
-            .links
-            .get(link_hash)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Atomically updates a challenge; `f` sees the current value and decides.
-    pub fn modify_challenge<R>(
+    pub async fn relink(
         &self,
-        id: &str,
-        f: impl FnMut(Option<Challenge>) -> Modify<Challenge, R>,
-    ) -> Result<R, StoreError> {
-        let h = self.h()?;
-        self.note(Self::modify(&h.challenges, "challenges", id.as_bytes(), f))
-    }
-
-    /// Points the link index at a challenge's new token and forgets the old one.
-    pub fn relink(
-        &self,
-        id: &str,
+        c: &Challenge,
         old: Option<[u8; 32]>,
         new: Option<[u8; 32]>,
-    ) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note((|| {
-            if let Some(o) = old {
-                h.links.remove(o)?;
-            }
-            if let Some(n) = new {
-                h.links.insert(n, id.as_bytes())?;
-            }
-            Ok(())
-        })())
+    ) -> R<()> {
+        let keep = c.keep_secs();
+        on!(self.relink(&c.id, old, new, keep))
     }
 
-    pub fn remove_challenge(&self, c: &Challenge) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note((|| {
-            if let Some(l) = c.link_hash {
-                h.links.remove(l)?;
-            }
-            h.challenges.remove(c.id.as_bytes())?;
-            Ok(())
-        })())
+    pub async fn remove_challenge(&self, c: &Challenge) -> R<()> {
+        on!(self.remove_challenge(c))
     }
 
-    pub fn challenge_count(&self) -> usize {
-        self.handles
-            .load()
-            .as_ref()
-            .map_or(0, |h| h.challenges.len())
+    /// Challenges in the store (0 when it cannot be asked).
+    pub async fn challenge_count(&self) -> usize {
+        on!(self.challenge_count()).unwrap_or(0)
     }
 
     // ---- sessions ----
 
-    pub fn insert_session(&self, token_hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note((|| {
-            h.sessions.insert(token_hash, encode(s))?;
-            h.sessions_by_email
-                .insert(email_key(&s.email, token_hash), &[])?;
-            Ok(())
-        })())
+    pub async fn insert_session(&self, hash: &[u8; 32], s: &Session) -> R<()> {
+        on!(self.insert_session(hash, s))
     }
 
-    /// A user's sessions, via the email index.
-    pub fn sessions_for(&self, email: &str) -> Result<Vec<([u8; 32], Session)>, StoreError> {
-        let mut prefix = email.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for r in self.h()?.sessions_by_email.scan_prefix(&prefix) {
-            let (k, _) = r?;
-            let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) else {
-                continue;
-            };
-            if let Some(s) = self.session(&hash)? {
-                out.push((hash, s));
+    /// A session, from this process's cache when it was read in the last
+    /// [`SESSION_CACHE_TTL`], else from the backend. Unknown tokens are never cached.
+    pub async fn session(&self, hash: &[u8; 32]) -> R<Option<Session>> {
+        let shard = &self.cache[hash[0] as usize % SHARDS];
+        if let Some((s, at)) = lock(shard).get(hash) {
+            if at.elapsed() < SESSION_CACHE_TTL {
+                return Ok(Some(s.clone()));
             }
         }
-        out.sort_by_key(|(_, s)| std::cmp::Reverse(s.created_at));
-        Ok(out)
-    }
-
-    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
-        match self.h()?.sessions.get(token_hash)? {
-            Some(b) => Ok(Some(decode("sessions", &b)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn remove_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        self.shard(token_hash).remove(token_hash);
-        let h = self.h()?;
-        self.note((|| match h.sessions.remove(token_hash)? {
-            Some(v) => {
-                if let Ok(s) = decode::<Session>("sessions", &v) {
-                    h.sessions_by_email
-                        .remove(email_key(&s.email, token_hash))?;
+        let found = on!(self.session(hash))?;
+        let mut c = lock(shard);
+        match &found {
+            Some(s) => {
+                if c.len() >= CACHE_PER_SHARD {
+                    c.clear();
                 }
-                Ok(true)
+                c.insert(*hash, (s.clone(), Instant::now()));
             }
-            None => Ok(false),
-        })())
+            None => {
+                c.remove(hash);
+            }
+        }
+        Ok(found)
+    }
+
+    fn forget(&self, hash: &[u8; 32]) {
+        lock(&self.cache[hash[0] as usize % SHARDS]).remove(hash);
+        lock(&self.touches[hash[0] as usize % SHARDS]).remove(hash);
+    }
+
+    pub async fn sessions_for(&self, email: &str) -> R<Vec<([u8; 32], Session)>> {
+        on!(self.sessions_for(email))
+    }
+
+    pub async fn remove_session(&self, hash: &[u8; 32]) -> R<bool> {
+        self.forget(hash);
+        let r = on!(self.remove_session(hash));
+        // A lookup racing the removal may have cached it again.
+        self.forget(hash);
+        r
     }
 
     /// Revokes every session of `email`. Returns how many.
-    pub fn remove_sessions_for(&self, email: &str) -> Result<usize, StoreError> {
+    pub async fn remove_sessions_for(&self, email: &str) -> R<usize> {
         let mut n = 0;
-        for (hash, _) in self.sessions_for(email)? {
-            if self.remove_session(&hash)? {
+        for (hash, _) in self.sessions_for(email).await? {
+            if self.remove_session(&hash).await? {
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    /// All sessions with their keys (admin views, sweeping). Skips corrupt records.
-    pub fn sessions(&self) -> impl Iterator<Item = ([u8; 32], Session)> + '_ {
-        let tree = self.handles.load().as_ref().map(|h| h.sessions.clone());
-        tree.into_iter().flat_map(|t| t.iter()).filter_map(|r| {
-            let (k, v) = r.ok()?;
-            let key: [u8; 32] = k.as_ref().try_into().ok()?;
-            Some((key, decode("sessions", &v).ok()?))
-        })
+    /// All sessions with their keys (admin views, the CLI).
+    pub async fn sessions(&self) -> R<Vec<([u8; 32], Session)>> {
+        on!(self.sessions())
     }
 
-    pub fn session_count(&self) -> usize {
-        self.handles.load().as_ref().map_or(0, |h| h.sessions.len())
+    /// Sessions in the store (0 when it cannot be asked).
+    pub async fn session_count(&self) -> usize {
+        on!(self.session_count()).unwrap_or(0)
     }
 
-    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], u64>> {
-        let m = &self.touches[key[0] as usize % SHARDS];
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records activity in memory; written to sled by [`Store::flush_touches`].
-    pub fn touch_session(&self, token_hash: &[u8; 32], now: u64) {
-        self.shard(token_hash).insert(*token_hash, now);
+    /// Records activity in memory; written by [`Store::flush_touches`].
+    pub fn touch_session(&self, hash: &[u8; 32], now: u64) {
+        lock(&self.touches[hash[0] as usize % SHARDS]).insert(*hash, now);
     }
 
     /// The latest activity not yet written, if any.
-    pub fn pending_touch(&self, token_hash: &[u8; 32]) -> Option<u64> {
-        self.shard(token_hash).get(token_hash).copied()
+    pub fn pending_touch(&self, hash: &[u8; 32]) -> Option<u64> {
+        lock(&self.touches[hash[0] as usize % SHARDS])
+            .get(hash)
+            .copied()
     }
 
-    /// Writes pending `last_seen` updates in one batch. Returns how many were written.
-    pub fn flush_touches(&self) -> Result<usize, StoreError> {
+    /// Writes pending `last_seen` updates in one batch. Returns how many were written. An
+    /// update leaves the pending table only once it is written (a lookup meanwhile still sees
+    /// it); on failure everything stays for the next attempt.
+    pub async fn flush_touches(&self) -> R<usize> {
         let mut pending = Vec::new();
         for m in &self.touches {
-            let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-            pending.extend(g.drain());
+            pending.extend(lock(m).iter().map(|(h, t)| (*h, *t)));
         }
-        let h = self.h()?;
-        let mut n = 0;
-        for (key, seen) in pending {
-            let r = Self::modify(
-                &h.sessions,
-                "sessions",
-                &key,
-                |s: Option<Session>| match s {
-                    Some(mut s) if s.last_seen < seen => {
-                        s.last_seen = seen;
-                        Modify::Write(s, ())
-                    }
-                    _ => Modify::Keep(()),
-                },
-            );
-            self.note(r)?;
-            n += 1;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let n = on!(self.write_touches(&pending))?;
+        for (hash, seen) in &pending {
+            let i = hash[0] as usize % SHARDS;
+            if let Some((s, _)) = lock(&self.cache[i]).get_mut(hash) {
+                s.last_seen = s.last_seen.max(*seen);
+            }
+            let mut t = lock(&self.touches[i]);
+            if t.get(hash) == Some(seen) {
+                t.remove(hash);
+            }
         }
         Ok(n)
     }
 
     // ---- outbox ----
 
-    /// Queues a mail. Returns its id.
-    pub fn enqueue_mail(&self, item: &OutboxItem) -> Result<u64, StoreError> {
-        let h = self.h()?;
-        self.note((|| {
-            let id = h.db.generate_id()?;
-            h.outbox.insert(id.to_be_bytes(), encode(item))?;
-            Ok(id)
-        })())
+    pub async fn enqueue_mail(&self, item: &OutboxItem) -> R<u64> {
+        on!(self.enqueue_mail(item))
     }
 
-    /// Every queued mail, oldest first.
-    pub fn outbox(&self) -> Result<Vec<(u64, OutboxItem)>, StoreError> {
-        let mut out = Vec::new();
-        for r in self.h()?.outbox.iter() {
-            let (k, v) = r?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            out.push((id, decode("outbox", &v)?));
+    pub async fn claim_mail(&self, now: u64, limit: usize) -> R<Vec<(u64, OutboxItem)>> {
+        on!(self.claim_mail(now, limit))
+    }
+
+    pub async fn update_mail(&self, id: u64, item: &OutboxItem) -> R<()> {
+        on!(self.update_mail(id, item))
+    }
+
+    pub async fn remove_mail(&self, id: u64) -> R<()> {
+        on!(self.remove_mail(id))
+    }
+
+    pub async fn outbox(&self) -> R<Vec<(u64, OutboxItem)>> {
+        on!(self.outbox())
+    }
+
+    /// Mails queued (0 when the store cannot be asked).
+    pub async fn outbox_len(&self) -> usize {
+        on!(self.outbox_len()).unwrap_or(0)
+    }
+
+    // ---- limits, secret, events ----
+
+    /// See [`Backend::take`].
+    pub async fn take(
+        &self,
+        keys: &[[u8; 32]],
+        rates: &[Rate],
+        now_us: u64,
+    ) -> R<Result<Option<()>, u64>> {
+        on!(self.take(keys, rates, now_us))
+    }
+
+    /// See [`Backend::shared_secret`].
+    pub async fn shared_secret(&self, candidate: &[u8]) -> R<Option<Vec<u8>>> {
+        on!(self.shared_secret(candidate))
+    }
+
+    pub async fn push_event(&self, e: &AuditEvent) -> R<()> {
+        on!(self.push_event(e))
+    }
+
+    pub async fn recent_events(&self) -> R<Vec<AuditEvent>> {
+        on!(self.recent_events())
+    }
+
+    /// Deletes expired challenges and sessions. Returns (challenges, sessions) removed. Pending
+    /// activity counts: a session used since its `last_seen` was written is not idle.
+    pub async fn sweep(&self, now: u64, idle: Option<u64>) -> R<(usize, usize)> {
+        if idle.is_some() {
+            self.flush_touches().await?;
         }
-        Ok(out)
-    }
-
-    /// Up to `limit` queued mails due at `now`, oldest first (without decoding the whole queue
-    /// into memory when it is long).
-    pub fn outbox_due(&self, now: u64, limit: usize) -> Result<Vec<(u64, OutboxItem)>, StoreError> {
-        let mut out = Vec::new();
-        for r in self.h()?.outbox.iter() {
-            let (k, v) = r?;
-            let item: OutboxItem = decode("outbox", &v)?;
-            if item.next_attempt_at <= now {
-                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-                out.push((id, item));
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn update_mail(&self, id: u64, item: &OutboxItem) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note(
-            h.outbox
-                .insert(id.to_be_bytes(), encode(item))
-                .map_err(StoreError::from),
-        )?;
-        Ok(())
-    }
-
-    pub fn remove_mail(&self, id: u64) -> Result<(), StoreError> {
-        let h = self.h()?;
-        self.note(h.outbox.remove(id.to_be_bytes()).map_err(StoreError::from))?;
-        Ok(())
-    }
-
-    pub fn outbox_len(&self) -> usize {
-        self.handles.load().as_ref().map_or(0, |h| h.outbox.len())
-    }
-
-    /// Deletes expired challenges and sessions. Returns (challenges, sessions) removed.
-    pub fn sweep(&self, now: u64, idle: Option<u64>) -> Result<(usize, usize), StoreError> {
-        let h = self.h()?;
-        let mut gone_c = 0;
-        for r in h.challenges.iter() {
-            let (_, v) = r?;
-            if let Ok(c) = decode::<Challenge>("challenges", &v) {
-                // Keep a minute of grace so a user gets "expired" rather than "unknown".
-                if c.expires_at.saturating_add(60) < now {
-                    self.remove_challenge(&c)?;
-                    gone_c += 1;
-                }
-            }
-        }
-        // Link index entries whose challenge is gone (a crash between the two writes of a
-        // mint or resend can leave one behind).
-        for r in h.links.iter() {
-            let (hash, id) = r?;
-            if !h.challenges.contains_key(&id)? {
-                self.note(h.links.remove(hash).map_err(StoreError::from))?;
-            }
-        }
-        let mut gone_s = 0;
-        for (key, s) in self.sessions().collect::<Vec<_>>() {
-            let seen = self.pending_touch(&key).unwrap_or(0).max(s.last_seen);
-            let idle_dead = idle.is_some_and(|i| seen.saturating_add(i) < now);
-            if s.expires_at <= now || idle_dead {
-                self.remove_session(&key)?;
-                gone_s += 1;
-            }
-        }
-        Ok((gone_c, gone_s))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn challenge(id: &str) -> Challenge {
-        Challenge {
-            id: id.into(),
-            email: "a@example.com".into(),
-            deliverable: true,
-            link_hash: Some([7; 32]),
-            code_mac: None,
-            binding_hash: None,
-            created_at: 100,
-            expires_at: 1000,
-            attempts: 0,
-            completed: false,
-            redirect_to: "/".into(),
-            state: None,
-            sends: 1,
-            last_sent_at: 100,
-            ip: "127.0.0.1".into(),
-            user_agent: "t".into(),
-        }
-    }
-
-    #[test]
-    fn challenge_roundtrip_and_cas() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        store.insert_challenge(&challenge("c1")).unwrap();
-        assert_eq!(
-            store.challenge_for_link(&[7; 32]).unwrap().as_deref(),
-            Some("c1")
-        );
-        let won = store
-            .modify_challenge("c1", |c| match c {
-                Some(mut c) if !c.completed => {
-                    c.completed = true;
-                    Modify::Write(c, true)
-                }
-                _ => Modify::Keep(false),
-            })
-            .unwrap();
-        assert!(won);
-        let again = store
-            .modify_challenge("c1", |c| match c {
-                Some(c) if !c.completed => Modify::Write(c, true),
-                _ => Modify::Keep(false),
-            })
-            .unwrap();
-        assert!(!again);
-    }
-
-    #[test]
-    fn a_failing_store_is_reopened_in_place_and_keeps_its_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        store.insert_challenge(&challenge("kept")).unwrap();
-        store.flush_blocking().unwrap();
-        assert!(store.writable() && store.recover());
-        // As after a failed write; a reader still holds the old database for a moment.
-        store.failing_since.store(1, Ordering::Release);
-        assert!(!store.writable() && store.failing_since().is_some());
-        let held = store.h().unwrap();
-        let reader = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            drop(held);
-        });
-        // The old database answers the cheap probe (its error was not kept): no reopen needed.
-        assert!(store.recover());
-        reader.join().unwrap();
-        assert!(store.writable());
-        // Forced reopen: the old handles go, new ones open on the same files.
-        let old = store.handles.swap(None).unwrap();
-        drop(old);
-        store.failing_since.store(1, Ordering::Release);
-        assert!(matches!(
-            store.challenge("kept"),
-            Err(StoreError::Reopening)
-        ));
-        assert!(store.recover());
-        assert!(store.writable());
-        assert!(store.challenge("kept").unwrap().is_some());
-        store.insert_challenge(&challenge("after")).unwrap();
-        store.flush_blocking().unwrap();
-    }
-
-    #[test]
-    fn data_survives_reopen_in_a_private_folder() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("data");
-        {
-            let store = Store::open(&StoreOptions::new(&dir)).unwrap();
-            store.insert_challenge(&challenge("c2")).unwrap();
-            store.flush_blocking().unwrap();
-        }
-        let store = Store::open(&StoreOptions::new(&dir)).unwrap();
-        assert!(store.challenge("c2").unwrap().is_some());
-        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join("db")), 0o700);
-        assert_eq!(mode(&dir.join("db/conf")), 0o600);
-        assert_eq!(mode(&dir.join("db/db")), 0o600);
-    }
-
-    #[test]
-    fn touches_are_batched_and_sweep_removes_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreOptions::new(dir.path())).unwrap();
-        let s = Session {
-            id: "ab".into(),
-            email: "a@example.com".into(),
-            created_at: 0,
-            expires_at: 10_000,
-            last_seen: 0,
-            ip: String::new(),
-            user_agent: String::new(),
-        };
-        store.insert_session(&[1; 32], &s).unwrap();
-        store
-            .insert_session(
-                &[2; 32],
-                &Session {
-                    expires_at: 5,
-                    ..s.clone()
-                },
-            )
-            .unwrap();
-        assert_eq!(store.sessions_for("a@example.com").unwrap().len(), 2);
-        assert!(store.sessions_for("b@example.com").unwrap().is_empty());
-        store.touch_session(&[1; 32], 500);
-        assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 0);
-        assert_eq!(store.flush_touches().unwrap(), 1);
-        assert_eq!(store.session(&[1; 32]).unwrap().unwrap().last_seen, 500);
-        assert_eq!(store.sweep(600, Some(1000)).unwrap(), (0, 1));
-        assert_eq!(store.sweep(2000, Some(1000)).unwrap(), (0, 1));
-        assert_eq!(store.session_count(), 0);
-        assert!(
-            store.sessions_for("a@example.com").unwrap().is_empty(),
-            "index follows removals"
-        );
-        store.insert_challenge(&challenge("old")).unwrap();
-        store.relink("gone", None, Some([9; 32])).unwrap();
-        assert_eq!(store.sweep(2000, None).unwrap(), (1, 0));
-        assert!(store.challenge_for_link(&[7; 32]).unwrap().is_none());
-        assert!(
-            store.challenge_for_link(&[9; 32]).unwrap().is_none(),
-            "dangling link index entry swept"
-        );
+        on!(self.sweep(now, idle))
     }
 }

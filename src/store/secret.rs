@@ -1,9 +1,9 @@
-//! Where the master secret comes from: `secrets_file`, a systemd credential, or `data_dir/secret` (generated once, 0600) — never the database.
+//! Where the master secret comes from: `secrets_file`, a systemd credential, or else `data_dir/secret` (generated once, 0600) with sled and the shared store itself with Redis.
 
 use std::path::{Path, PathBuf};
 
 use crate::crypto::MasterSecret;
-use crate::store::{files, Store};
+use crate::store::{files, Engine, Store};
 
 /// The systemd credential read from `$CREDENTIALS_DIRECTORY` (`LoadCredential=portcullis-secret`).
 pub const CREDENTIAL_NAME: &str = "portcullis-secret";
@@ -19,6 +19,8 @@ pub enum SecretSource {
     Credential(PathBuf),
     /// `data_dir/secret`, read or created now.
     DataDir(PathBuf),
+    /// Created once in the shared store by the first replica; read by the others.
+    Shared,
 }
 
 impl std::fmt::Display for SecretSource {
@@ -27,6 +29,7 @@ impl std::fmt::Display for SecretSource {
             SecretSource::File(p) => write!(f, "secrets_file {}", p.display()),
             SecretSource::Credential(p) => write!(f, "systemd credential {}", p.display()),
             SecretSource::DataDir(p) => write!(f, "{}", p.display()),
+            SecretSource::Shared => write!(f, "the shared store (no secrets_file is set)"),
         }
     }
 }
@@ -61,12 +64,16 @@ fn credential() -> Option<PathBuf> {
 /// holds `server_secret` and JWT seeds in its `meta` tree: the secret moves to
 /// `data_dir/secret` once (unless a secret comes from outside) and both are deleted from the
 /// database.
-pub fn load(
+pub async fn load(
     secrets_file: Option<&Path>,
     data_dir: &Path,
     store: &Store,
 ) -> Result<(MasterSecret, SecretSource), SecretError> {
     let in_data_dir = data_dir.join(DATA_DIR_FILE);
+    let sled = match store.engine() {
+        Engine::Sled(s) => Some(s),
+        Engine::Redis(_) => None,
+    };
     let (master, source) = if let Some(p) = secrets_file {
         use std::os::unix::fs::PermissionsExt;
         let master = read(p, "secrets_file")?;
@@ -79,6 +86,16 @@ pub fn load(
         (master, SecretSource::File(p.to_path_buf()))
     } else if let Some(p) = credential() {
         (read(&p, "systemd credential")?, SecretSource::Credential(p))
+    } else if sled.is_none() {
+        // Replicas share one secret: the first to start creates it in the store.
+        let candidate = MasterSecret::generate();
+        let stored = store
+            .shared_secret(candidate.to_hex().as_bytes())
+            .await?
+            .ok_or_else(|| SecretError("the store keeps no secret".into()))?;
+        let master = MasterSecret::parse(&stored)
+            .map_err(|e| SecretError(format!("the secret in the store {e}")))?;
+        (master, SecretSource::Shared)
     } else {
         match std::fs::symlink_metadata(&in_data_dir) {
             Ok(_) => (
@@ -86,7 +103,11 @@ pub fn load(
                 SecretSource::DataDir(in_data_dir.clone()),
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let master = match store.legacy_server_secret()? {
+                let legacy = match sled {
+                    Some(s) => s.legacy_server_secret()?,
+                    None => None,
+                };
+                let master = match legacy {
                     Some(old) => {
                         tracing::info!(path = %in_data_dir.display(), "moving the server secret out of the database");
                         MasterSecret::from_bytes(old).map_err(|e| {
@@ -107,7 +128,7 @@ pub fn load(
             }
         }
     };
-    if store.forget_legacy_secrets()? {
+    if sled.map(|s| s.forget_legacy_secrets()).transpose()? == Some(true) {
         tracing::info!(
             "deleted the server secret and JWT seeds of an older version from the database"
         );
@@ -122,16 +143,16 @@ pub fn load(
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_once_then_read_and_legacy_moved_out() {
+    #[tokio::test]
+    async fn generated_once_then_read_and_legacy_moved_out() {
         let dir = tempfile::tempdir().unwrap();
         let (m1, s1) = {
             let store = Store::open(&crate::store::StoreOptions::new(dir.path())).unwrap();
-            load(None, dir.path(), &store).unwrap()
+            load(None, dir.path(), &store).await.unwrap()
         };
         assert_eq!(s1, SecretSource::DataDir(dir.path().join("secret")));
         let store = Store::open(&crate::store::StoreOptions::new(dir.path())).unwrap();
-        let (m2, _) = load(None, dir.path(), &store).unwrap();
+        let (m2, _) = load(None, dir.path(), &store).await.unwrap();
         assert_eq!(m1, m2, "read back, not regenerated");
 
         // An old database: the secret and JWT seeds live in `meta`.
@@ -139,16 +160,34 @@ mod tests {
         let legacy: Vec<u8> = (1u8..=32).collect();
         {
             let store = Store::open(&crate::store::StoreOptions::new(old.path())).unwrap();
-            store.meta_put("server_secret", legacy.clone()).unwrap();
-            store.meta_put("jwt_keys", b"[]".to_vec()).unwrap();
+            store
+                .sled()
+                .unwrap()
+                .meta_put("server_secret", legacy.clone())
+                .unwrap();
+            store
+                .sled()
+                .unwrap()
+                .meta_put("jwt_keys", b"[]".to_vec())
+                .unwrap();
             store.flush_blocking().unwrap();
         }
         let store = Store::open(&crate::store::StoreOptions::new(old.path())).unwrap();
-        let (m, _) = load(None, old.path(), &store).unwrap();
+        let (m, _) = load(None, old.path(), &store).await.unwrap();
         assert_eq!(m, MasterSecret::from_bytes(legacy).unwrap(), "migrated");
-        assert!(store.meta_get("server_secret").unwrap().is_none());
-        assert!(store.meta_get("jwt_keys").unwrap().is_none());
-        let (again, _) = load(None, old.path(), &store).unwrap();
+        assert!(store
+            .sled()
+            .unwrap()
+            .meta_get("server_secret")
+            .unwrap()
+            .is_none());
+        assert!(store
+            .sled()
+            .unwrap()
+            .meta_get("jwt_keys")
+            .unwrap()
+            .is_none());
+        let (again, _) = load(None, old.path(), &store).await.unwrap();
         assert_eq!(m, again);
 
         // An explicit file wins and nothing is written into data_dir.
@@ -156,12 +195,16 @@ mod tests {
         let f = dir.path().join("master");
         std::fs::write(&f, MasterSecret::generate().to_hex()).unwrap();
         let store = Store::open(&crate::store::StoreOptions::new(fresh.path().join("d"))).unwrap();
-        let (m3, s3) = load(Some(&f), &fresh.path().join("d"), &store).unwrap();
+        let (m3, s3) = load(Some(&f), &fresh.path().join("d"), &store)
+            .await
+            .unwrap();
         assert_eq!(s3, SecretSource::File(f.clone()));
         assert_ne!(m3, m1);
         assert!(!fresh.path().join("d/secret").exists());
         std::fs::write(&f, "short").unwrap();
-        let err = load(Some(&f), &fresh.path().join("d"), &store).unwrap_err();
+        let err = load(Some(&f), &fresh.path().join("d"), &store)
+            .await
+            .unwrap_err();
         assert!(err.to_string().starts_with("secrets_file:"), "{err}");
     }
 }

@@ -79,7 +79,7 @@ async fn disallowed_address_gets_the_same_answer_and_no_mail() {
         .send(Req::post("/.auth/api/login").json(&json!({"email": "mallory@evil.com"})))
         .await;
     assert_eq!(
-        gw.state().store.outbox_len(),
+        gw.state().store.outbox_len().await,
         0,
         "mail queued for a disallowed address"
     );
@@ -129,7 +129,7 @@ async fn login_is_rate_limited_per_ip() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(
-        gw.state().store.challenge_count(),
+        gw.state().store.challenge_count().await,
         3,
         "a refused request created a challenge"
     );
@@ -215,7 +215,7 @@ async fn api_requires_a_json_content_type() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(gw.state().store.challenge_count(), 1);
+    assert_eq!(gw.state().store.challenge_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +249,7 @@ async fn api_rejects_bad_input() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code(), "invalid_state");
-    assert_eq!(gw.state().store.outbox_len(), 0);
+    assert_eq!(gw.state().store.outbox_len().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +284,7 @@ async fn oversized_api_bodies_get_413() {
         // The gateway may answer and close before the client finished sending.
         Err(e) => panic!("chunked oversized body: no response ({e})"),
     }
-    assert_eq!(gw.state().store.challenge_count(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,7 +537,7 @@ async fn verify_errors_have_status_and_code() {
         .await;
     assert_eq!(r.status, StatusCode::GONE);
     assert_eq!(r.error_code(), "already_used");
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -466,8 +466,14 @@ async fn an_old_database_has_its_secrets_moved_out() {
     let legacy: Vec<u8> = portcullis::crypto::random_bytes(32);
     {
         let store = Store::open(&StoreOptions::new(&data)).unwrap();
-        store.meta_put("server_secret", legacy.clone()).unwrap();
         store
+            .sled()
+            .unwrap()
+            .meta_put("server_secret", legacy.clone())
+            .unwrap();
+        store
+            .sled()
+            .unwrap()
             .meta_put(
                 "jwt_keys",
                 br#"[{"kid":"k","seed":"c2VlZA==","created_at":1}]"#.to_vec(),
@@ -485,8 +491,18 @@ async fn an_old_database_has_its_secrets_moved_out() {
         "the old secret moved to data_dir/secret"
     );
     let store = Store::open(&StoreOptions::new(&data)).unwrap();
-    assert!(store.meta_get("server_secret").unwrap().is_none());
-    assert!(store.meta_get("jwt_keys").unwrap().is_none());
+    assert!(store
+        .sled()
+        .unwrap()
+        .meta_get("server_secret")
+        .unwrap()
+        .is_none());
+    assert!(store
+        .sled()
+        .unwrap()
+        .meta_get("jwt_keys")
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -492,6 +492,7 @@ impl TlsGateway {
                 metrics: None,
             },
         )
+        .await
         .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run(async {

@@ -84,12 +84,12 @@ async fn mail_queued_while_smtp_is_down_is_delivered_when_it_returns() {
         .start()
         .await;
     let v = gw.api_login("queued@example.com").await;
-    assert_eq!(gw.state().store.outbox_len(), 1);
+    assert_eq!(gw.state().store.outbox_len().await, 1);
 
     // The first attempt fails and is rescheduled, not dropped.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let q = gw.state().store.outbox().unwrap();
+        let q = gw.state().store.outbox().await.unwrap();
         assert_eq!(q.len(), 1, "the mail left the queue while SMTP was down");
         if q[0].1.attempts >= 1 {
             assert!(q[0].1.last_error.is_some());
@@ -105,7 +105,7 @@ async fn mail_queued_while_smtp_is_down_is_delivered_when_it_returns() {
 
     // The queue survives a restart while SMTP is still down.
     gw.restart().await;
-    assert_eq!(gw.state().store.outbox_len(), 1);
+    assert_eq!(gw.state().store.outbox_len().await, 1);
 
     let smtp = Smtp::start_on(smtp_port);
     // Backoff is 2 s, 4 s, 8 s ... after the failures so far: allow a generous wait.
@@ -115,7 +115,7 @@ async fn mail_queued_while_smtp_is_down_is_delivered_when_it_returns() {
     assert_eq!(mail.rcpt.len(), 1);
     assert!(mail.from.contains("auth@example.com"), "{}", mail.from);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while gw.state().store.outbox_len() > 0 {
+    while gw.state().store.outbox_len().await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "delivered mail stays queued"
@@ -147,7 +147,7 @@ async fn mail_for_an_expired_sign_in_is_dropped_not_sent() {
     // Wait for the first (failed) attempt, so no delivery pass is in flight with the old time.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let q = gw.state().store.outbox().unwrap();
+        let q = gw.state().store.outbox().await.unwrap();
         assert_eq!(q.len(), 1);
         if q[0].1.attempts >= 1 {
             break;
@@ -162,7 +162,7 @@ async fn mail_for_an_expired_sign_in_is_dropped_not_sent() {
     let smtp = Smtp::start_on(smtp_port);
     gw.state().outbox_wake.notify_one();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while gw.state().store.outbox_len() > 0 {
+    while gw.state().store.outbox_len().await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "expired mail never left the queue"
@@ -188,8 +188,8 @@ async fn expired_challenges_and_sessions_are_swept() {
     gw.api_login("never@example.com").await;
     gw.mail("never@example.com").await;
     let store = &gw.state().store;
-    assert_eq!(store.challenge_count(), 3);
-    assert_eq!(store.session_count(), 2);
+    assert_eq!(store.challenge_count().await, 3);
+    assert_eq!(store.session_count().await, 2);
 
     // 20 minutes on: the active session is used, the idle one not.
     gw.clock.advance(20 * 60);
@@ -202,15 +202,15 @@ async fn expired_challenges_and_sessions_are_swept() {
     let now = portcullis::Clock::now(&gw.clock);
     let idle_secs = Some(30 * 60);
     // Completed and pending challenges expired 5 minutes ago (ttl 15 min) but get a minute of grace.
-    let (c_gone, s_gone) = store.sweep(now, idle_secs).unwrap();
+    let (c_gone, s_gone) = store.sweep(now, idle_secs).await.unwrap();
     assert_eq!((c_gone, s_gone), (3, 0));
-    assert_eq!(store.challenge_count(), 0);
+    assert_eq!(store.challenge_count().await, 0);
 
     gw.clock.advance(15 * 60);
     let now = portcullis::Clock::now(&gw.clock);
-    let (_, s_gone) = store.sweep(now, idle_secs).unwrap();
+    let (_, s_gone) = store.sweep(now, idle_secs).await.unwrap();
     assert_eq!(s_gone, 1, "the idle session is swept, the active one kept");
-    assert_eq!(store.session_count(), 1);
+    assert_eq!(store.session_count().await, 1);
     let i = gw.http();
     i.set_cookie("portcullis_session", &idle);
     assert_eq!(
@@ -225,8 +225,8 @@ async fn expired_challenges_and_sessions_are_swept() {
     // Past the absolute lifetime everything goes.
     gw.clock.advance(2 * 3600);
     let now = portcullis::Clock::now(&gw.clock);
-    assert_eq!(store.sweep(now, None).unwrap(), (0, 1));
-    assert_eq!(store.session_count(), 0);
+    assert_eq!(store.sweep(now, None).await.unwrap(), (0, 1));
+    assert_eq!(store.session_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +236,7 @@ async fn a_challenge_just_past_expiry_is_kept_for_a_minute() {
     gw.mail("grace@example.com").await;
     gw.clock.advance(15 * 60 + 30);
     let now = portcullis::Clock::now(&gw.clock);
-    assert_eq!(gw.state().store.sweep(now, None).unwrap(), (0, 0));
+    assert_eq!(gw.state().store.sweep(now, None).await.unwrap(), (0, 0));
     // The user gets "expired", not "unknown".
     let r = gw
         .http()

@@ -62,7 +62,7 @@ async fn beyond_max_pending_sign_in_answers_503_without_work() {
     assert!(r.text().contains("late@example.com"));
 
     // No challenge, no mail.
-    assert_eq!(gw.state().store.challenge_count(), 3);
+    assert_eq!(gw.state().store.challenge_count().await, 3);
     for i in 0..3 {
         assert_eq!(mails_settle(&gw, &format!("p{i}@example.com"), 1).await, 1);
     }
@@ -71,7 +71,9 @@ async fn beyond_max_pending_sign_in_answers_503_without_work() {
 
     // Once the sweep removed the expired ones there is room again.
     gw.clock.advance(15 * 60 + 61);
-    let (gone, _) = portcullis::store::sweeper::sweep_once(gw.state()).unwrap();
+    let (gone, _) = portcullis::server::sweeper::sweep_once(gw.state())
+        .await
+        .unwrap();
     assert_eq!(gone, 3);
     assert_eq!(gw.state().limiter.pending(), 0);
     gw.api_login("late@example.com").await;

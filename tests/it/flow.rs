@@ -145,7 +145,7 @@ async fn code_flow_signs_in_and_returns_to_original_url() {
         echoed(&echo, "x-forwarded-email"),
         vec!["alice@example.com"]
     );
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +228,7 @@ async fn link_in_another_browser_asks_for_confirmation_and_is_not_spent_by_get()
         assert!(r.text().contains(&mail.token()));
         assert!(r.set_cookie("portcullis_session").is_none());
     }
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
 
     let r = phone
         .send(Req::post("/.auth/verify").form(&[("token", &mail.token())]))
@@ -246,7 +246,7 @@ async fn link_in_another_browser_asks_for_confirmation_and_is_not_spent_by_get()
         .await;
     assert_eq!(r.status, StatusCode::GONE);
     assert!(r.set_cookie("portcullis_session").is_none());
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +334,7 @@ async fn logout_revokes_the_session_on_the_server() {
     let cleared = r.set_cookie("portcullis_session").expect("removal cookie");
     assert_eq!(cleared.value(), "");
     assert!(cleared.max_age().is_some_and(|a| a.is_zero()), "{cleared}");
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
 
     // Replaying the old cookie does not work: the session is gone server-side.
     let replay = gw.http();
@@ -406,7 +406,7 @@ async fn disallowed_address_sees_the_same_page_and_gets_no_mail() {
         .send(Req::post("/.auth/code").form(&[("code", "123456")]))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(gw.state().store.outbox_len(), 0);
+    assert_eq!(gw.state().store.outbox_len().await, 0);
     // Mail for an allowed address queued afterwards is delivered; none for mallory came before it.
     b.send(Req::post("/.auth/login").form(&[("email", "kim@example.com")]))
         .await;
@@ -425,7 +425,7 @@ async fn invalid_email_in_the_form_shows_an_error() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().contains("id=\"error\""), "{}", r.text());
     assert!(r.set_cookie("portcullis_session_login").is_none());
-    assert_eq!(gw.state().store.challenge_count(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -497,7 +497,9 @@ async fn a_route_can_disable_the_idle_timeout() {
     // The sweeper honours the longest idle timeout any route grants: it must not delete the
     // session the kiosk route still accepts (it used to apply the global 1h).
     gw.clock.advance(3 * 3600);
-    portcullis::store::sweeper::sweep_once(gw.state()).unwrap();
+    portcullis::server::sweeper::sweep_once(gw.state())
+        .await
+        .unwrap();
     assert_eq!(
         get(&c, "kiosk.example.com", "/kiosk1").await.status,
         StatusCode::OK,

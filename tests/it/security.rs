@@ -120,16 +120,17 @@ async fn only_hashes_of_secrets_are_stored() {
     let bound = gw.mail("browser@example.com").await;
     let binding = b.cookie("portcullis_session_login").unwrap();
     let (_, binding_secret) = binding.split_once('.').unwrap();
-    assert_eq!(gw.state().store.outbox_len(), 0, "all mail delivered");
+    assert_eq!(gw.state().store.outbox_len().await, 0, "all mail delivered");
 
     // Through the store API: challenge records hold hashes only.
     let id = gw
         .state()
         .store
         .challenge_for_link(&portcullis::crypto::sha256(pending.token().as_bytes()))
+        .await
         .unwrap()
         .expect("the link index knows the token's hash");
-    let c = gw.state().store.challenge(&id).unwrap().unwrap();
+    let c = gw.state().store.challenge(&id).await.unwrap().unwrap();
     let record = serde_json::to_string(&c).unwrap();
     assert!(!record.contains(&pending.token()));
     assert!(!record.contains(&pending.code()), "{record}");
@@ -212,7 +213,7 @@ async fn concurrent_redemptions_of_one_link_make_one_session() {
         }
     }
     assert_eq!(ok, 1, "exactly one redemption wins");
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +243,7 @@ async fn concurrent_redemptions_of_one_code_make_one_session() {
         1,
         "{statuses:?}"
     );
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +328,7 @@ async fn wrong_codes_lock_the_challenge_even_for_the_right_code() {
         .await;
     assert_eq!(r.status, StatusCode::GONE);
     assert_eq!(r.error_code(), "locked");
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +386,7 @@ async fn expired_challenges_are_refused() {
     assert_eq!(r.error_code(), "expired");
     let r = b.send(Req::post("/.auth/resend")).await;
     assert_eq!(r.status, StatusCode::GONE);
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,8 +602,8 @@ async fn addresses_are_parsed_strictly_and_bad_ones_get_no_mail() {
             "{e:?} accepted by the form"
         );
     }
-    assert_eq!(gw.state().store.challenge_count(), 0);
-    assert_eq!(gw.state().store.outbox_len(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
+    assert_eq!(gw.state().store.outbox_len().await, 0);
     // Give a wrongly queued mail time to show up, behind a good one.
     gw.api_login("good@example.com").await;
     gw.mail("good@example.com").await;
@@ -824,7 +825,7 @@ async fn cross_origin_form_posts_are_refused() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{h}: {v}");
         assert!(r.set_cookie("portcullis_session_login").is_none());
     }
-    assert_eq!(gw.state().store.challenge_count(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
 
     // The gateway's own pages pass.
     let b = gw.http();
@@ -860,7 +861,7 @@ async fn cross_origin_form_posts_are_refused() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
 
     // A cross-site logout does not sign the user out.
     let r = b
@@ -1011,7 +1012,7 @@ async fn each_sign_in_gets_a_fresh_session_token() {
         .value()
         .to_string();
     assert_ne!(first, second);
-    assert_eq!(gw.state().store.session_count(), 2);
+    assert_eq!(gw.state().store.session_count().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1146,7 +1147,7 @@ async fn oversized_form_bodies_get_413() {
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
-    assert_eq!(gw.state().store.challenge_count(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1527,7 +1528,7 @@ async fn a_verify_head_request_does_not_spend_the_link() {
     let r = b.send(Req::new(http::Method::HEAD, &mail.link())).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.set_cookie("portcullis_session").is_none());
-    assert_eq!(gw.state().store.session_count(), 0);
+    assert_eq!(gw.state().store.session_count().await, 0);
     let r = b.send(Req::get(&mail.link())).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
@@ -1551,7 +1552,7 @@ async fn a_trickling_auth_body_is_cut_off_with_408() {
     let resp = String::from_utf8_lossy(&buf[..n]);
     assert_eq!(raw_status(&resp), Some(408), "{resp}");
     assert!(resp.contains("body_timeout"), "{resp}");
-    assert_eq!(gw.state().store.challenge_count(), 0);
+    assert_eq!(gw.state().store.challenge_count().await, 0);
 }
 
 /// The sign-in mail names the requesting device in parsed form only: client-chosen text (a fake

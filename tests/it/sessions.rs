@@ -175,7 +175,7 @@ async fn users_see_and_sign_out_their_own_sessions() {
     assert!(!session_ok(&firefox).await);
     assert!(!session_ok(&api).await);
     assert!(session_ok(&carol).await, "another user was signed out");
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 
     // Signed out: the page sends you to sign in and back.
     let r = firefox.send(Req::get("/.auth/sessions")).await;
@@ -193,7 +193,7 @@ async fn users_see_and_sign_out_their_own_sessions() {
         .send(post_form("/.auth/sessions/revoke", &gw, &[("id", "all")]))
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert_eq!(gw.state().store.session_count(), 1);
+    assert_eq!(gw.state().store.session_count().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod mail;
 pub mod process;
 pub mod proxies;
+pub mod redis;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -308,7 +309,9 @@ impl TestGateway {
                     tls: None,
                     metrics: metrics.take(),
                 },
-            ) {
+            )
+            .await
+            {
                 Ok(app) => break app,
                 Err(e) => {
                     assert!(
