@@ -348,6 +348,15 @@ fn main() -> ExitCode {
                 }
                 out!("  data_dir      {}", cfg.data_dir.display());
                 out!(
+                    "  store         {}",
+                    portcullis::state::describe_store(&cfg)
+                );
+                if let portcullis::store::StoreConfig::Redis(_) = cfg.store {
+                    if cfg.secrets_file.is_none() {
+                        out!("  note          no secrets_file: the master secret is created in the store, so whoever can read Redis can also sign JWT assertions and test codes offline; give every replica the same secrets_file instead");
+                    }
+                }
+                out!(
                     "  sign-in       {} (ttl {:?}), mail via {}",
                     cfg.login.method_name(),
                     cfg.login.ttl,

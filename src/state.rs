@@ -19,7 +19,7 @@ use crate::store::{AuditEvent, Store, StoreConfig, StoreOptions};
 
 /// The pooled upstream client (HTTP/1.1, plain or TLS).
 pub type UpstreamClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::proxy::forward::ForwardBody>;
+    Client<hyper_rustls::HttpsConnector<HttpConnector>, crate::proxy::upstream::ForwardBody>;
 
 /// Everything a request handler needs. Shared as `Arc<AppState>`; nothing here is locked per request.
 pub struct AppState {

@@ -509,7 +509,7 @@ impl Ctx<'_> {
     /// readiness (mail waits in the outbox), and is probed at most every 10 seconds so the
     /// endpoint cannot be used to make the gateway dial SMTP. Counts are on the metrics listener.
     async fn readyz(&self) -> Reply {
-        let store_ok = self.state.store.flush().await.is_ok() && self.state.store.writable();
+        let store_ok = self.state.store.check().await.is_ok();
         let mail_ok = mail_health(self.state).await;
         let status = if store_ok {
             StatusCode::OK

@@ -19,7 +19,7 @@ pub struct ConnInfo {
     /// The connection worker (thread) serving it; picks that worker's upstream client.
     pub worker: usize,
     /// This connection's own upstream connection, reused request after request.
-    pub upstream: std::sync::Arc<crate::proxy::forward::UpstreamSlot>,
+    pub upstream: std::sync::Arc<crate::proxy::upstream::UpstreamSlot>,
 }
 
 /// The client's IP: the peer, or, when the peer is a trusted proxy, the nearest untrusted

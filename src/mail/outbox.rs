@@ -29,7 +29,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         }
         match deliver_due(&state).await {
             // More is waiting: go again without sleeping.
-            Ok(n) if n == BATCH => continue,
+            Ok(n) if n >= pass_size(&state) => continue,
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "outbox: cannot read the queue"),
         }
@@ -41,8 +41,23 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Mails taken per pass; a full batch means "go again at once".
+/// Most mails taken per pass; a full pass means "go again at once".
 pub const BATCH: usize = 256;
+
+/// The longest one send may take before it counts as failed (and is retried): well inside the
+/// lease ([`crate::store::MAIL_LEASE_SECS`]) a claimed mail stays this worker's, so no other
+/// worker takes it over while it may still go out.
+pub const SEND_AT_MOST: Duration = Duration::from_secs(20);
+
+/// Mails claimed per pass: as many as are sent at once, so a pass (one round of concurrent
+/// sends, each at most [`SEND_AT_MOST`]) ends before the claims' lease does.
+/// Local transports (log, file) do not wait on a server: a whole batch per pass.
+fn pass_size(state: &AppState) -> usize {
+    match &**state.mailer.load() {
+        crate::mail::Mailer::Smtp(..) => state.mailer.load().parallelism().clamp(1, BATCH),
+        _ => BATCH,
+    }
+}
 
 /// Renders the mail of a queued item with the credentials minted for it.
 fn compose(
@@ -101,7 +116,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
     let mailer = state.mailer.load_full();
     let from = cfg.email.from.clone();
     // Claimed for a lease: another worker (another replica) takes them only if this one dies.
-    let due = state.store.claim_mail(now, BATCH).await?;
+    let due = state.store.claim_mail(now, pass_size(state)).await?;
     let handled = due.len();
     let mut ready = Vec::with_capacity(due.len());
     for (id, item) in due {
@@ -134,7 +149,11 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
         .for_each_concurrent(mailer.parallelism(), |(id, item, mail)| {
             let (mailer, from) = (&mailer, &from);
             async move {
-                match mailer.send(from, &mail).await {
+                let sent = match tokio::time::timeout(SEND_AT_MOST, mailer.send(from, &mail)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {}s", SEND_AT_MOST.as_secs())),
+                };
+                match sent {
                     Ok(()) => {
                         state.metrics.mail_sent();
                         tracing::info!(to = %state.mask(&item.to), attempts = item.attempts + 1, "mail sent");
@@ -142,7 +161,7 @@ pub async fn deliver_due(state: &AppState) -> Result<usize, crate::store::StoreE
                             tracing::error!(error = %e, "outbox: cannot update the queue");
                         }
                     }
-                    Err(e) => reschedule(state, id, item, now, &e.to_string()).await,
+                    Err(e) => reschedule(state, id, item, now, &e).await,
                 }
             }
         })

@@ -5,12 +5,9 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::TokioIo;
 use minijinja::context;
 
@@ -23,6 +20,7 @@ use crate::proxy::headers::{
     drop_our_set_cookies, forwarded_element, inject, remove_hop_by_hop, strip_credentials,
     strip_identity, strip_proxy_headers,
 };
+use crate::proxy::upstream::{ForwardBody, ForwardError};
 use crate::request::RequestView;
 use crate::routing::Route;
 use crate::state::AppState;
@@ -408,10 +406,7 @@ async fn with_first_frame(
             Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
         }
     };
-    Ok(Request::from_parts(
-        parts,
-        ForwardBody { first, rest: body },
-    ))
+    Ok(Request::from_parts(parts, ForwardBody::new(first, body)))
 }
 
 /// Whether a failed upstream exchange was the client's body's fault (hyper marks those "user" errors).
@@ -427,154 +422,6 @@ fn caused_by_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
-}
-
-/// Why an upstream exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("{0}")]
-    Pooled(#[from] hyper_util::client::legacy::Error),
-    #[error("{0}")]
-    Own(#[from] hyper::Error),
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-}
-
-/// A downstream connection's own HTTP/1.1 connection to the upstream, kept between requests.
-#[derive(Default)]
-pub struct UpstreamSlot(
-    std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>,
-);
-
-impl std::fmt::Debug for UpstreamSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpstreamSlot")
-    }
-}
-
-impl UpstreamSlot {
-    fn take(
-        &self,
-        authority: &str,
-    ) -> Option<hyper::client::conn::http1::SendRequest<ForwardBody>> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match g.take() {
-            Some((a, s)) if a == authority && !s.is_closed() => Some(s),
-            _ => None,
-        }
-    }
-
-    fn put(&self, authority: &str, sender: hyper::client::conn::http1::SendRequest<ForwardBody>) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *g = Some((authority.to_string(), sender));
-    }
-
-    async fn connect(
-        authority: &str,
-    ) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ForwardError> {
-        let stream = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            tokio::net::TcpStream::connect(authority),
-        )
-        .await
-        .map_err(|_| {
-            ForwardError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })?
-        .map_err(ForwardError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends on the kept connection, or a new one when there is none or it has closed. A
-    /// request the old connection did not take is retried once on a fresh connection.
-    pub async fn send(
-        &self,
-        authority: &str,
-        req: Request<ForwardBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let mut req = req;
-        for attempt in 0..2 {
-            let kept = if attempt == 0 {
-                self.take(authority)
-            } else {
-                None
-            };
-            let mut sender = match kept {
-                Some(s) => s,
-                None => Self::connect(authority).await?,
-            };
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        self.put(authority, sender);
-                    }
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if attempt == 0 => req = back,
-                    _ => return Err(ForwardError::Own(e.into_error())),
-                },
-            }
-        }
-        Err(ForwardError::Connect(std::io::Error::other(
-            "upstream connection closed",
-        )))
-    }
-}
-
-/// The request body sent upstream: the frame already read, then the rest, streamed.
-pub struct ForwardBody {
-    first: Option<Frame<Bytes>>,
-    rest: Incoming,
-}
-
-impl HttpBody for ForwardBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(f) = this.first.take() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        Pin::new(&mut this.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let rest = self.rest.size_hint();
-        let extra = self
-            .first
-            .as_ref()
-            .and_then(|f| f.data_ref())
-            .map_or(0, |d| d.len() as u64);
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + extra);
-        if let Some(u) = rest.upper() {
-            hint.set_upper(u + extra);
-        }
-        hint
-    }
 }
 
 fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Response<Body> {

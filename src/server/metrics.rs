@@ -66,6 +66,8 @@ pub async fn render(state: &AppState) -> String {
             "portcullis_upstream_latency_seconds_count{{route=\"{name}\"}} {count}"
         );
     }
+    let up = usize::from(state.store.writable());
+    let _ = writeln!(out, "# HELP portcullis_store_up Whether the store answered and could write at its last use (1) or not (0).\n# TYPE portcullis_store_up gauge\nportcullis_store_up{{backend=\"{}\"}} {up}", state.store.kind());
     for (name, help, v) in [
         (
             "active_sessions",

@@ -423,7 +423,7 @@ async fn watchdog(state: Arc<AppState>, interval: Duration, mut stop: watch::Rec
         }
         if !state.store.writable() {
             tracing::error!("store cannot write; withholding the watchdog ping");
-        } else if state.store.challenge("watchdog-probe").await.is_ok() {
+        } else if state.store.check().await.is_ok() {
             systemd::notify("WATCHDOG=1");
         } else {
             tracing::error!("store does not answer; withholding the watchdog ping");
