@@ -157,3 +157,108 @@ fn man_prints_one_page_covering_every_command() {
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "groff warnings");
     }
 }
+
+fn repo_file(path: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn check_file(path: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("config OK"),
+        "portcullis check {}: {stdout}{}\n--- the file:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+    stdout
+}
+
+/// What the Debian package installs fits together: the unit starts the packaged binary with the
+/// packaged config, which passes `check` and keeps its data in the unit's StateDirectory.
+/// (`packaging/check-deb.sh` checks the built package itself.)
+#[test]
+fn the_packaged_config_passes_check_and_agrees_with_the_unit_and_the_package() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stdout = check_file(&root.join("packaging/portcullis.yaml"));
+    assert!(stdout.contains("/var/lib/portcullis"), "{stdout}");
+    let config = repo_file("packaging/portcullis.yaml");
+    assert!(
+        config.lines().any(|l| l == "data_dir: /var/lib/portcullis"),
+        "{config}"
+    );
+
+    let unit = repo_file("systemd/portcullis.service");
+    for line in [
+        "ExecStartPre=/usr/bin/portcullis check --config /etc/portcullis/portcullis.yaml",
+        "ExecStart=/usr/bin/portcullis serve --config /etc/portcullis/portcullis.yaml",
+        "StateDirectory=portcullis",
+        "DynamicUser=yes",
+        "WorkingDirectory=/var/lib/portcullis",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
+    }
+
+    let cargo = repo_file("Cargo.toml");
+    let deb = cargo
+        .split("[package.metadata.deb]")
+        .nth(1)
+        .expect("Cargo.toml has no [package.metadata.deb]");
+    for wanted in [
+        r#"["target/release/portcullis", "usr/bin/", "755"]"#,
+        r#"["packaging/portcullis.yaml", "etc/portcullis/portcullis.yaml", "644"]"#,
+        r#"conf-files = ["/etc/portcullis/portcullis.yaml"]"#,
+        r#"unit-scripts = "systemd/""#,
+        r#"maintainer-scripts = "packaging/debian/""#,
+    ] {
+        assert!(deb.contains(wanted), "the deb metadata lacks {wanted}");
+    }
+    // Every asset the package takes from the repository exists (cargo deb would fail late).
+    for line in deb.lines().filter(|l| l.trim_start().starts_with("[\"")) {
+        let source = line.split('"').nth(1).unwrap();
+        if source.starts_with("target/") {
+            continue;
+        }
+        let path = root.join(source.trim_end_matches("/*"));
+        assert!(path.exists(), "deb asset {source} does not exist");
+    }
+    assert!(root.join("systemd/portcullis.service").is_file());
+    let postrm = repo_file("packaging/debian/postrm");
+    // cargo-deb puts its systemd snippets where this token stands, wherever it stands (a second
+    // copy in a comment once broke the script).
+    assert_eq!(postrm.matches("#DEBHELPER#").count(), 1, "{postrm}");
+}
+
+/// Every ```yaml block of docs/deployment.md is a whole configuration that `portcullis check`
+/// accepts. systemd's credential folder is stood in for by a temporary one with placeholder files
+/// (`check` requires them to exist; `serve` reads them).
+#[test]
+fn the_deployment_guide_configs_pass_check() {
+    let guide = repo_file("docs/deployment.md");
+    let blocks: Vec<&str> = guide
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 3, "{} yaml blocks", blocks.len());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    for name in ["tls.crt", "tls.key", "smtp-password"] {
+        std::fs::write(creds.join(name), "placeholder\n").unwrap();
+    }
+    let creds_prefix = format!("{}/", creds.display());
+    for (i, block) in blocks.iter().enumerate() {
+        let text = block.replace("/run/credentials/portcullis.service/", &creds_prefix);
+        let path = dir.path().join(format!("guide-{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let stdout = check_file(&path);
+        assert!(!stdout.contains("warning"), "{stdout}");
+    }
+}
