@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use crate::jwt::{jwks, verify, JWT_HEADER};
 use crate::support::process::{base_config, write_yaml, Served};
-use crate::support::redis::{Balancer, RedisServer, SentinelSet, MASTER_NAME};
+use crate::support::redis::{quiet_port, Balancer, RedisServer, SentinelSet, MASTER_NAME};
 use crate::support::upstream::echoed;
-use crate::support::{free_port, set_path, Http, Req, Resp, Smtp, Upstream, WAIT};
+use crate::support::{set_path, Http, Req, Resp, Smtp, Upstream, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // A cluster of gateways
@@ -63,7 +63,7 @@ impl Cluster {
     /// `trusted_proxies: [127.0.0.1/32]`. Nothing is started.
     fn new(n: usize, store: Value, smtp_port: u16) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| quiet_port()).collect();
         let public_url = format!("http://127.0.0.1:{}", ports[0]);
         let replicas = ports
             .iter()
@@ -96,7 +96,7 @@ impl Cluster {
     /// `None` when nginx is not installed (the test is skipped).
     async fn with_balancer(mut self) -> Option<Cluster> {
         let ports: Vec<u16> = self.replicas.iter().map(|r| r.port).collect();
-        let lb = Balancer::start(free_port(), &ports).await?;
+        let lb = Balancer::start(quiet_port(), &ports).await?;
         self.public_url = lb.base.clone();
         self.set("public_url", json!(lb.base));
         self.lb = Some(lb);
@@ -371,7 +371,8 @@ async fn sign_in_through_the_balancer_and_the_session_works_on_every_replica() {
             .expect("verify through the balancer set no session cookie");
         tokens.push((email, token, cookie));
     }
-    let hops = c.lb().hops();
+    // Three sign-ins, two requests each, nothing else through the balancer yet.
+    let hops = c.lb().hops(6).await;
     let logins: Vec<_> = hops
         .iter()
         .filter(|h| h.method == "POST" && h.uri == "/.auth/api/login" && h.status == 200)
@@ -424,7 +425,7 @@ async fn sign_in_through_the_balancer_and_the_session_works_on_every_replica() {
     // A browser through the balancer: the form and the code land on different replicas, then
     // every page (spread over the replicas) is served.
     let b = Http::new(&lb_base);
-    let before = c.lb().hops().len();
+    let before = hops.len();
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "browser@example.com"), ("rd", "/")]))
         .await;
@@ -446,7 +447,7 @@ async fn sign_in_through_the_balancer_and_the_session_works_on_every_replica() {
         assert_eq!(r.status, StatusCode::OK, "page {n}: {}", r.text());
         assert!(r.text().contains("browser@example.com"));
     }
-    let hops = c.lb().hops();
+    let hops = c.lb().hops(before + 8).await;
     let browser: Vec<_> = hops[before..].iter().collect();
     assert_eq!(browser.len(), 8, "{browser:?}");
     assert_ne!(browser[0].upstream, browser[1].upstream, "{browser:?}");
@@ -981,7 +982,7 @@ async fn mail_of_a_replica_killed_mid_send_is_sent_by_another() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let smtp_port = free_port();
+    let smtp_port = quiet_port();
     let hole = BlackHole::bind(smtp_port).await;
     let mut c = Cluster::new(3, redis_store(&redis, "lease"), smtp_port);
     // A send hangs until the test closes the connection (or kills the sender).
@@ -1046,6 +1047,120 @@ async fn mail_of_a_replica_killed_mid_send_is_sent_by_another() {
 // Redis outages and failover
 // ---------------------------------------------------------------------------------------------
 
+/// With Redis unreachable: a protected request whose session is not cached, `api/session` and a
+/// sign-in request get 503 (sign-in with `Retry-After`) within 3 s, readiness turns 503.
+async fn assert_fails_closed(c: &Cluster, token: &str, phase: &str, email: &str) {
+    let limit = Duration::from_secs(3);
+    for i in 0..c.replicas.len() {
+        let base = c.base(i);
+        for path in ["/app", "/.auth/api/session"] {
+            let (r, took) = timed(
+                &base,
+                Req::get(path).header("authorization", &bearer(token)),
+                Duration::from_secs(10),
+                path,
+            )
+            .await;
+            eprintln!(
+                "Redis {phase}: {path} on replica {i} with an uncached session: {} in {took:?}",
+                r.status
+            );
+            assert_eq!(
+                r.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis {phase}: {path} on replica {i}: {}\n{}",
+                r.text(),
+                c.logs()
+            );
+            assert!(
+                took <= limit,
+                "Redis {phase}: {path} on replica {i} took {took:?}"
+            );
+        }
+        let (r, took) = timed(
+            &base,
+            Req::post("/.auth/api/login").json(&json!({ "email": email })),
+            Duration::from_secs(10),
+            "api/login",
+        )
+        .await;
+        eprintln!(
+            "Redis {phase}: api/login on replica {i}: {} in {took:?}",
+            r.status
+        );
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Redis {phase}: api/login on replica {i}: {}\n{}",
+            r.text(),
+            c.logs()
+        );
+        assert!(
+            took <= limit,
+            "Redis {phase}: api/login on replica {i} took {took:?}"
+        );
+        assert!(
+            r.header("retry-after").is_some(),
+            "Redis {phase}: 503 without Retry-After"
+        );
+        assert!(!r.error_code().is_empty());
+        // Readiness follows (it may be probed periodically).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (r, _) = timed(&base, Req::get("/.auth/readyz"), limit, "readyz").await;
+            if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Redis {phase}: readyz on replica {i} still {} 5 s into the outage: {}",
+                r.status,
+                r.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits (at most 10 s) until every replica is ready and accepts `token` again; never a 401 for
+/// it meanwhile. Returns how long it took.
+async fn wait_recovered(c: &Cluster, token: &str, phase: &str) -> Duration {
+    let limit = Duration::from_secs(3);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(10);
+    loop {
+        let mut last = None;
+        for i in 0..c.replicas.len() {
+            let base = c.base(i);
+            let ready = try_get(&base, Req::get("/.auth/readyz"), limit).await;
+            let app = try_get(
+                &base,
+                Req::get("/app").header("authorization", &bearer(token)),
+                limit,
+            )
+            .await;
+            let statuses = (ready.map(|r| r.status), app.map(|r| r.status));
+            assert_ne!(
+                statuses.1,
+                Some(StatusCode::UNAUTHORIZED),
+                "after Redis {phase}: the old session was refused (401) on replica {i}"
+            );
+            if statuses != (Some(StatusCode::OK), Some(StatusCode::OK)) {
+                last = Some(format!("replica {i}: (readyz, old session) {statuses:?}"));
+            }
+        }
+        let Some(last) = last else {
+            return back.elapsed();
+        };
+        assert!(
+            Instant::now() < deadline,
+            "not recovered 10 s after Redis {phase}: {last}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_and_recovers_without_a_restart() {
     let Some(mut redis) = RedisServer::start() else {
@@ -1061,112 +1176,25 @@ async fn redis_outage_fails_closed_and_recovers_without_a_restart() {
         let r = c.http(i).send(Req::get("/.auth/readyz")).await;
         assert_eq!(r.status, StatusCode::OK, "readyz: {}", r.text());
     }
-    // Longer than any per-process session cache.
+
+    // Redis hangs (SIGSTOP): every command must time out, not wait forever.
+    // Longer than any per-process session cache first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.pause();
+    assert_fails_closed(&c, &token, "frozen", &email_of("frozen")).await;
+    redis.resume();
+    let took = wait_recovered(&c, &token, "thawed").await;
+    eprintln!("Redis thawed: readyz and the old session OK on both replicas after {took:?}");
+
+    // Redis dies (SIGKILL) and comes back on the same port and data.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.kill();
-
-    let limit = Duration::from_secs(3);
-    for i in 0..2 {
-        let base = c.base(i);
-        for path in ["/app", "/.auth/api/session"] {
-            let (r, took) = timed(
-                &base,
-                Req::get(path).header("authorization", &bearer(&token)),
-                Duration::from_secs(10),
-                path,
-            )
-            .await;
-            eprintln!(
-                "Redis down: {path} on replica {i} with an uncached session: {} in {took:?}",
-                r.status
-            );
-            assert_eq!(
-                r.status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{path} on replica {i} with Redis down: {}\n{}",
-                r.text(),
-                c.logs()
-            );
-            assert!(took <= limit, "{path} on replica {i} took {took:?}");
-        }
-        let (r, took) = timed(
-            &base,
-            Req::post("/.auth/api/login").json(&json!({"email": email_of("during")})),
-            Duration::from_secs(10),
-            "api/login",
-        )
-        .await;
-        eprintln!(
-            "Redis down: api/login on replica {i}: {} in {took:?}",
-            r.status
-        );
-        assert_eq!(
-            r.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api/login on replica {i} with Redis down: {}\n{}",
-            r.text(),
-            c.logs()
-        );
-        assert!(took <= limit, "api/login on replica {i} took {took:?}");
-        assert!(r.header("retry-after").is_some(), "503 without Retry-After");
-        assert!(!r.error_code().is_empty());
-        // Readiness follows (it may be probed periodically).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (r, _) = timed(&base, Req::get("/.auth/readyz"), limit, "readyz").await;
-            if r.status == StatusCode::SERVICE_UNAVAILABLE {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "readyz on replica {i} still {} 5 s into the outage: {}",
-                r.status,
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    assert_fails_closed(&c, &token, "down", &email_of("during")).await;
     // Nothing came through while Redis was down.
     assert!(smtp.mails_to(&email_of("during")).is_empty());
-
     redis.restart();
-    let back = Instant::now();
-    let deadline = back + Duration::from_secs(10);
-    let mut last = String::new();
-    loop {
-        let mut ok = true;
-        for i in 0..2 {
-            let base = c.base(i);
-            let ready = try_get(&base, Req::get("/.auth/readyz"), limit).await;
-            let app = try_get(
-                &base,
-                Req::get("/app").header("authorization", &bearer(&token)),
-                limit,
-            )
-            .await;
-            let statuses = (ready.map(|r| r.status), app.map(|r| r.status));
-            if statuses != (Some(StatusCode::OK), Some(StatusCode::OK)) {
-                ok = false;
-                last = format!("replica {i}: readyz, old session: {statuses:?}");
-                if let Some(StatusCode::UNAUTHORIZED) = statuses.1 {
-                    panic!("the old session was refused (401) after Redis came back: {last}");
-                }
-            }
-        }
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not recovered 10 s after Redis came back: {last}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!(
-        "Redis back: readyz and the old session OK on both replicas after {:?}",
-        back.elapsed()
-    );
+    let took = wait_recovered(&c, &token, "restarted").await;
+    eprintln!("Redis back: readyz and the old session OK on both replicas after {took:?}");
     let fresh = c.sign_in(&smtp, &email_of("after"), 1, 0).await;
     for i in 0..2 {
         let r = c.get_as(i, "/app", &fresh).await;
@@ -1204,6 +1232,28 @@ async fn sentinel_failover_keeps_sessions_and_sign_in_works_after_it() {
 
     set.kill_primary();
     let killed = Instant::now();
+    // Before the promotion: answers come quickly and are 200 or 503, never 500, never a hang.
+    for i in 0..2 {
+        let (r, took) = timed(
+            &c.base(i),
+            Req::post("/.auth/api/login").json(&json!({"email": "window@example.com"})),
+            Duration::from_secs(10),
+            "api/login with the primary gone",
+        )
+        .await;
+        eprintln!(
+            "sentinel: api/login on replica {i} with the primary gone: {} in {took:?}",
+            r.status
+        );
+        assert!(
+            r.status == StatusCode::OK || r.status == StatusCode::SERVICE_UNAVAILABLE,
+            "api/login with the primary gone: {} {}\n{}",
+            r.status,
+            r.text(),
+            c.logs()
+        );
+        assert!(took <= Duration::from_secs(3), "{took:?}");
+    }
     let promoted = set.wait_promoted(Duration::from_secs(30));
     eprintln!("sentinel: replica promoted {promoted:?} after the primary was killed");
 

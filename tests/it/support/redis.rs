@@ -14,6 +14,39 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, WAIT};
 
+// ---------------------------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------------------------
+
+/// Ports [`quiet_port`] handed out in this process.
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free loopback port below the kernel's ephemeral range, never handed out twice in this
+/// process. [`free_port`] picks from the ephemeral range, where the suite's thousands of outgoing
+/// connections take source ports: one of them can grab a port between the moment it is picked
+/// and the moment a server (started later, or restarted on the same port) binds it. Below the
+/// range only listeners bind. Falls back to [`free_port`] when the range starts too low.
+pub fn quiet_port() -> u16 {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    if low < 12_000 {
+        return free_port();
+    }
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = rand::random::<u16>() % (low - 10_000) + 10_000;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 /// The installed binary. When it is missing the calling test is skipped (a visible `SKIPPED` line
 /// on stderr, `None`), unless `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1` (set by CI) makes it a failure.
 fn binary(name: &str, usual: &[&str]) -> Option<PathBuf> {
@@ -192,6 +225,13 @@ pub struct RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process would not die of SIGKILL before SIGCONT on every kernel.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+        }
         self.kill();
     }
 }
@@ -205,7 +245,7 @@ impl RedisServer {
 
     fn spawn_new(bin: PathBuf, extra: &[String]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = quiet_port();
         let d = dir.path().display().to_string();
         let log = dir.path().join("redis.log");
         let mut args: Vec<String> = [
@@ -300,6 +340,31 @@ impl RedisServer {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGSTOP: the server keeps its port (connections are even accepted by the kernel) but
+    /// answers nothing, like a hung host.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {pid} failed");
+    }
+
     /// Starts the server again on the same port and folder (after [`RedisServer::kill`]; kills
     /// it first otherwise) and waits until it has loaded its data and answers `PING`.
     pub fn restart(&mut self) {
@@ -382,7 +447,7 @@ impl SentinelSet {
         let dir = tempfile::tempdir().unwrap();
         let mut sentinels = Vec::new();
         for i in 0..n {
-            let port = free_port();
+            let port = quiet_port();
             let d = dir.path().display();
             let log = dir.path().join(format!("sentinel-{i}.log"));
             let conf = dir.path().join(format!("sentinel-{i}.conf"));
@@ -651,8 +716,27 @@ impl Balancer {
         tail(&self.dir.path().join("error.log"))
     }
 
-    /// Every request the balancer passed on so far, in order.
-    pub fn hops(&self) -> Vec<Hop> {
+    /// The first `n` requests the balancer passed on, in order. nginx logs a request after it
+    /// has answered it, so this waits (at most 5 s) until `n` lines are there.
+    pub async fn hops(&self, n: usize) -> Vec<Hop> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut hops = self.logged();
+            if hops.len() >= n {
+                hops.truncate(n);
+                return hops;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx logged {} requests, expected {n}: {hops:?}",
+                hops.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every request the balancer logged so far, in order.
+    pub fn logged(&self) -> Vec<Hop> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()
