@@ -357,9 +357,9 @@ fn main() -> ExitCode {
                     }
                 }
                 out!(
-                    "  sign-in       {} (ttl {:?}), mail via {}",
-                    cfg.login.method_name(),
-                    cfg.login.ttl,
+                    "  sign-in       {} (ttl {}), mail via {}",
+                    cfg.login.methods_in_words(),
+                    humantime::format_duration(cfg.login.ttl),
                     match cfg.email.transport {
                         portcullis::config::MailTransport::Smtp(ref s) =>
                             format!("smtp {}:{}", s.host, s.port),

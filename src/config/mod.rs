@@ -2,6 +2,7 @@
 
 mod file;
 mod store;
+mod yaml;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -74,6 +75,15 @@ pub struct LoginConfig {
 
 impl LoginConfig {
     /// The `method` value of the JSON API.
+    /// The methods as the config writes them (`link + code`), for `portcullis check`.
+    pub fn methods_in_words(&self) -> &'static str {
+        match (self.link, self.code) {
+            (true, true) => "link + code",
+            (true, false) => "link",
+            _ => "code",
+        }
+    }
+
     pub fn method_name(&self) -> &'static str {
         match (self.link, self.code) {
             (true, true) => "LINK_OTP",
@@ -228,21 +238,7 @@ impl Config {
                 "the file is empty; `public_url` is required".into()
             ]));
         }
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            let msg = match e.location() {
-                Some(loc) => {
-                    // serde_yaml appends " at line L column C"; show the position first instead.
-                    let stripped = msg
-                        .rsplit_once(" at line ")
-                        .map(|(m, _)| m.to_string())
-                        .unwrap_or(msg.clone());
-                    format!("line {} column {}: {}", loc.line(), loc.column(), stripped)
-                }
-                None => msg,
-            };
-            fail(vec![msg])
-        })?;
+        let raw: RawConfig = yaml::read(text).map_err(fail)?;
         let mut v = Validator::default();
         let cfg = v.config(raw, path);
         match cfg {
@@ -808,7 +804,11 @@ impl Validator {
             listen: listen?,
             tls,
             public_url: public_url?,
-            data_dir: PathBuf::from(raw.data_dir),
+            // Relative to the config file, not to wherever a command runs (`sessions`, `serve`).
+            data_dir: match path.parent() {
+                Some(dir) if Path::new(&raw.data_dir).is_relative() => dir.join(&raw.data_dir),
+                _ => PathBuf::from(&raw.data_dir),
+            },
             secrets_file,
             store,
             routes,
@@ -1084,6 +1084,16 @@ mod tests {
         assert_eq!(c.session.idle_timeout, Some(Duration::from_secs(86400)));
         assert_eq!(c.login.method_name(), "LINK_OTP");
         assert!(!c.secure_cookies());
+    }
+
+    #[test]
+    fn data_dir_is_relative_to_the_config_file() {
+        let c = Config::parse(MIN, Path::new("/etc/portcullis/portcullis.yaml")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/portcullis/./data"));
+        let abs = format!("{MIN}data_dir: /var/lib/portcullis\n");
+        let c = Config::parse(&abs, Path::new("/etc/portcullis/portcullis.yaml")).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/portcullis"));
+        assert_eq!(c.login.methods_in_words(), "link + code");
     }
 
     #[test]
