@@ -5,6 +5,8 @@
 #   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways (~3-4 min)
 #   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
 #   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
+#   bench/proxy.sh redis     the Redis store vs sled: proxy throughput, sign-ins/s, revocation delay
+#                            across two replicas (~4-5 min after the build)
 #
 # Default mode, same load for every target (wrk, BENCH_THREADS x BENCH_CONNS for BENCH_DURATION,
 # after a BENCH_WARMUP run that is thrown away), same ~100-byte upstream body:
@@ -38,12 +40,38 @@
 # metrics_listen), then prints logins/s, mails received/accepted and the time to drain. It never
 # waits forever: stalled sign-ins or mail are reported (plus one probe login after the run).
 #
+# redis mode: starts its own redis-server (a free port, in the work dir, --save "" --appendonly yes
+# --appendfsync everysec) and compares Portcullis with `store: {url: redis://..., prefix, timeout: 1s}`
+# against the default sled store, in one run:
+#   1. proxy: the default mode's upstream nginx and ~100-byte response, a session obtained through the
+#      API (bench/get_session.py) on each gateway; wrk (warm-up, then -t$BENCH_THREADS -c$BENCH_CONNS
+#      -d$BENCH_DURATION) through the sled gateway and through one Redis-backed gateway, plus the
+#      same at each of BENCH_REDIS_EXTRA_CONNS connections (default "1 256"; "" skips them). Prints
+#      req/s, p50, p99, gateway CPU and redis-server CPU per request, Redis commands per request,
+#      wrk's errors (non-2xx/3xx answers, socket errors), the ratio redis/sled per connection count
+#      and PASS/FAIL for the target redis req/s >= 0.9 x sled (at BENCH_CONNS). Both gateways run
+#      side by side (sled first at each connection count; BENCH_ROUNDS interleaves rounds, each row
+#      is its median round) with limits.max_connections_per_ip raised for the 256-connection runs.
+#   2. sign-ins: login mode's load (bench/login.lua, distinct addresses, mail via SMTP to
+#      bench/smtp_sink.py) for BENCH_DURATION against a sled gateway, then a Redis-backed one:
+#      logins/s, p50, p99, 429/other/errors, CPU per sign-in, mails received during the run and the
+#      outbox left (the mail is not waited for: each row has its own store or key prefix), ratio.
+#   3. revocation delay: two Redis-backed gateways (two ports, same Redis, same prefix; no
+#      secrets_file, so the master secret comes from the store, unless BENCH_REVOKE_SECRETS_FILE=1:
+#      one shared secrets_file), BENCH_REVOKE_TRIALS trials of bench/revocation.py: sign in on A
+#      through the API (file mail), GET /.auth/api/session on B with the bearer token 3 times (B
+#      caches it), POST /.auth/api/logout on A, then poll B every 10 ms until 401. Prints p50, p90,
+#      p99, max of the delay (from the logout being sent to B's first 401) and PASS/FAIL for
+#      p99 <= 1 s; trials with an error or still 200 after 10 s fail it.
+# Each stage uses its own key prefix (bench-proxy:, bench-login:, bench-revoke:). At the end the
+# WARN/ERROR lines of all gateway logs and redis-server's warnings are printed, grouped by message.
+#
 # Environment (defaults):
 #   BENCH_THREADS=2 BENCH_CONNS=64 BENCH_DURATION=10s BENCH_WARMUP=2s   wrk load, every target
 #   BENCH_SKIP_BUILD=0     1: do not run `cargo build --release`
 #   PORTCULLIS_BIN=target/release/portcullis
 #   BENCH_TMP=(mktemp -d)  work dir (configs, logs, data); removed at exit unless BENCH_KEEP=1
-#   BENCH_ROUNDS=1         proxy mode: rounds over all targets, each row is the median round
+#   BENCH_ROUNDS=1         proxy and redis modes: rounds over all targets, each row is the median round
 #   BENCH_DIAG=1           proxy mode: also measure Portcullis' /.auth/healthz and /.auth/check
 #                          directly (no upstream hop) to split its per-request cost; 0 skips them
 #   BENCH_CADDY_IDLE_CONNS=64  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
@@ -56,11 +84,19 @@
 #                          or after 30 s without progress
 #   BENCH_SINK_QUICKACK=0  1: the SMTP sink ACKs every segment at once (TCP_QUICKACK), which hides
 #                          the client's Nagle/delayed-ACK stalls; 0 = normal kernel behaviour
+#   BENCH_REDIS_EXTRA_CONNS="1 256"  redis mode: further connection counts for the proxy comparison
+#                          (wrk -t1 for 1 connection); "" skips them
+#   BENCH_REVOKE_TRIALS=50 BENCH_REVOKE_JITTER_MS=0   redis mode: revocation trials; a random pause
+#                          of up to JITTER_MS between making the session hot on B and the logout
+#                          (0: log out right after B cached it, the cache's worst case)
+#   BENCH_REVOKE_SECRETS_FILE=0   redis mode: 1 gives both replicas one secrets_file
+#   REDIS_SERVER=redis-server REDIS_CLI=redis-cli
 #
-# Everything (nginx, caddy, portcullis, the SMTP sink) runs as the current user with its own
-# config, pid and log files under the work dir, and is stopped at exit. Missing tools (nginx,
-# caddy, wrk, curl) are installed with apt-get. Portcullis runs with PORTCULLIS_LOG=warn, i.e.
-# its per-request access log is OFF; nginx has access_log off and Caddy logs no requests either.
+# Everything (nginx, caddy, portcullis, the SMTP sink, redis-server) runs as the current user with
+# its own config, pid and log files under the work dir, and is stopped at exit. Missing tools
+# (nginx, caddy, wrk, curl; redis-server and redis-cli in redis mode) are installed with apt-get.
+# Portcullis runs with PORTCULLIS_LOG=warn, i.e. its per-request access log is OFF; nginx has
+# access_log off and Caddy logs no requests either.
 # All nginx servers and upstream blocks get keepalive_requests 1000000 so neither wrk's nor the
 # proxy's connections are recycled every 1000 requests (nginx's default), as Caddy and
 # Portcullis do not recycle them either.
@@ -89,6 +125,12 @@ LOGIN_THREADS=${BENCH_LOGIN_THREADS:-$(( THREADS < LOGIN_CONNS ? THREADS : LOGIN
 ROUNDS=${BENCH_ROUNDS:-1}
 DIAG=${BENCH_DIAG:-1}
 CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-64}
+REDIS_EXTRA_CONNS=${BENCH_REDIS_EXTRA_CONNS-"1 256"}
+REVOKE_TRIALS=${BENCH_REVOKE_TRIALS:-50}
+REVOKE_JITTER_MS=${BENCH_REVOKE_JITTER_MS:-0}
+REVOKE_SECRETS_FILE=${BENCH_REVOKE_SECRETS_FILE:-0}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+REDIS_CLI=${REDIS_CLI:-redis-cli}
 
 # A fixed 100-byte body (99 characters and a newline), the same for every target.
 BODY="portcullis-bench upstream: the same small fixed response body for every target in this run."
@@ -181,10 +223,15 @@ wait_http() {
 }
 
 ensure_tools() {
-    local missing=() tool
-    for tool in nginx caddy wrk curl python3; do
+    local missing=() tool tools=(nginx caddy wrk curl python3)
+    # redis mode: Debian's redis-server package (redis-cli comes with it, from redis-tools).
+    [ "$MODE" != redis ] || tools+=(redis-server)
+    for tool in "${tools[@]}"; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
+    if [ "$MODE" = redis ] && ! command -v redis-cli >/dev/null 2>&1; then
+        missing+=(redis-tools)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing missing tools with apt-get: ${missing[*]}"
     local sudo=()
@@ -194,7 +241,7 @@ ensure_tools() {
         "${sudo[@]}" apt-get install -y "${missing[@]}"
     fi
     # Debian starts the packaged services on install; stop them, we run our own instances.
-    for tool in nginx caddy; do
+    for tool in nginx caddy redis-server; do
         if [[ " ${missing[*]} " == *" $tool "* ]] && command -v systemctl >/dev/null 2>&1; then
             "${sudo[@]}" systemctl stop "$tool" 2>/dev/null || true
         fi
@@ -226,8 +273,15 @@ machine_facts() {
     echo "wrk:         $(wrk -v 2>&1 | head -n1 | cut -d' ' -f2)"
     echo "portcullis:  $("$BIN" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
     echo "command:     $0 $MODE  (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP)"
+    if [ "$MODE" = redis ]; then
+        echo "redis:       $("$REDIS_SERVER" --version 2>/dev/null | sed 's/^Redis server //' | cut -d' ' -f1-2)"
+    fi
     if [ "$MODE" = login ]; then
         echo "wrk load:    LOGIN_PREFIX=u wrk -t$LOGIN_THREADS -c$LOGIN_CONNS -d$DURATION --latency -s bench/login.lua URL  (warm-up: -d$WARMUP, prefix w)"
+    elif [ "$MODE" = redis ]; then
+        echo "wrk load:    wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/report.lua URL  (warm-up: -d$WARMUP, discarded; also at ${REDIS_EXTRA_CONNS:-no other} connections)"
+        echo "sign-ins:    LOGIN_PREFIX=<s|r> wrk -t$LOGIN_THREADS -c$LOGIN_CONNS -d$DURATION --latency -s bench/login.lua URL  (SMTP sink quickack: $SINK_QUICKACK)"
+        echo "revocation:  bench/revocation.py, $REVOKE_TRIALS trials, poll every 10 ms, jitter ${REVOKE_JITTER_MS} ms, shared secrets_file: $REVOKE_SECRETS_FILE"
     else
         echo "wrk load:    wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/report.lua URL  (warm-up: -d$WARMUP, discarded)"
     fi
@@ -378,6 +432,10 @@ upstream_accepts() {
     echo "${n:-0}"
 }
 CPU_PIDS=()
+# Called right before and after run_wrk's measured run (not its warm-up); redis mode samples
+# redis-server there. No-ops otherwise.
+wrk_hook_before() { :; }
+wrk_hook_after() { :; }
 
 # run_wrk KEY URL [wrk args]: warm-up, then the measured run; result in W[...] and $TMP/wrk-KEY.txt.
 # W[cpu_us] is the CPU time the processes in CPU_PIDS (and their children) spent per request.
@@ -390,8 +448,10 @@ run_wrk() {
     local c0=0 c1=0 a0 a1
     a0=$(upstream_accepts)
     [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
+    wrk_hook_before
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key.txt" 2>&1 \
         || die "$key: wrk failed: $(cat "$TMP/wrk-$key.txt")"
+    wrk_hook_after
     [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
     a1=$(upstream_accepts)
     parse_bench "$TMP/wrk-$key.txt"
@@ -876,15 +936,388 @@ metrics_listen: \"127.0.0.1:$METRICS_PORT\""
     echo "(access logging off: PORTCULLIS_LOG=warn; SMTP sink quickack: $SINK_QUICKACK)"
 }
 
+# ---------------------------------------------------------------- redis mode
+
+REDIS_PORT=""
+REDIS_PID=""
+
+rcli() { "$REDIS_CLI" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+# redis_stat FIELD: one field of INFO (e.g. total_commands_processed), empty if unknown.
+redis_stat() { rcli info 2>/dev/null | tr -d '\r' | awk -F: -v k="$1" '$1 == k { print $2 }'; }
+
+# redis_keys PREFIX: how many keys the store holds under PREFIX.
+redis_keys() { rcli --scan --pattern "$1*" 2>/dev/null | wc -l; }
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    mkdir -p "$TMP/redis"
+    start_bg redis-server "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$TMP/redis" \
+        --save "" --appendonly yes --appendfsync everysec --daemonize no --logfile ""
+    REDIS_PID=$LAST_PID
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [ "$(rcli ping 2>/dev/null)" = PONG ] && { log "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID, dir $TMP/redis)"; return 0; }
+        kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited: $(tail -n 20 "$TMP/redis-server.log")"
+        sleep 0.1
+    done
+    die "redis-server does not answer PING on 127.0.0.1:$REDIS_PORT"
+}
+
+# store_yaml PREFIX: the store section for the bench's Redis.
+store_yaml() {
+    cat <<EOF2
+store:
+  url: "redis://127.0.0.1:$REDIS_PORT/0"
+  prefix: "$1"
+  timeout: "1s"
+EOF2
+}
+
+# Both stores get this: wrk's 256 connections all come from 127.0.0.1, which is exactly the default
+# limits.max_connections_per_ip, so connections of a finished warm-up still closing could be refused.
+limits_yaml() {
+    cat <<EOF2
+limits:
+  max_connections_per_ip: 100000
+EOF2
+}
+
+# redis-server's CPU time and command count around run_wrk's measured run.
+HOOK_T0=0 HOOK_T1=0 HOOK_C0=0 HOOK_C1=0
+redis_hook_before() { HOOK_T0=$(proc_ticks "$REDIS_PID"); HOOK_C0=$(redis_stat total_commands_processed); }
+redis_hook_after() { HOOK_C1=$(redis_stat total_commands_processed); HOOK_T1=$(proc_ticks "$REDIS_PID"); }
+
+# per_req TICKS_OR_COUNT REQUESTS [ticks]: per-request value (us of CPU for ticks, else a count).
+per_req() {
+    awk -v v="$1" -v n="$2" -v hz="$CLK_TCK" -v t="${3:-}" \
+        'BEGIN { if (n <= 0) { print "n/a"; exit } if (t == "ticks") printf "%.1f", v / hz * 1e6 / n; else printf "%.2f", v / n }'
+}
+
+# redis_proxy_run STORE CONNS ROUND: one run_wrk against the sled or the Redis gateway; a line
+# "rps p50 p99 gw_cpu_us redis_cpu_us cmds_per_req non2xx sockerrs" into $TMP/rrounds-STORE-CONNS.
+redis_proxy_run() {
+    local store=$1 c=$2 round=$3
+    # run_wrk reads THREADS and CONNS: bash's dynamic scoping makes these the ones it sees.
+    local CONNS=$c THREADS=$THREADS
+    [ "$THREADS" -le "$c" ] || THREADS=$c
+    local url token
+    if [ "$store" = sled ]; then
+        url="http://127.0.0.1:$R_SLED_PORT/" token=$R_SLED_TOKEN
+        CPU_PIDS=("$R_SLED_PID")
+    else
+        url="http://127.0.0.1:$R_REDIS_PORT/" token=$R_REDIS_TOKEN
+        CPU_PIDS=("$R_REDIS_GW_PID")
+    fi
+    run_wrk "$store-c$c-$round" "$url" -H "Cookie: portcullis_session=$token"
+    CPU_PIDS=()
+    local rcpu cmds
+    rcpu=$(per_req $((HOOK_T1 - HOOK_T0)) "${W[requests]}" ticks)
+    cmds=$(per_req $((${HOOK_C1:-0} - ${HOOK_C0:-0})) "${W[requests]}")
+    log "$store-c$c-$round: redis-server CPU $rcpu us/req, $cmds commands/req"
+    echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[cpu_us]} $rcpu $cmds ${W[err_status]} $((W[err_connect] + W[err_read] + W[err_write] + W[err_timeout]))" \
+        >>"$TMP/rrounds-$store-$c"
+}
+
+# redis_login_row KEY [STORE_YAML]: login mode's load against a fresh gateway (sled when no
+# STORE_YAML), mail via SMTP to the sink; results in L_*[KEY]. The mail is not waited for.
+redis_login_row() {
+    local key=$1 store=${2:-} port pid
+    port=$(free_port)
+    METRICS_PORT=$(free_port)
+    write_portcullis_config "$TMP/login-$key.yaml" "$port" "$TMP/login-$key-data" \
+        "  transport: smtp
+  smtp:
+    host: 127.0.0.1
+    port: $R_SINK_PORT
+    security: none
+    timeout: 10s
+metrics_listen: \"127.0.0.1:$METRICS_PORT\"
+$store"
+    start_portcullis "login-$key" "$TMP/login-$key.yaml" "$port"
+    pid=$PC_PID
+    local url="http://127.0.0.1:$port/"
+    [ -n "$(metric outbox_depth "$(gateway_metrics)")" ] || die "no portcullis_outbox_depth on http://127.0.0.1:$METRICS_PORT/metrics"
+    if [ "$LOGIN_WARMUP" != 0 ] && [ "$LOGIN_WARMUP" != 0s ]; then
+        log "login-$key: warm-up $LOGIN_WARMUP (addresses w$key<N>@example.com; its mail is not waited for)"
+        LOGIN_PREFIX="w$key" wrk -t"$LOGIN_THREADS" -c"$LOGIN_CONNS" -d"$LOGIN_WARMUP" -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login-$key-warmup.txt" 2>&1 \
+            || die "wrk warm-up failed: $(cat "$TMP/wrk-login-$key-warmup.txt")"
+    fi
+    local base m0 q0 c0 c1 r0 r1 k0 k1
+    base=$(sink_count)
+    m0=$(gateway_metrics)
+    q0=$(metric mail_queued_total "$m0")
+    log "login-$key: wrk -t$LOGIN_THREADS -c$LOGIN_CONNS -d$DURATION POST /.auth/api/login (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    c0=$(proc_ticks "$pid")
+    r0=$(proc_ticks "$REDIS_PID")
+    k0=$(redis_stat total_commands_processed)
+    LOGIN_PREFIX=$key wrk -t"$LOGIN_THREADS" -c"$LOGIN_CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/login.lua" "$url" >"$TMP/wrk-login-$key.txt" 2>&1 \
+        || die "wrk failed: $(cat "$TMP/wrk-login-$key.txt")"
+    k1=$(redis_stat total_commands_processed)
+    r1=$(proc_ticks "$REDIS_PID")
+    c1=$(proc_ticks "$pid")
+    parse_bench "$TMP/wrk-login-$key.txt"
+    local m1
+    m1=$(gateway_metrics)
+    L_dur[$key]=$(awk -v d="${W[duration_us]}" 'BEGIN { printf "%.2f", d / 1e6 }')
+    L_rate[$key]=$(awk -v a="${W[accepted]}" -v d="${L_dur[$key]}" 'BEGIN { printf "%.0f", a / d }')
+    L_acc[$key]=${W[accepted]}
+    L_req[$key]=${W[requests]}
+    L_p50[$key]=${W[p50_us]}
+    L_p99[$key]=${W[p99_us]}
+    L_lim[$key]=${W[limited]}
+    L_oth[$key]=${W[other]}
+    L_err[$key]=$((W[err_connect] + W[err_read] + W[err_write] + W[err_timeout]))
+    L_cpu[$key]=$(per_req $((c1 - c0)) "${W[requests]}" ticks)
+    L_rcpu[$key]=$(per_req $((r1 - r0)) "${W[requests]}" ticks)
+    L_cmds[$key]=$(per_req $((${k1:-0} - ${k0:-0})) "${W[requests]}")
+    L_mail[$key]=$(($(sink_count) - base))
+    L_queued[$key]=$(($(metric mail_queued_total "$m1") - q0))
+    L_outbox[$key]=$(metric outbox_depth "$m1")
+    L_probe[$key]=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d "{\"email\":\"probe-$key@example.com\"}" "${url}.auth/api/login" || true)
+    log "login-$key: ${L_rate[$key]} logins/s, p50 $(ms "${L_p50[$key]}"), p99 $(ms "${L_p99[$key]}"), CPU ${L_cpu[$key]} us/login, redis ${L_rcpu[$key]} us/login; probe HTTP ${L_probe[$key]}"
+    stop_named "login-$key"
+}
+
+# log_problems: WARN/ERROR lines in the gateways' logs (PORTCULLIS_LOG=warn) and redis-server's
+# warning-level lines other than its start/stop banner, grouped by message (timestamps and paths cut).
+log_problems() {
+    local f name any=0
+    {
+        for f in "$TMP"/pc-*.log "$TMP"/login-*.log "$TMP"/rev-*.log; do
+            [ -f "$f" ] || continue
+            name=$(basename "$f" .log)
+            grep -E 'WARN|ERROR' "$f" | sed -E "s/^[0-9T:.Z-]+ +//; s/path=[^ ]+/path=.../; s/^/[$name] /" || true
+        done
+        if [ -f "$TMP/redis-server.log" ]; then
+            grep -E '^[0-9]+:[A-Z] .* # ' "$TMP/redis-server.log" \
+                | grep -v -E 'Redis is starting|Redis version=|Configuration loaded|Server initialized|User requested shutdown|ready to exit' \
+                | sed -E 's/^[0-9]+:[A-Z] [0-9]+ [A-Za-z]+ [0-9]+ [0-9:.]+ # /[redis-server] /' || true
+        fi
+    } >"$TMP/log-problems.txt"
+    if [ ! -s "$TMP/log-problems.txt" ]; then
+        echo "(none: no WARN/ERROR line in any gateway log, no warning from redis-server)"
+        return 0
+    fi
+    # One line per distinct message: how often, in which logs.
+    sed -E 's/^\[([^]]+)\] (.*)$/\2\t\1/' "$TMP/log-problems.txt" \
+        | awk -F'\t' '{ $1 = substr($1, 1, 230); n[$1]++; if (index(" " w[$1] " ", " " $2 " ") == 0) w[$1] = w[$1] (w[$1] == "" ? "" : " ") $2 }
+                     END { for (m in n) printf "%5dx  %s  [in: %s]\n", n[m], m, w[m] }' \
+        | sort -k1,1nr
+}
+
+R_SLED_PORT="" R_REDIS_PORT="" R_SLED_PID="" R_REDIS_GW_PID="" R_SLED_TOKEN="" R_REDIS_TOKEN="" R_SINK_PORT=""
+
+mode_redis() {
+    machine_facts
+    start_redis
+    wrk_hook_before() { redis_hook_before; }
+    wrk_hook_after() { redis_hook_after; }
+    start_upstream
+
+    # ---- 1. proxy throughput: sled vs one Redis-backed gateway
+    R_SLED_PORT=$(free_port)
+    R_REDIS_PORT=$(free_port)
+    mkdir -p "$TMP/sled-mail" "$TMP/redis-mail"
+    write_portcullis_config "$TMP/pc-sled.yaml" "$R_SLED_PORT" "$TMP/pc-sled-data" \
+        "  transport: file
+  dir: \"$TMP/sled-mail\"
+$(limits_yaml)"
+    write_portcullis_config "$TMP/pc-redis.yaml" "$R_REDIS_PORT" "$TMP/pc-redis-data" \
+        "  transport: file
+  dir: \"$TMP/redis-mail\"
+$(limits_yaml)
+$(store_yaml bench-proxy:)"
+    start_portcullis pc-sled "$TMP/pc-sled.yaml" "$R_SLED_PORT"
+    R_SLED_PID=$PC_PID
+    start_portcullis pc-redis "$TMP/pc-redis.yaml" "$R_REDIS_PORT"
+    R_REDIS_GW_PID=$PC_PID
+    log "signing in through the API on both gateways"
+    R_SLED_TOKEN=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$R_SLED_PORT" --mail-dir "$TMP/sled-mail" 2>>"$TMP/get_session.log") \
+        || die "could not obtain a session from the sled gateway: $(cat "$TMP/get_session.log")"
+    R_REDIS_TOKEN=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$R_REDIS_PORT" --mail-dir "$TMP/redis-mail" 2>>"$TMP/get_session.log") \
+        || die "could not obtain a session from the Redis gateway: $(cat "$TMP/get_session.log")"
+    [ -n "$R_SLED_TOKEN" ] && [ -n "$R_REDIS_TOKEN" ] || die "empty session token"
+    local store port code
+    for store in sled redis; do
+        if [ "$store" = sled ]; then port=$R_SLED_PORT; else port=$R_REDIS_PORT; fi
+        local tok=$R_SLED_TOKEN
+        [ "$store" = sled ] || tok=$R_REDIS_TOKEN
+        check_target "portcullis ($store)" "http://127.0.0.1:$port/" -H "Cookie: portcullis_session=$tok"
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
+        [ "$code" = 401 ] || die "portcullis ($store): without the cookie expected 401, got $code"
+    done
+    # The sled gateway's session must not be known to the Redis one (two separate stores).
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: portcullis_session=$R_SLED_TOKEN" "http://127.0.0.1:$R_REDIS_PORT/")
+    [ "$code" = 401 ] || die "the Redis gateway accepted the sled gateway's session (HTTP $code): not two stores?"
+    local keys_proxy
+    keys_proxy=$(redis_keys bench-proxy:)
+    [ "$keys_proxy" -gt 0 ] || die "no keys under bench-proxy: in Redis: is the gateway really using it?"
+    log "Redis holds $keys_proxy keys under bench-proxy: after the sign-in"
+
+    local conns_list=("$CONNS") c
+    for c in $REDIS_EXTRA_CONNS; do
+        [ "$c" = "$CONNS" ] || conns_list+=("$c")
+    done
+    local round
+    for ((round = 1; round <= ROUNDS; round++)); do
+        [ "$ROUNDS" -eq 1 ] || log "round $round/$ROUNDS"
+        for c in "${conns_list[@]}"; do
+            redis_proxy_run sled "$c" "$round"
+            redis_proxy_run redis "$c" "$round"
+        done
+    done
+    local -A rps p50 p99 gcpu rcpu cmds n2xx serr
+    local k
+    for c in "${conns_list[@]}"; do
+        for store in sled redis; do
+            k=$store-$c
+            read -r "rps[$k]" "p50[$k]" "p99[$k]" "gcpu[$k]" "rcpu[$k]" "cmds[$k]" "n2xx[$k]" "serr[$k]" \
+                <<<"$(sort -g "$TMP/rrounds-$k" | sed -n "$(((ROUNDS + 1) / 2))p")"
+        done
+    done
+    local rss_sled rss_redis
+    rss_sled=$(rss_kib "$R_SLED_PID")
+    rss_redis=$(rss_kib "$R_REDIS_GW_PID")
+    stop_named pc-sled
+    stop_named pc-redis
+
+    # ---- 2. sign-ins per second: sled, then Redis
+    R_SINK_PORT=$(free_port)
+    local sink_args=()
+    [ "$SINK_QUICKACK" = 1 ] && sink_args=(--quickack)
+    start_bg smtp-sink python3 "$BENCH_DIR/smtp_sink.py" --port "$R_SINK_PORT" --count-file "$TMP/sink.count" "${sink_args[@]}"
+    local sink_pid=$LAST_PID i
+    for ((i = 0; i < 100; i++)); do
+        grep -q listening "$TMP/smtp-sink.log" 2>/dev/null && break
+        kill -0 "$sink_pid" 2>/dev/null || die "smtp sink died: $(cat "$TMP/smtp-sink.log")"
+        sleep 0.1
+    done
+    local -A L_dur L_rate L_acc L_req L_p50 L_p99 L_lim L_oth L_err L_cpu L_rcpu L_cmds L_mail L_queued L_outbox L_probe
+    redis_login_row s
+    redis_login_row r "$(store_yaml bench-login:)"
+    local keys_login
+    keys_login=$(redis_keys bench-login:)
+
+    # ---- 3. revocation delay across two Redis-backed replicas
+    local a_port b_port secret_yaml=""
+    a_port=$(free_port)
+    b_port=$(free_port)
+    mkdir -p "$TMP/rev-a-mail" "$TMP/rev-b-mail"
+    if [ "$REVOKE_SECRETS_FILE" = 1 ]; then
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$TMP/shared-secret")
+        secret_yaml="secrets_file: \"$TMP/shared-secret\""
+    fi
+    for k in a b; do
+        if [ "$k" = a ]; then port=$a_port; else port=$b_port; fi
+        write_portcullis_config "$TMP/rev-$k.yaml" "$port" "$TMP/rev-$k-data" \
+            "  transport: file
+  dir: \"$TMP/rev-$k-mail\"
+$secret_yaml
+$(store_yaml bench-revoke:)"
+    done
+    start_portcullis rev-a "$TMP/rev-a.yaml" "$a_port"
+    start_portcullis rev-b "$TMP/rev-b.yaml" "$b_port"
+    log "revocation: $REVOKE_TRIALS trials, sign in + logout on A (:$a_port), B (:$b_port) polled every 10 ms"
+    python3 "$BENCH_DIR/revocation.py" --a "http://127.0.0.1:$a_port" --b "http://127.0.0.1:$b_port" \
+        --mail-dir "$TMP/rev-a-mail" --mail-dir "$TMP/rev-b-mail" --trials "$REVOKE_TRIALS" \
+        --jitter-ms "$REVOKE_JITTER_MS" --out "$TMP/revoke-trials.tsv" >"$TMP/revoke.txt" 2>"$TMP/revoke.log" \
+        || die "bench/revocation.py failed: $(tail -n 20 "$TMP/revoke.log")"
+    local line kv
+    line=$(grep '^REVOKE ' "$TMP/revoke.txt" | tail -n1) || die "no result line from bench/revocation.py: $(cat "$TMP/revoke.txt" "$TMP/revoke.log")"
+    local -A RV=()
+    for kv in ${line#REVOKE }; do
+        RV[${kv%%=*}]=${kv#*=}
+    done
+
+    # ---- report
+    echo
+    echo "== redis 1/3: authenticated proxy throughput, sled vs Redis store (one gateway), same upstream, wrk -d$DURATION, rounds $ROUNDS, nproc $(nproc) =="
+    printf '%-7s %6s %9s %9s %9s %11s %12s %11s %8s %9s\n' store conns "req/s" p50 p99 "gw CPU us" "redis CPU us" "redis cmds" "non-2xx" "sock errs"
+    for c in "${conns_list[@]}"; do
+        for store in sled redis; do
+            k=$store-$c
+            printf '%-7s %6s %9.0f %9s %9s %11s %12s %11s %8s %9s\n' "$store" "$c" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
+                "${gcpu[$k]}" "${rcpu[$k]}" "${cmds[$k]}" "${n2xx[$k]}" "${serr[$k]}"
+        done
+    done
+    echo "CPU columns: per request, user+system of the gateway / of redis-server during the measured run; redis cmds: Redis"
+    echo "  commands per request (INFO total_commands_processed; sessions are cached for at most 500 ms per process)."
+    echo "  wrk -t$THREADS (-t1 at 1 connection); both gateways ran side by side, the idle one idle. RSS after the runs:"
+    echo "  sled $(mib "$rss_sled"), redis $(mib "$rss_redis"); Redis keys under bench-proxy: $keys_proxy."
+    local r
+    for c in "${conns_list[@]}"; do
+        r=$(ratio "${rps[redis-$c]}" "${rps[sled-$c]}")
+        if [ "$c" = "$CONNS" ]; then
+            printf '%-44s %-28s %s\n' "redis/sled req/s at $c connections" "${r}x  (target >= 0.9x)" "$(pass_fail ge "${rps[redis-$c]}" "${rps[sled-$c]}" 0.9)"
+        else
+            printf '%-44s %-28s %s\n' "redis/sled req/s at $c connections" "${r}x" "(informational)"
+        fi
+    done
+    printf '%-44s %s\n' "redis/sled p99 at $CONNS connections" "$(ms "${p99[redis-$CONNS]}") vs $(ms "${p99[sled-$CONNS]}") ($(ratio "${p99[redis-$CONNS]}" "${p99[sled-$CONNS]}")x)"
+    # CPU per request is far less sensitive to a busy shared machine than req/s.
+    local cpu_s cpu_r
+    cpu_s=$(awk -v a="${gcpu[sled-$CONNS]}" -v b="${rcpu[sled-$CONNS]}" 'BEGIN { printf "%.1f", a + b }')
+    cpu_r=$(awk -v a="${gcpu[redis-$CONNS]}" -v b="${rcpu[redis-$CONNS]}" 'BEGIN { printf "%.1f", a + b }')
+    printf '%-44s %s\n' "redis/sled CPU per request at $CONNS conns" "$cpu_r vs $cpu_s us (gateway + redis-server: $(ratio "$cpu_r" "$cpu_s")x; informational, less noisy than req/s)"
+
+    echo
+    echo "== redis 2/3: sign-ins, POST /.auth/api/login, distinct addresses, mail via SMTP to a local sink, wrk -t$LOGIN_THREADS -c$LOGIN_CONNS -d$DURATION =="
+    printf '%-7s %9s %9s %9s %9s %6s %6s %9s %11s %12s %11s %11s %9s %6s\n' store "logins/s" accepted p50 p99 429 other "sock errs" "gw CPU us" "redis CPU us" "redis cmds" "mails rcvd" "outbox" probe
+    for k in s r; do
+        if [ "$k" = s ]; then store=sled; else store=redis; fi
+        printf '%-7s %9s %9s %9s %9s %6s %6s %9s %11s %12s %11s %11s %9s %6s\n' "$store" "${L_rate[$k]}" "${L_acc[$k]}" "$(ms "${L_p50[$k]}")" "$(ms "${L_p99[$k]}")" \
+            "${L_lim[$k]}" "${L_oth[$k]}" "${L_err[$k]}" "${L_cpu[$k]}" "${L_rcpu[$k]}" "${L_cmds[$k]}" "${L_mail[$k]}" "${L_outbox[$k]:-?}" "${L_probe[$k]:-000}"
+    done
+    printf '%-44s %s\n' "redis/sled sign-ins per second" "$(ratio "${L_rate[r]}" "${L_rate[s]}")x  (informational)"
+    echo "CPU columns per sign-in request; mails rcvd: by the sink during the run (delivery is slower than sign-in"
+    echo "  and is not waited for); outbox: the gateway's portcullis_outbox_depth right after the run; probe: one more"
+    echo "  login after the run (200 = still signing in). Redis keys under bench-login: $keys_login."
+    local s_row
+    for k in s r; do
+        if [ "${L_probe[$k]:-000}" != 200 ] || [ "${L_acc[$k]}" -lt "${L_req[$k]}" ] || [ "${L_acc[$k]}" -eq 0 ]; then
+            if [ "$k" = s ]; then s_row=sled; else s_row=redis; fi
+            echo "WARNING ($s_row): wrk completed ${L_req[$k]} requests, ${L_acc[$k]} of them 200; probe login HTTP ${L_probe[$k]:-000}"
+        fi
+    done
+
+    echo
+    echo "== redis 3/3: revocation delay across replicas: logout on A, session hot on B, B polled every 10 ms =="
+    printf '%-44s %s\n' "trials (ok / not revoked in 10 s / error)" "${RV[trials]} (${RV[ok]} / ${RV[not_revoked]} / ${RV[errors]})"
+    printf '%-44s p50 %s ms, p90 %s ms, p99 %s ms, max %s ms (min %s, mean %s)\n' "delay: logout sent -> B's first 401" \
+        "${RV[p50_ms]}" "${RV[p90_ms]}" "${RV[p99_ms]}" "${RV[max_ms]}" "${RV[min_ms]}" "${RV[mean_ms]}"
+    printf '%-44s p50 %s ms, p99 %s ms\n' "delay after A answered the logout" "${RV[after_ack_p50_ms]}" "${RV[after_ack_p99_ms]}"
+    printf '%-44s p50 %s ms, max %s ms; sign-in (login+mail+verify) p50 %s ms\n' "the logout request itself" "${RV[logout_p50_ms]}" "${RV[logout_max_ms]}" "${RV[signin_p50_ms]}"
+    printf '%-44s %s\n' "master secret of A and B" "$([ "$REVOKE_SECRETS_FILE" = 1 ] && echo "one shared secrets_file" || echo "no secrets_file: from the shared store")"
+    local ok=FAIL
+    if [ "${RV[ok]}" -gt 0 ] && [ "${RV[not_revoked]}" = 0 ] && [ "${RV[errors]}" = 0 ] \
+        && awk -v p="${RV[p99_ms]}" 'BEGIN { exit !(p <= 1000) }'; then
+        ok=PASS
+    fi
+    printf '%-44s %-28s %s\n' "revocation delay p99 <= 1 s" "${RV[p99_ms]} ms" "$ok"
+    echo "(p99 by nearest rank over the ok trials: with 50 trials it is the largest; jitter before the logout:"
+    echo " ${REVOKE_JITTER_MS} ms, 0 = logout right after B cached the session, the 500 ms cache's worst case)"
+    if grep -q 'trial [0-9]*:' "$TMP/revoke.log"; then
+        echo "trial errors:"
+        grep 'trial [0-9]*:' "$TMP/revoke.log" | head -n 5 | sed 's/^/    /'
+    fi
+
+    echo
+    echo "== WARN/ERROR lines in the logs (gateways run with PORTCULLIS_LOG=warn) =="
+    log_problems
+    echo "(informational; raw wrk output and per-trial delays: rerun with BENCH_KEEP=1 and see the work dir)"
+}
+
 # ---------------------------------------------------------------- main
 
 case "$MODE" in
-    proxy | scale | login) ;;
+    proxy | scale | login | redis) ;;
     -h | --help | help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
         ;;
-    *) die "unknown mode '$MODE' (proxy | scale | login)" ;;
+    *) die "unknown mode '$MODE' (proxy | scale | login | redis)" ;;
 esac
 
 ensure_tools
