@@ -6,7 +6,7 @@
 #   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
 #   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
 #   bench/proxy.sh redis     the Redis store vs sled: proxy throughput, sign-ins/s, revocation delay
-#                            across two replicas (~4-5 min after the build)
+#                            across two replicas (~2-3 min after the build)
 #
 # Default mode, same load for every target (wrk, BENCH_THREADS x BENCH_CONNS for BENCH_DURATION,
 # after a BENCH_WARMUP run that is thrown away), same ~100-byte upstream body:
