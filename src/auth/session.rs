@@ -1,5 +1,7 @@
 //! Sessions: reading the cookie or bearer token, validating it against the store and `access`, issuing and revoking.
 
+use std::sync::Arc;
+
 use cookie::{Cookie, SameSite};
 use http::{header, HeaderMap};
 
@@ -25,7 +27,8 @@ pub struct Identity {
     pub email: String,
     pub token_hash: [u8; 32],
     pub via: Via,
-    pub session: Session,
+    /// Shared with the store's cache.
+    pub session: Arc<Session>,
     /// False when `access` no longer allows the email: the caller answers 403.
     pub allowed: bool,
 }

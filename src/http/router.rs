@@ -26,7 +26,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Shares the request's bytes (no copy) for the access log.
+    let uri = req.uri().clone();
     // One config snapshot per request (each load touches a shared reference count).
     let cfg = state.config();
     let request_id = request_id(&state, &cfg, &mut req, &conn);
@@ -41,7 +42,7 @@ pub async fn handle(
     tracing::info!(
         target: "portcullis::access",
         method = %method,
-        path = %path,
+        path = uri.path(),
         status = resp.status().as_u16(),
         peer = %conn.peer.ip(),
         ms = %Millis(started.elapsed()),
@@ -76,8 +77,16 @@ fn request_id(
         }
     }
     let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{}{n:010x}", state.instance_id);
-    let v = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"));
+    // `{instance_id}{n:010x}` written into a stack buffer: no formatting machinery, one copy.
+    let mut buf = [0u8; 32];
+    let prefix = state.instance_id.as_bytes();
+    let p = prefix.len().min(buf.len() - 10);
+    buf[..p].copy_from_slice(&prefix[..p]);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf[p..p + 10].iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * (9 - i))) & 0xf) as usize];
+    }
+    let v = HeaderValue::from_bytes(&buf[..p + 10]).unwrap_or(HeaderValue::from_static("0"));
     req.headers_mut().insert(X_REQUEST_ID, v.clone());
     v
 }

@@ -13,7 +13,7 @@ pub mod sled;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -337,7 +337,7 @@ const SHARDS: usize = 16;
 const CACHE_PER_SHARD: usize = 4096;
 
 /// Sessions read from the backend, with when they were read.
-type CacheShard = HashMap<[u8; 32], (Session, Instant)>;
+type CacheShard = HashMap<[u8; 32], (Arc<Session>, Instant)>;
 
 /// The store as the gateway uses it: a backend, a short-lived cache of sessions read from it,
 /// and `last_seen` updates batched in memory (no write per request).
@@ -510,15 +510,16 @@ impl Store {
     }
 
     /// A session, from this process's cache when it was read in the last
-    /// [`SESSION_CACHE_TTL`], else from the backend. Unknown tokens are never cached.
-    pub async fn session(&self, hash: &[u8; 32]) -> R<Option<Session>> {
+    /// [`SESSION_CACHE_TTL`], else from the backend. Unknown tokens are never cached. Shared,
+    /// not copied: a cache hit allocates nothing.
+    pub async fn session(&self, hash: &[u8; 32]) -> R<Option<Arc<Session>>> {
         let shard = &self.cache[hash[0] as usize % SHARDS];
         if let Some((s, at)) = lock(shard).get(hash) {
             if at.elapsed() < SESSION_CACHE_TTL {
                 return Ok(Some(s.clone()));
             }
         }
-        let found = on!(self.session(hash))?;
+        let found = on!(self.session(hash))?.map(Arc::new);
         let mut c = lock(shard);
         match &found {
             Some(s) => {
@@ -599,7 +600,11 @@ impl Store {
         for (hash, seen) in &pending {
             let i = hash[0] as usize % SHARDS;
             if let Some((s, _)) = lock(&self.cache[i]).get_mut(hash) {
-                s.last_seen = s.last_seen.max(*seen);
+                if s.last_seen < *seen {
+                    let mut fresher = Session::clone(s);
+                    fresher.last_seen = *seen;
+                    *s = Arc::new(fresher);
+                }
             }
             let mut t = lock(&self.touches[i]);
             if t.get(hash) == Some(seen) {
