@@ -2,11 +2,6 @@
 //! `sessions` talks to the running server; `completions` and `man` print shell completions and a
 //! man page generated from the same definition.
 
-/// mimalloc: per-thread free lists suit the gateway's many small, short-lived allocations
-/// (bench/proxy.sh measured glibc malloc/free at ~7 % of the proxy's CPU).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
