@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::auth::address::parse_address;
 use crate::auth::challenge::Requester;
+use crate::auth::flash::{self, Flash};
 use crate::auth::policy::same_origin;
 use crate::auth::session::{authenticate, removal_cookie, Identity};
 use crate::config::Config;
@@ -126,6 +127,15 @@ pub async fn revoke_own(
     if revoked_current {
         let mut r = redirect(StatusCode::SEE_OTHER, "/.auth/login");
         set_cookie(&mut r, &removal_cookie(cfg));
+        let signed_out = if target == "all" {
+            "You are signed out on every device."
+        } else {
+            "You are signed out."
+        };
+        set_cookie(
+            &mut r,
+            &flash::cookie(cfg, &state.secret, &Flash::notice(signed_out)),
+        );
         return Ok(r);
     }
     Ok(redirect(StatusCode::SEE_OTHER, "/.auth/sessions"))
@@ -140,7 +150,7 @@ async fn admin(
     if cfg.admins.contains(&id.email) {
         Ok(id)
     } else {
-        Err(Box::new(AuthError::NotAllowed(id.email).to_page(state)))
+        Err(Box::new(AuthError::NotAdmin(id.email).to_page(state)))
     }
 }
 

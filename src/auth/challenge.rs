@@ -210,9 +210,10 @@ pub async fn start(
     })
 }
 
-/// Queues a mail with fresh credentials for a live challenge; the old link and code stop
-/// working at once (the new ones are minted when the mail is sent). Failed code attempts are
-/// kept: a resend does not refill them.
+/// Queues a mail with fresh credentials for a live or expired challenge (and gives it a new
+/// lifetime); the old link and code stop working at once (the new ones are minted when the mail
+/// is sent). Failed code attempts are kept: a resend does not refill them, nor unlocks a locked
+/// challenge.
 pub async fn resend(
     state: &AppState,
     cfg: &Config,
@@ -225,7 +226,7 @@ pub async fn resend(
         .challenge(challenge_id)
         .await?
         .ok_or(AuthError::UnknownChallenge)?;
-    check_live(cfg, &current, now)?;
+    check_resendable(cfg, &current, now)?;
     let since = now.saturating_sub(current.last_sent_at);
     let cooldown = cfg.login.resend_cooldown.as_secs();
     if since < cooldown {
@@ -239,7 +240,7 @@ pub async fn resend(
             let Some(mut c) = c else {
                 return Modify::Keep(Err(AuthError::UnknownChallenge));
             };
-            if let Err(e) = check_live(cfg, &c, now) {
+            if let Err(e) = check_resendable(cfg, &c, now) {
                 return Modify::Keep(Err(e));
             }
             if c.last_sent_at != current.last_sent_at {
@@ -262,18 +263,59 @@ pub async fn resend(
     Ok(updated)
 }
 
+/// Where a challenge stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// A link or code may still sign in.
+    Live,
+    /// Signed in with already.
+    Used,
+    /// `max_code_attempts` wrong codes.
+    Locked,
+    /// Past its `expires_at` (a resend revives it).
+    Expired,
+}
+
+impl Liveness {
+    /// The error a redemption of a challenge in this state gets (`None` while live).
+    pub fn error(self) -> Option<AuthError> {
+        match self {
+            Liveness::Live => None,
+            Liveness::Used => Some(AuthError::AlreadyUsed),
+            Liveness::Locked => Some(AuthError::Locked),
+            Liveness::Expired => Some(AuthError::Expired),
+        }
+    }
+}
+
+/// Where `c` stands at `now` (used before locked before expired).
+pub fn liveness(cfg: &Config, c: &Challenge, now: u64) -> Liveness {
+    if c.completed {
+        Liveness::Used
+    } else if c.attempts >= cfg.login.max_code_attempts {
+        Liveness::Locked
+    } else if c.expires_at <= now {
+        Liveness::Expired
+    } else {
+        Liveness::Live
+    }
+}
+
 /// Refuses completed, expired and locked challenges.
 fn check_live(cfg: &Config, c: &Challenge, now: u64) -> Result<(), AuthError> {
-    if c.completed {
-        return Err(AuthError::AlreadyUsed);
+    match liveness(cfg, c, now).error() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    if c.attempts >= cfg.login.max_code_attempts {
-        return Err(AuthError::Locked);
+}
+
+/// Refuses completed and locked challenges; an expired one may be sent again (the resend gives
+/// it a new lifetime), so its owner need not type the address again.
+fn check_resendable(cfg: &Config, c: &Challenge, now: u64) -> Result<(), AuthError> {
+    match liveness(cfg, c, now) {
+        Liveness::Live | Liveness::Expired => Ok(()),
+        other => Err(other.error().unwrap_or(AuthError::Expired)),
     }
-    if c.expires_at <= now {
-        return Err(AuthError::Expired);
-    }
-    Ok(())
 }
 
 /// The live challenge a link token belongs to, without spending it (for the confirm page).
@@ -330,7 +372,18 @@ pub async fn redeem_link(
         .await?
 }
 
-/// Checks a code against its challenge; counts failures and locks the challenge at the cap.
+/// The digits of a typed code: spaces (any whitespace) and dashes removed, then exactly `len`
+/// ASCII digits, else `None`.
+pub fn well_formed(typed: &str, len: u32) -> Option<String> {
+    let code: String = typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    (code.len() == len as usize && code.bytes().all(|b| b.is_ascii_digit())).then_some(code)
+}
+
+/// Checks a code against its challenge; counts failures and locks the challenge at the cap. A
+/// malformed code ([`well_formed`]) is refused without counting.
 pub async fn redeem_code(
     state: &AppState,
     cfg: &Config,
@@ -344,7 +397,12 @@ pub async fn redeem_code(
             "sign-in by code is not enabled".into(),
         ));
     }
-    let code: String = code.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let code = match well_formed(code, cfg.login.code_length) {
+        Some(code) => code,
+        // Not a code at all (a letter, a wrong length): refused before the store is asked, so
+        // it costs no attempt and says nothing about the challenge.
+        None => return Err(AuthError::MalformedCode(cfg.login.code_length)),
+    };
     let now = state.clock.now();
     let max = cfg.login.max_code_attempts;
     let mut failed: Option<(String, u32)> = None;
@@ -378,7 +436,10 @@ pub async fn redeem_code(
         .await?;
     if let Some((email, left)) = failed {
         state.metrics.codes_failed();
-        let detail = format!("challenge {challenge_id}, {left} attempts left");
+        let detail = format!(
+            "challenge {challenge_id}, {} left",
+            crate::error::attempts(left)
+        );
         state
             .audit(
                 if left == 0 { "lockout" } else { "code_failed" },
@@ -488,6 +549,22 @@ pub async fn admit(
                     Err(AuthError::Busy(s))
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed;
+
+    #[test]
+    fn a_code_is_exactly_its_digits_with_spaces_and_dashes_removed() {
+        assert_eq!(well_formed("012345", 6).as_deref(), Some("012345"));
+        assert_eq!(well_formed(" 012-345 ", 6).as_deref(), Some("012345"));
+        assert_eq!(well_formed("01 23 45", 6).as_deref(), Some("012345"));
+        assert_eq!(well_formed("0123456789", 10).as_deref(), Some("0123456789"));
+        for bad in ["", "01234", "0123456", "01234a", "٠١٢٣٤٥", "012.345", "+12345"] {
+            assert_eq!(well_formed(bad, 6), None, "{bad:?}");
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod account;
 pub mod address;
 pub mod challenge;
 pub mod device;
+pub mod flash;
 pub mod handlers;
 pub mod policy;
 pub mod regulation;

@@ -1,83 +1,219 @@
 //! Server-rendered HTML pages (login, check your email, confirm, continue, messages, whoami) from embedded templates.
 
+use arc_swap::ArcSwap;
+use http::HeaderValue;
 use minijinja::{context, Environment, Value};
+use serde::Serialize;
+
+/// The built-in page templates, by name.
+const BUILT_IN: [(&str, &str); 11] = [
+    ("base.html", include_str!("../../templates/pages/base.html")),
+    (
+        "login.html",
+        include_str!("../../templates/pages/login.html"),
+    ),
+    (
+        "check_email.html",
+        include_str!("../../templates/pages/check_email.html"),
+    ),
+    (
+        "confirm.html",
+        include_str!("../../templates/pages/confirm.html"),
+    ),
+    (
+        "continue.html",
+        include_str!("../../templates/pages/continue.html"),
+    ),
+    (
+        "message.html",
+        include_str!("../../templates/pages/message.html"),
+    ),
+    (
+        "signed_in.html",
+        include_str!("../../templates/pages/signed_in.html"),
+    ),
+    (
+        "logout.html",
+        include_str!("../../templates/pages/logout.html"),
+    ),
+    (
+        "sessions.html",
+        include_str!("../../templates/pages/sessions.html"),
+    ),
+    (
+        "admin.html",
+        include_str!("../../templates/pages/admin.html"),
+    ),
+    (
+        "whoami.html",
+        include_str!("../../templates/pages/whoami.html"),
+    ),
+];
+
+/// The one inline script of the gateway's pages: counts the resend button's wait down and
+/// enables it. Allowed by its hash in the pages' `Content-Security-Policy` (nothing else runs);
+/// without it the page still works (the server renders the button disabled with the seconds
+/// left, and a reload shows the current state).
+pub const COUNTDOWN_SCRIPT: &str = "(function(){var b=document.getElementById('resend');var w=document.getElementById('resend-wait');if(!b||!w)return;var n=parseInt(b.getAttribute('data-wait'),10)||0;function t(){if(n<=0){b.disabled=false;w.textContent='';return;}w.textContent=' (in '+n+(n==1?' second)':' seconds)');n--;setTimeout(t,1000);}t();})();";
+
+/// The CSP of pages without the gateway's script or images from elsewhere.
+pub const STRICT_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A rendered page and the `Content-Security-Policy` it needs.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub html: String,
+    pub csp: HeaderValue,
+}
+
+impl From<String> for Page {
+    /// A page made elsewhere: the strict policy (no script, images from the gateway only).
+    fn from(html: String) -> Page {
+        Page {
+            html,
+            csp: HeaderValue::from_static(STRICT_CSP),
+        }
+    }
+}
+
+impl std::fmt::Display for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.html)
+    }
+}
+
+impl std::ops::Deref for Page {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.html
+    }
+}
+
+/// The policy of the gateway's own pages: the strict one plus the countdown script's hash and
+/// `img_origin` (a branding logo served from elsewhere).
+fn page_csp(img_origin: Option<&str>) -> HeaderValue {
+    use base64::Engine;
+    let hash = base64::engine::general_purpose::STANDARD
+        .encode(crate::crypto::sha256(COUNTDOWN_SCRIPT.as_bytes()));
+    let img = match img_origin {
+        Some(o) => format!("'self' data: {o}"),
+        None => "'self' data:".into(),
+    };
+    let csp = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; img-src {img}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static(STRICT_CSP))
+}
+
+/// A message page's way on: a link, or a button posting a form.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// Where the link goes, or where the form posts.
+    pub href: String,
+    pub label: String,
+    /// A button posting to `href` (with `fields`) instead of a link.
+    pub post: bool,
+    /// Hidden form fields.
+    pub fields: Vec<(String, String)>,
+}
+
+impl Action {
+    pub fn link(href: String, label: &str) -> Action {
+        Action {
+            href,
+            label: label.into(),
+            post: false,
+            fields: Vec::new(),
+        }
+    }
+
+    pub fn post(href: &str, label: &str) -> Action {
+        Action {
+            href: href.into(),
+            label: label.into(),
+            post: true,
+            fields: Vec::new(),
+        }
+    }
+}
+
+/// A titled message page.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Message<'a> {
+    pub title: &'a str,
+    pub message: &'a str,
+    /// A status line above the message (e.g. "You are signed out.").
+    pub notice: Option<&'a str>,
+    /// The main way on.
+    pub action: Option<Action>,
+    /// A smaller second way on.
+    pub secondary: Option<Action>,
+}
 
 /// Compiled page templates; HTML auto-escaping is on for every page.
 pub struct Pages {
+    inner: ArcSwap<Inner>,
+}
+
+struct Inner {
     env: Environment<'static>,
+    csp: HeaderValue,
 }
 
 const SITE: &str = "Portcullis";
 
 impl Pages {
     pub fn new() -> Result<Self, String> {
-        let mut env = Environment::new();
-        let pages: [(&str, &str); 9] = [
-            (
-                "continue.html",
-                include_str!("../../templates/pages/continue.html"),
-            ),
-            (
-                "sessions.html",
-                include_str!("../../templates/pages/sessions.html"),
-            ),
-            (
-                "admin.html",
-                include_str!("../../templates/pages/admin.html"),
-            ),
-            ("base.html", include_str!("../../templates/pages/base.html")),
-            (
-                "login.html",
-                include_str!("../../templates/pages/login.html"),
-            ),
-            (
-                "check_email.html",
-                include_str!("../../templates/pages/check_email.html"),
-            ),
-            (
-                "confirm.html",
-                include_str!("../../templates/pages/confirm.html"),
-            ),
-            (
-                "message.html",
-                include_str!("../../templates/pages/message.html"),
-            ),
-            (
-                "whoami.html",
-                include_str!("../../templates/pages/whoami.html"),
-            ),
-        ];
-        for (name, src) in pages {
-            env.add_template(name, src)
-                .map_err(|e| format!("{name}: {e}"))?;
-        }
-        env.add_filter("sentence", sentence);
-        Ok(Pages { env })
+        Ok(Pages {
+            inner: ArcSwap::from_pointee(Inner::new()?),
+        })
     }
 
     /// Renders a page; `ctx` is merged with the site name. Falls back to a plain message on error.
-    pub fn render(&self, name: &str, ctx: Value) -> String {
-        let ctx = context! { site => SITE, ..ctx };
-        match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+    pub fn render(&self, name: &str, ctx: Value) -> Page {
+        let inner = self.inner.load();
+        let ctx = context! { site => SITE, countdown_script => Value::from_safe_string(COUNTDOWN_SCRIPT.into()), ..ctx };
+        let html = match inner.env.get_template(name).and_then(|t| t.render(ctx)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(template = name, error = %e, "page template failed");
                 "<!doctype html><title>Error</title><p>Something went wrong.</p>".to_string()
             }
+        };
+        Page {
+            html,
+            csp: inner.csp.clone(),
         }
     }
 
     /// A titled message page with an optional link.
-    pub fn message(&self, title: &str, message: &str, action: Option<(&str, &str)>) -> String {
-        self.render(
-            "message.html",
-            context! {
-                title => title,
-                message => message,
-                action_href => action.map(|a| a.0),
-                action_label => action.map(|a| a.1),
-            },
-        )
+    pub fn message(&self, title: &str, message: &str, action: Option<(&str, &str)>) -> Page {
+        self.message_with(&Message {
+            title,
+            message,
+            action: action.map(|(href, label)| Action::link(href.into(), label)),
+            ..Message::default()
+        })
+    }
+
+    /// A message page with any of its parts.
+    pub fn message_with(&self, m: &Message<'_>) -> Page {
+        self.render("message.html", Value::from_serialize(m))
+    }
+}
+
+impl Inner {
+    fn new() -> Result<Inner, String> {
+        let mut env = Environment::new();
+        for (name, src) in BUILT_IN {
+            env.add_template(name, src)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        env.add_filter("sentence", sentence);
+        Ok(Inner {
+            env,
+            csp: page_csp(None),
+        })
     }
 }
 
@@ -124,10 +260,11 @@ mod tests {
             "check_email.html",
             context! {
                 title => "Check your email", email => "a@example.com", link => true, code => true,
-                code_length => code_length, ttl_minutes => 15, cooldown => 30, rd_param => "%2F",
+                code_length => code_length, ttl_minutes => 15, resend_wait => 0, rd_param => "%2F",
                 error => error,
             },
         )
+        .html
     }
 
     #[test]

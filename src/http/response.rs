@@ -6,6 +6,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::Config;
+use crate::http::pages::Page;
 
 /// A response body: either produced here or streamed from the upstream.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -33,25 +34,22 @@ fn base(status: StatusCode, content_type: &'static str, body: Body) -> Response<
     r
 }
 
-/// An HTML page of the gateway: no caching, no framing, inline style only, and
+/// An HTML page of the gateway: no caching, no framing, the page's own `Content-Security-Policy`
+/// (inline style; scripts only by hash, see [`crate::http::pages`]), and
 /// `Referrer-Policy: same-origin`: other sites learn nothing from its links, while the browser
 /// sends a real `Origin` with the page's own form posts. (Under `no-referrer` browsers post
 /// `Origin: null`, and on plain http they send no `Sec-Fetch-Site` either: the same-origin check
 /// would have nothing to accept.)
-pub fn html(status: StatusCode, page: String) -> Response<Body> {
-    let mut r = base(status, "text/html; charset=utf-8", full(page));
+pub fn html(status: StatusCode, page: impl Into<Page>) -> Response<Body> {
+    let page = page.into();
+    let mut r = base(status, "text/html; charset=utf-8", full(page.html));
     let h = r.headers_mut();
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, page.csp);
     r
 }
 

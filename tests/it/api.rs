@@ -138,8 +138,11 @@ async fn login_is_rate_limited_per_ip() {
     let r = c
         .send(Req::post("/.auth/login").form(&[("email", "u8@example.com")]))
         .await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert!(r.header("retry-after").is_some());
+    let page = c.follow(&r).await;
+    assert!(page.text().contains("Too many requests"), "{}", page.text());
+    assert!(page.text().contains("u8@example.com"), "{}", page.text());
 
     // A minute later it works again.
     gw.clock.advance(61);

@@ -70,7 +70,7 @@ async fn a_form_sign_in_for_an_app_host_continues_by_get_from_the_forms_own_orig
                 .form(&[("email", "alice@example.com"), ("rd", &target)]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     let code = gw.mail("alice@example.com").await.code();
     let r = b
         .send(
@@ -194,6 +194,10 @@ async fn form_pages_send_a_real_origin_and_plain_http_sign_in_checks_it() {
             apps.at(Req::post("/.auth/login"), "auth", Some(&auth))
                 .form(&[("email", "dave@example.com")]),
         )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let r = b
+        .send(apps.at(Req::get("/.auth/check-email"), "auth", None))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(

@@ -223,7 +223,7 @@ async fn no_link_or_code_the_smtp_server_received_is_anywhere_on_disk() {
     let first = gw.mail("browser@example.com").await;
     for _ in 0..2 {
         let r = b.send(Req::post("/.auth/resend")).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
         gw.mail("browser@example.com").await;
     }
     let r = gw.http().send(Req::get(&first.link())).await;

@@ -104,9 +104,13 @@ async fn code_flow_signs_in_and_returns_to_original_url() {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "alice@example.com"), ("rd", &rd)]))
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert!(r.text().contains("Check your email"), "{}", r.text());
-    assert!(r.text().contains("alice@example.com"));
+    // POST-redirect-GET: the form's answer is a 303 to a page that can be reloaded.
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.location(), "/.auth/check-email");
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("Check your email"), "{}", page.text());
+    assert!(page.text().contains("alice@example.com"));
     let binding = r
         .set_cookie("portcullis_session_login")
         .expect("binding cookie");
@@ -155,16 +159,24 @@ async fn wrong_code_shows_the_form_again_with_attempts_left() {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "bob@example.com")]))
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let code = gw.mail("bob@example.com").await.code();
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", wrong)]))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.text().contains("4 attempts left"), "{}", r.text());
-    assert!(r.text().contains("name=\"code\""));
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.location(), "/.auth/check-email");
     assert!(r.set_cookie("portcullis_session").is_none());
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.text()
+            .contains("That code is not right. 4 attempts left."),
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("name=\"code\""));
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", &code)]))
         .await;
@@ -240,12 +252,24 @@ async fn link_in_another_browser_asks_for_confirmation_and_is_not_spent_by_get()
     // Spent now.
     let r = gw.http().send(Req::get(&link)).await;
     assert_eq!(r.status, StatusCode::GONE, "{}", r.text());
-    let r = gw
-        .http()
+    assert!(
+        r.text().contains("This link was already used"),
+        "{}",
+        r.text()
+    );
+    let late = gw.http();
+    let r = late
         .send(Req::post("/.auth/verify").form(&[("token", &mail.token())]))
         .await;
-    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert!(r.set_cookie("portcullis_session").is_none());
+    let page = late.follow(&r).await;
+    assert_eq!(page.status, StatusCode::GONE, "{}", page.text());
+    assert!(
+        page.text().contains("This link was already used"),
+        "{}",
+        page.text()
+    );
     assert_eq!(gw.state().store.session_count().await, 1);
 }
 
@@ -276,11 +300,12 @@ async fn resend_mails_new_credentials_and_kills_the_old_ones() {
     let first = gw.mail("frank@example.com").await;
 
     let r = b.send(Req::post("/.auth/resend")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let page = b.follow(&r).await;
     assert!(
-        r.text().contains("A new mail is on its way"),
+        page.text().contains("A new mail is on its way"),
         "{}",
-        r.text()
+        page.text()
     );
     let second = gw.mail("frank@example.com").await;
     assert_ne!(first.token(), second.token());
@@ -292,8 +317,9 @@ async fn resend_mails_new_credentials_and_kills_the_old_ones() {
         let r = b
             .send(Req::post("/.auth/code").form(&[("code", &first.code())]))
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
         assert!(r.set_cookie("portcullis_session").is_none());
+        assert!(b.follow(&r).await.text().contains("That code is not right"));
     }
     // The new one works.
     let r = b
@@ -313,11 +339,22 @@ async fn resend_respects_the_cooldown() {
         .await;
     gw.mail("gina@example.com").await;
     let r = b.send(Req::post("/.auth/resend")).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.header("retry-after").as_deref(), Some("30"));
+    let page = b.follow(&r).await.text();
+    assert!(
+        page.contains("Wait 30 seconds before asking for another mail."),
+        "{page}"
+    );
+    assert_eq!(gw.smtp().mails_to("gina@example.com").len(), 1);
     gw.clock.advance(30);
     let r = b.send(Req::post("/.auth/resend")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert!(b
+        .follow(&r)
+        .await
+        .text()
+        .contains("A new mail is on its way"));
     gw.mail("gina@example.com").await;
 }
 
@@ -398,14 +435,16 @@ async fn disallowed_address_sees_the_same_page_and_gets_no_mail() {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "mallory@evil.com")]))
         .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text().contains("Check your email"));
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(r.set_cookie("portcullis_session_login").is_some());
+    assert!(b.follow(&r).await.text().contains("Check your email"));
     // Any code is refused, and no mail was queued.
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", "123456")]))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.set_cookie("portcullis_session").is_none());
+    assert!(b.follow(&r).await.text().contains("That code is not right"));
     assert_eq!(gw.state().store.outbox_len().await, 0);
     // Mail for an allowed address queued afterwards is delivered; none for mallory came before it.
     b.send(Req::post("/.auth/login").form(&[("email", "kim@example.com")]))
@@ -418,13 +457,20 @@ async fn disallowed_address_sees_the_same_page_and_gets_no_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_email_in_the_form_shows_an_error() {
     let gw = TestGateway::start().await;
-    let r = gw
-        .http()
+    let b = gw.http();
+    let r = b
         .send(Req::post("/.auth/login").form(&[("email", "not an email"), ("rd", "/x")]))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.text().contains("id=\"error\""), "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/.auth/login?rd=%2Fx");
     assert!(r.set_cookie("portcullis_session_login").is_none());
+    // The form again, with the message and what was typed.
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = unescape(&page.text());
+    assert!(text.contains("id=\"error\""), "{text}");
+    assert!(text.contains("value=\"not an email\""), "{text}");
+    assert!(text.contains("value=\"/x\""), "{text}");
     assert_eq!(gw.state().store.challenge_count().await, 0);
 }
 

@@ -434,8 +434,16 @@ async fn full_sign_in(kind: Kind) {
                 .form(&[("email", "alice@example.com"), ("rd", &original)]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.text(), s.logs());
-    assert!(r.text().contains("Check your email"));
+    assert_eq!(
+        r.status,
+        StatusCode::SEE_OTHER,
+        "{}\n{}",
+        r.text(),
+        s.logs()
+    );
+    assert_eq!(r.location(), "/.auth/check-email");
+    let r = b.send(s.at(Req::get, "/.auth/check-email")).await;
+    assert!(r.text().contains("Check your email"), "{}", r.text());
     let mail = s.gw.mail("alice@example.com").await;
     // The mailed link points at the site (public_url), and the mail names the client.
     assert!(mail

@@ -429,7 +429,7 @@ async fn sign_in_through_the_balancer_and_the_session_works_on_every_replica() {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "browser@example.com"), ("rd", "/")]))
         .await;
-    assert_eq!(r.status, StatusCode::OK, "login form: {}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "login form: {}", r.text());
     let code = smtp.wait_for_mail("browser@example.com", WAIT).await.code();
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", &code)]))

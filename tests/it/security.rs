@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::upstream::echoed;
-use crate::support::{enc, keys, raw_exchange, raw_status, Http, Req, TestGateway, WAIT};
+use crate::support::{enc, keys, raw_exchange, raw_status, unescape, Http, Req, TestGateway, WAIT};
 
 fn is_b64url(s: &str) -> bool {
     s.bytes()
@@ -340,10 +340,15 @@ async fn a_resend_does_not_refill_code_attempts() {
     let c = gw.http();
     let v = gw.api_login("refill@example.com").await;
     let id = v["challenge_id"].clone();
-    gw.mail("refill@example.com").await;
+    let first = gw.mail("refill@example.com").await.code();
+    // A well-formed wrong code (a malformed one would not count).
+    let other = |code: &str| if code == "000000" { "111111" } else { "000000" };
     for _ in 0..2 {
         let r = c
-            .send(Req::post("/.auth/api/verify").json(&json!({"challenge_id": id, "code": "abc"})))
+            .send(
+                Req::post("/.auth/api/verify")
+                    .json(&json!({"challenge_id": id, "code": other(&first)})),
+            )
             .await;
         assert_eq!(r.error_code(), "wrong_code");
     }
@@ -354,7 +359,10 @@ async fn a_resend_does_not_refill_code_attempts() {
     let fresh = gw.mail("refill@example.com").await.code();
     // One more wrong code uses the last attempt.
     let r = c
-        .send(Req::post("/.auth/api/verify").json(&json!({"challenge_id": id, "code": "abc"})))
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": id, "code": other(&fresh)})),
+        )
         .await;
     assert_eq!(r.error_code(), "locked");
     let r = c
@@ -378,15 +386,40 @@ async fn expired_challenges_are_refused() {
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", &mail.code())]))
         .await;
-    assert_eq!(r.status, StatusCode::GONE, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert!(r.set_cookie("portcullis_session").is_none());
+    // The page says so, and offers a new mail for the same sign-in (no retyping).
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::GONE, "{}", page.text());
+    assert!(
+        page.text().contains("This sign-in expired"),
+        "{}",
+        page.text()
+    );
+    assert!(
+        unescape(&page.text()).contains("action=\"/.auth/resend\""),
+        "{}",
+        page.text()
+    );
     let r = c
         .send(Req::post("/.auth/api/verify").json(&json!({"link_token": mail.token()})))
         .await;
     assert_eq!(r.error_code(), "expired");
-    let r = b.send(Req::post("/.auth/resend")).await;
-    assert_eq!(r.status, StatusCode::GONE);
     assert_eq!(gw.state().store.session_count().await, 0);
+    // "Send a new mail" revives it: a new link and code, valid for a new ttl.
+    let r = b.send(Req::post("/.auth/resend")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(b
+        .follow(&r)
+        .await
+        .text()
+        .contains("A new mail is on its way"));
+    let fresh = gw.mail("late@example.com").await;
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &fresh.code())]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.set_cookie("portcullis_session").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +445,7 @@ async fn final_location(gw: &TestGateway, email: &str, rd: &str) -> String {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", email), ("rd", rd)]))
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{rd:?}: {}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{rd:?}: {}", r.text());
     let code = gw.mail(email).await.code();
     let r = b
         .send(Req::post("/.auth/code").form(&[("code", &code)]))
@@ -597,10 +630,11 @@ async fn addresses_are_parsed_strictly_and_bad_ones_get_no_mail() {
             .send(Req::post("/.auth/login").form(&[("email", e)]))
             .await;
         assert_eq!(
-            r.status,
-            StatusCode::BAD_REQUEST,
+            (r.status, r.location()),
+            (StatusCode::SEE_OTHER, "/.auth/login".to_string()),
             "{e:?} accepted by the form"
         );
+        assert!(r.set_cookie("portcullis_session_login").is_none());
     }
     assert_eq!(gw.state().store.challenge_count().await, 0);
     assert_eq!(gw.state().store.outbox_len().await, 0);
@@ -836,7 +870,7 @@ async fn cross_origin_form_posts_are_refused() {
                 .form(&[("email", "victim@example.com")]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let mail = gw.mail("victim@example.com").await;
 
     // Code, resend and link confirmation posted from another site are refused.
@@ -940,10 +974,15 @@ async fn allowed_and_disallowed_addresses_are_indistinguishable() {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(v["expired"], false);
         assert_eq!(v["completed"], false);
-        let page = c
+        let r = c
             .send(Req::post("/.auth/login").form(&[("email", e)]))
             .await;
-        assert!(page.set_cookie("portcullis_session_login").is_some());
+        assert_eq!(
+            (r.status, r.location()),
+            (StatusCode::SEE_OTHER, "/.auth/check-email".to_string())
+        );
+        assert!(r.set_cookie("portcullis_session_login").is_some());
+        let page = c.follow(&r).await;
         // The page differs only by the address shown.
         pages.push((
             page.status,
@@ -1463,7 +1502,7 @@ async fn cookies_are_secure_when_public_url_is_https() {
     let r = b
         .send(Req::post("/.auth/login").form(&[("email", "tls@example.com")]))
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let binding = r.set_cookie("portcullis_session_login").unwrap();
     assert_eq!(binding.secure(), Some(true), "{binding}");
     let mail = gw.mail("tls@example.com").await;

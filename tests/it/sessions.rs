@@ -22,7 +22,7 @@ async fn browser(gw: &TestGateway, email: &str, ua: &str) -> Http {
                 .form(&[("email", email), ("rd", "/")]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     let code = gw.mail(email).await.code();
     let r = b
         .send(
@@ -172,6 +172,11 @@ async fn users_see_and_sign_out_their_own_sessions() {
         .set_cookie("portcullis_session")
         .expect("the cookie is cleared");
     assert!(removal.value().is_empty());
+    let page = firefox.follow(&r).await.text();
+    assert!(
+        page.contains("You are signed out on every device."),
+        "{page}"
+    );
     assert!(!session_ok(&firefox).await);
     assert!(!session_ok(&api).await);
     assert!(session_ok(&carol).await, "another user was signed out");
@@ -318,7 +323,7 @@ async fn the_sign_in_mail_names_the_requesting_ip_and_browser() {
                 .form(&[("email", "dora@example.com")]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let mail = gw.mail("dora@example.com").await;
     let text = mail.text();
     // The device in parsed form, never the raw User-Agent text.
@@ -341,7 +346,7 @@ async fn the_sign_in_mail_names_the_requesting_ip_and_browser() {
                 .form(&[("email", "eve@example.com")]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let mail = gw.mail("eve@example.com").await;
     assert!(
         mail.text().contains("from 203.0.113.9 (curl)"),

@@ -28,7 +28,8 @@ use ctx::Ctx;
 use forward_auth::Family;
 
 /// Every `/.auth/` path this gateway answers (for 405 vs 404).
-const KNOWN: [&str; 22] = [
+const KNOWN: [&str; 23] = [
+    "/.auth/check-email",
     "/.auth/continue",
     "/.auth/sessions",
     "/.auth/sessions/revoke",
@@ -110,7 +111,9 @@ pub async fn dispatch(
         (&Method::POST, "/.auth/admin/revoke") => {
             account::admin_revoke(state, &cfg, req, &who).await
         }
-        (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req),
+        (&Method::GET | &Method::HEAD, "/.auth/login") => h.login_page(&req).await,
+        (&Method::GET | &Method::HEAD, "/.auth/check-email") => h.check_email_page(&req).await,
+        (&Method::GET | &Method::HEAD, "/.auth/logout") => h.logout_page(&req).await,
         (&Method::POST, "/.auth/login") => h.login_submit(req).await,
         (&Method::POST, "/.auth/code") => h.code_submit(req).await,
         (&Method::POST, "/.auth/resend") => h.resend_submit(req).await,

@@ -454,7 +454,8 @@ impl TestGateway {
         let r = b
             .send(Req::post("/.auth/login").form(&[("email", email), ("rd", "/")]))
             .await;
-        assert_eq!(r.status, StatusCode::OK, "login form: {}", r.text());
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "login form: {}", r.text());
+        assert_eq!(r.location(), "/.auth/check-email");
         let code = self.mail(email).await.code();
         let r = b
             .send(Req::post("/.auth/code").form(&[("code", &code)]))
@@ -674,6 +675,17 @@ impl Http {
                 );
             }
         }
+    }
+
+    /// Follows a `303`/`302` answer: GETs its `Location` (relative or absolute) with this jar.
+    pub async fn follow(&self, r: &Resp) -> Resp {
+        assert!(
+            r.status.is_redirection(),
+            "not a redirect ({}): {}",
+            r.status,
+            r.text()
+        );
+        self.send(Req::get(&r.location())).await
     }
 
     /// Sends a request and reads the whole response (fails the test after [`WAIT`]).

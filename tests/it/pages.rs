@@ -1,0 +1,461 @@
+//! The sign-in pages as a person meets them: POST-redirect-GET (reloads change nothing), malformed
+//! codes cost no attempt, each state with its own heading and a one-click way on, sign-out and
+//! "already signed in" pages, the resend countdown, the login hint and branding.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::support::{enc, unescape, Http, Req, Resp, TestGateway};
+
+/// The challenge id this browser is bound to (from its binding cookie).
+fn bound_id(b: &Http) -> String {
+    let v = b
+        .cookie("portcullis_session_login")
+        .expect("binding cookie");
+    v.split_once('.').unwrap().0.to_string()
+}
+
+/// Starts a sign-in through the form; returns the browser (the 303 followed once).
+async fn start(gw: &TestGateway, email: &str, rd: &str) -> Http {
+    let b = gw.http();
+    let r = b
+        .send(Req::post("/.auth/login").form(&[("email", email), ("rd", rd)]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.location(), "/.auth/check-email");
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    b
+}
+
+/// A 6-digit code that is not `code`.
+fn other(code: &str) -> &'static str {
+    if code == "000000" {
+        "111111"
+    } else {
+        "000000"
+    }
+}
+
+async fn attempts(gw: &TestGateway, id: &str) -> u32 {
+    gw.state()
+        .store
+        .challenge(id)
+        .await
+        .unwrap()
+        .expect("challenge")
+        .attempts
+}
+
+/// Waits until the outbox is empty and no mail arrived for a moment; returns the mails to `to`.
+async fn mails_settled(gw: &TestGateway, to: &str) -> usize {
+    for _ in 0..50 {
+        if gw.state().store.outbox_len().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.smtp().mails_to(to).len()
+}
+
+fn text(r: &Resp) -> String {
+    unescape(&r.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_any_page_of_the_sign_in_creates_no_challenge_and_sends_no_mail() {
+    let gw = TestGateway::start().await;
+    let b = start(&gw, "reload@example.com", "/after").await;
+    let id = bound_id(&b);
+    let first = gw.mail("reload@example.com").await;
+
+    // Reloading "Check your email" (a phone switching to the mail app and back).
+    for _ in 0..5 {
+        let r = b.send(Req::get("/.auth/check-email")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.text().contains("reload@example.com"), "{}", r.text());
+        assert!(r.set_cookie("portcullis_session_login").is_none());
+    }
+    assert_eq!(gw.state().store.challenge_count().await, 1);
+    assert_eq!(mails_settled(&gw, "reload@example.com").await, 1);
+
+    // A wrong code: one attempt, the message once; reloads spend nothing more.
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", other(&first.code()))]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/.auth/check-email");
+    let page = b.follow(&r).await;
+    assert!(
+        page.text()
+            .contains("That code is not right. 4 attempts left."),
+        "{}",
+        page.text()
+    );
+    for _ in 0..3 {
+        let r = b.send(Req::get("/.auth/check-email")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        // The one-shot message is gone; the state (attempts left) stays.
+        assert!(!r.text().contains("That code is not right"), "{}", r.text());
+        assert!(r.text().contains("4 attempts left."), "{}", r.text());
+    }
+    assert_eq!(attempts(&gw, &id).await, 1);
+
+    // A resend: one new mail, however often the page is reloaded afterwards.
+    let r = b.send(Req::post("/.auth/resend")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(b
+        .follow(&r)
+        .await
+        .text()
+        .contains("A new mail is on its way."));
+    for _ in 0..3 {
+        let r = b.send(Req::get("/.auth/check-email")).await;
+        assert!(!r.text().contains("A new mail is on its way"));
+    }
+    assert_eq!(gw.state().store.challenge_count().await, 1);
+    assert_eq!(mails_settled(&gw, "reload@example.com").await, 2);
+    let second = gw.mail("reload@example.com").await;
+
+    // The newest code still signs in, and the code is never in a URL or cookie.
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &second.code())]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), gw.url("/after"));
+    assert_eq!(gw.state().store.challenge_count().await, 1);
+    assert_eq!(mails_settled(&gw, "reload@example.com").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_code_is_never_carried_to_the_next_page() {
+    let gw = TestGateway::start().await;
+    let b = start(&gw, "carry@example.com", "/").await;
+    let code = gw.mail("carry@example.com").await.code();
+    let wrong = other(&code);
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", wrong)]))
+        .await;
+    assert!(!r.location().contains(wrong));
+    for c in r.set_cookies() {
+        assert!(!c.value().contains(wrong), "{c}");
+        let decoded = base64_payload(c.value());
+        assert!(!decoded.contains(wrong), "{decoded}");
+    }
+}
+
+/// The payload part of a flash cookie, decoded (empty for other cookies).
+fn base64_payload(v: &str) -> String {
+    use base64::Engine;
+    v.split_once('.')
+        .and_then(|(p, _)| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_codes_are_refused_without_costing_an_attempt() {
+    let gw = TestGateway::start().await;
+    let b = start(&gw, "typo@example.com", "/").await;
+    let id = bound_id(&b);
+    let code = gw.mail("typo@example.com").await.code();
+    let malformed = [
+        "abcdef",
+        "12345",
+        "1234567",
+        "12a456",
+        "",
+        "      ",
+        "١٢٣٤٥٦",
+        "１２３４５６",
+        "123 456 7",
+        "12.456",
+    ];
+    for m in malformed {
+        let r = b.send(Req::post("/.auth/code").form(&[("code", m)])).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{m:?}");
+        let page = b.follow(&r).await;
+        assert!(
+            page.text().contains(
+                "A code has 6 digits. Type the 6 digits from the mail (spaces and dashes are fine); this did not count as an attempt."
+            ),
+            "{m:?}: {}",
+            page.text()
+        );
+        assert!(!page.text().contains("attempts left"), "{m:?}");
+    }
+    assert_eq!(attempts(&gw, &id).await, 0);
+
+    // The JSON API the same: 400 `malformed_code`, no attempt.
+    let api = gw.api_login("typo2@example.com").await;
+    let api_id = api["challenge_id"].as_str().unwrap().to_string();
+    let api_code = gw.mail("typo2@example.com").await.code();
+    let c = gw.http();
+    for m in malformed {
+        let r = c
+            .send(Req::post("/.auth/api/verify").json(&json!({"challenge_id": api_id, "code": m})))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{m:?}");
+        assert_eq!(r.error_code(), "malformed_code", "{m:?}");
+    }
+    assert_eq!(attempts(&gw, &api_id).await, 0);
+    // One real wrong code counts (so counting still works) ...
+    let r = c
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": api_id, "code": other(&api_code)})),
+        )
+        .await;
+    assert_eq!(r.error_code(), "wrong_code");
+    assert_eq!(attempts(&gw, &api_id).await, 1);
+
+    // ... and the right codes still sign in, typed with spaces and dashes.
+    let typed = format!("{} {}-{}", &code[..2], &code[2..4], &code[4..]);
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &typed)]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.set_cookie("portcullis_session").is_some(), "{typed:?}");
+    let r = c
+        .send(
+            Req::post("/.auth/api/verify").json(&json!({"challenge_id": api_id, "code": api_code})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_sign_in_has_its_own_page_and_starts_again_with_the_address() {
+    let gw = TestGateway::builder()
+        .set("login.max_code_attempts", 2)
+        .start()
+        .await;
+    let b = start(&gw, "locked@example.com", "/deep/page?x=1").await;
+    let code = gw.mail("locked@example.com").await.code();
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", other(&code))]))
+        .await;
+    let page = b.follow(&r).await;
+    assert!(
+        page.text()
+            .contains("That code is not right. 1 attempt left."),
+        "{}",
+        page.text()
+    );
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", other(&code))]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    let t = text(&page);
+    assert!(t.contains("<h1>Too many wrong codes</h1>"), "{t}");
+    assert!(!t.contains("Sign-in link expired"), "{t}");
+    // The same on a reload; and no resend is offered (it would not unlock it).
+    let again = b.send(Req::get("/.auth/check-email")).await;
+    assert_eq!(again.status, StatusCode::GONE);
+    assert!(!text(&again).contains("/.auth/resend"), "{}", again.text());
+    // One click on: the form with the address and the destination filled in.
+    let target = gw.url("/deep/page?x=1");
+    let start_again = format!(
+        "/.auth/login?rd={}&email=locked%40example.com",
+        enc(&target)
+    );
+    assert!(
+        t.contains(&format!(
+            "<a href=\"{start_again}\" id=\"action\">Start again</a>"
+        )),
+        "{t}"
+    );
+    let form = text(&b.send(Req::get(&start_again)).await);
+    assert!(form.contains("value=\"locked@example.com\""), "{form}");
+    assert!(form.contains(&format!("value=\"{target}\"")), "{form}");
+    // Even the right code is refused now.
+    let r = b
+        .send(Req::post("/.auth/code").form(&[("code", &code)]))
+        .await;
+    assert!(r.set_cookie("portcullis_session").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_link_in_the_browser_that_asked_says_so_and_starts_again_with_the_address() {
+    let gw = TestGateway::start().await;
+    let b = start(&gw, "used@example.com", "/").await;
+    let mail = gw.mail("used@example.com").await;
+    // Confirmed on another device.
+    let phone = gw.http();
+    let r = phone
+        .send(Req::post("/.auth/verify").form(&[("token", &mail.token())]))
+        .await;
+    assert!(r.set_cookie("portcullis_session").is_some());
+    // The first browser's page and its link now say what happened.
+    let page = b.send(Req::get("/.auth/check-email")).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    let t = text(&page);
+    assert!(t.contains("<h1>This link was already used</h1>"), "{t}");
+    assert!(t.contains("email=used%40example.com"), "{t}");
+    let page = b.send(Req::get(&mail.link())).await;
+    assert_eq!(page.status, StatusCode::GONE);
+    let t = text(&page);
+    assert!(t.contains("<h1>This link was already used</h1>"), "{t}");
+    assert!(t.contains("email=used%40example.com"), "{t}");
+    // A browser without the sign-in learns nothing about the address.
+    let t = text(&gw.http().send(Req::get(&mail.link())).await);
+    assert!(t.contains("<h1>This link was already used</h1>"), "{t}");
+    assert!(!t.contains("used@example.com"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_has_a_confirm_page_and_says_you_are_signed_out() {
+    let gw = TestGateway::start().await;
+    // Not signed in: no 405, a page saying so.
+    let r = gw.http().send(Req::get("/.auth/logout").navigate()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("You are not signed in"), "{}", r.text());
+
+    let b = gw.browser_sign_in("bye@example.com").await;
+    let r = b.send(Req::get("/.auth/logout").navigate()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = text(&r);
+    assert!(t.contains("<h1>Sign out?</h1>"), "{t}");
+    assert!(t.contains("bye@example.com"), "{t}");
+    assert!(
+        t.contains("<form method=\"post\" action=\"/.auth/logout\">"),
+        "{t}"
+    );
+    // Opening the page signs nobody out.
+    assert_eq!(gw.state().store.session_count().await, 1);
+
+    let r = b.send(Req::post("/.auth/logout")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/.auth/login");
+    assert_eq!(gw.state().store.session_count().await, 0);
+    let page = b.follow(&r).await;
+    let t = text(&page);
+    assert!(
+        t.contains("<p class=\"ok\" role=\"status\" id=\"notice\">You are signed out.</p>"),
+        "{t}"
+    );
+    assert!(t.contains("name=\"email\""), "{t}");
+    // Once: a reload is the plain form.
+    let t = text(&b.send(Req::get("/.auth/login")).await);
+    assert!(!t.contains("You are signed out"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_page_while_signed_in_offers_continue_and_another_account() {
+    let gw = TestGateway::start().await;
+    let b = gw.browser_sign_in("here@example.com").await;
+    let r = b
+        .send(Req::get("/.auth/login?rd=%2Freports").navigate())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = text(&r);
+    assert!(t.contains("<h1>You are already signed in</h1>"), "{t}");
+    assert!(t.contains("here@example.com"), "{t}");
+    assert!(
+        t.contains(&format!("href=\"{}\" id=\"continue\"", gw.url("/reports"))),
+        "{t}"
+    );
+    assert!(!t.contains("name=\"email\""), "no email form: {t}");
+    // An unsafe rd is not offered as "Continue".
+    let t = text(
+        &b.send(Req::get("/.auth/login?rd=https%3A%2F%2Fevil.com%2F"))
+            .await,
+    );
+    assert!(!t.contains("evil.com\" id=\"continue\""), "{t}");
+
+    // "Use another account": signs out, back to the form for the same destination.
+    let r = b
+        .send(Req::post("/.auth/logout").form(&[("rd", "/reports")]))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/.auth/login?rd=%2Freports");
+    let t = text(&b.follow(&r).await);
+    assert!(t.contains("You are signed out."), "{t}");
+    assert!(t.contains("name=\"rd\" value=\"/reports\""), "{t}");
+    assert!(t.contains("name=\"email\" value=\"\""), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_method_not_allowed_and_not_an_admin_have_their_own_words() {
+    let gw = TestGateway::start().await;
+    let b = gw.http();
+    let r = b.send(Req::get("/.auth/nothing-here").navigate()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let t = text(&r);
+    assert!(t.contains("<h1>Page not found</h1>"), "{t}");
+    assert!(!t.contains("Cannot sign in"), "{t}");
+
+    let r = b
+        .send(Req::new(http::Method::PUT, "/.auth/login").navigate())
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let t = text(&r);
+    assert!(t.contains("<h1>Method not allowed</h1>"), "{t}");
+    assert!(!t.contains("Cannot sign in"), "{t}");
+
+    let user = gw.browser_sign_in("user@example.com").await;
+    let r = user.send(Req::get("/.auth/admin").navigate()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let t = text(&r);
+    assert!(t.contains("<h1>Administrators only</h1>"), "{t}");
+    assert!(
+        t.contains("The address user@example.com is not an administrator of this gateway."),
+        "{t}"
+    );
+    assert!(!t.contains("may not access this site"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_sentences_in_pages_and_json() {
+    let gw = TestGateway::builder()
+        .set("login.max_code_attempts", 2)
+        .set("login.resend_cooldown", "1m")
+        .start()
+        .await;
+    let v = gw.api_login("words@example.com").await;
+    let code = gw.mail("words@example.com").await.code();
+    let c = gw.http();
+    let r = c
+        .send(
+            Req::post("/.auth/api/verify")
+                .json(&json!({"challenge_id": v["challenge_id"], "code": other(&code)})),
+        )
+        .await;
+    assert_eq!(
+        r.json()["error"],
+        "That code is not right. 1 attempt left.",
+        "{}",
+        r.text()
+    );
+    let r = c
+        .send(Req::post("/.auth/api/resend").json(&json!({"challenge_id": v["challenge_id"]})))
+        .await;
+    assert_eq!(
+        r.json()["error"],
+        "Wait 60 seconds before asking for another mail."
+    );
+    let r = c
+        .send(Req::post("/.auth/api/login").json(&json!({"email": "nope@"})))
+        .await;
+    assert_eq!(r.json()["error"], "The domain is not valid.");
+    // Every JSON error message of these starts with a capital and ends with a full stop.
+    for path in ["/.auth/api/session", "/.auth/api/nothing"] {
+        let r = c
+            .send(Req::get(path).header("accept", "application/json"))
+            .await;
+        let m = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            m.chars().next().unwrap().is_uppercase() && m.ends_with('.'),
+            "{path}: {m}"
+        );
+    }
+}
