@@ -138,6 +138,10 @@ pub struct RawLogin {
     pub max_pending: usize,
     #[serde(default = "default_resend_cooldown")]
     pub resend_cooldown: String,
+    /// A line shown on the sign-in form and the check-email page (e.g. "Use your @example.com
+    /// address"); off by default, so nothing tells who may sign in.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 impl Default for RawLogin {
@@ -150,6 +154,7 @@ impl Default for RawLogin {
             rate_limit: RawRateLimit::default(),
             max_pending: default_max_pending(),
             resend_cooldown: default_resend_cooldown(),
+            hint: None,
         }
     }
 }

@@ -71,7 +71,12 @@ pub struct LoginConfig {
     /// Challenges the store may hold at once; further sign-ins get 503 without any work.
     pub max_pending: usize,
     pub resend_cooldown: Duration,
+    /// Shown on the sign-in form and the check-email page (opt-in: says who may sign in).
+    pub hint: Option<String>,
 }
+
+/// Longest `login.hint`.
+const MAX_HINT: usize = 200;
 
 impl LoginConfig {
     /// The `method` value of the JSON API.
@@ -531,6 +536,25 @@ impl Validator {
             self.problem("login.max_pending", "must be at least 1");
         }
         let resend_cooldown = self.duration("login.resend_cooldown", &l.resend_cooldown);
+        let hint = match l.hint.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                self.problem("login.hint", "is empty; remove the key or write a line such as \"Use your @example.com address\"");
+                None
+            }
+            Some(h) if h.contains(['\r', '\n']) => {
+                self.problem("login.hint", "must be one line");
+                None
+            }
+            Some(h) if h.chars().count() > MAX_HINT => {
+                self.problem(
+                    "login.hint",
+                    format!("is {} characters long; at most {MAX_HINT}", h.chars().count()),
+                );
+                None
+            }
+            Some(h) => Some(h.to_string()),
+        };
         let login = LoginConfig {
             link,
             code,
@@ -543,6 +567,7 @@ impl Validator {
             ipv6_prefix: l.rate_limit.ipv6_prefix,
             max_pending: l.max_pending,
             resend_cooldown,
+            hint,
         };
 
         let s = raw.session;
@@ -1084,6 +1109,17 @@ mod tests {
         assert_eq!(c.session.idle_timeout, Some(Duration::from_secs(86400)));
         assert_eq!(c.login.method_name(), "LINK_OTP");
         assert!(!c.secure_cookies());
+    }
+
+    #[test]
+    fn login_hint_is_one_short_line() {
+        assert_eq!(parse(MIN).unwrap().login.hint, None);
+        let c = parse(&format!("{MIN}login: {{ hint: '  Use your @example.com address ' }}\n")).unwrap();
+        assert_eq!(c.login.hint.as_deref(), Some("Use your @example.com address"));
+        for bad in ["''", "\"a\\nb\"", &format!("'{}'", "x".repeat(201))] {
+            let err = parse(&format!("{MIN}login: {{ hint: {bad} }}\n")).unwrap_err();
+            assert!(err.to_string().contains("login.hint"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -459,3 +459,28 @@ async fn messages_are_sentences_in_pages_and_json() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_hint_is_opt_in_and_shown_on_the_form_and_the_check_email_page() {
+    let gw = TestGateway::start().await;
+    let t = text(&gw.http().send(Req::get("/.auth/login")).await);
+    assert!(!t.contains("id=\"hint\""), "{t}");
+    let b = start(&gw, "someone@elsewhere.org", "/").await;
+    let t = text(&b.send(Req::get("/.auth/check-email")).await);
+    assert!(!t.contains("id=\"hint\""), "{t}");
+
+    let gw = TestGateway::builder()
+        .set("login.hint", "Use your @example.com address")
+        .start()
+        .await;
+    let t = text(&gw.http().send(Req::get("/.auth/login")).await);
+    assert!(
+        t.contains("<p class=\"small\" id=\"hint\">Use your @example.com address</p>"),
+        "{t}"
+    );
+    assert!(t.contains("aria-describedby=\"hint\""), "{t}");
+    // The same page for an address that may not sign in: the hint is what tells them.
+    let b = start(&gw, "someone@elsewhere.org", "/").await;
+    let t = text(&b.send(Req::get("/.auth/check-email")).await);
+    assert!(t.contains("Use your @example.com address"), "{t}");
+}
