@@ -484,3 +484,64 @@ async fn the_login_hint_is_opt_in_and_shown_on_the_form_and_the_check_email_page
     let t = text(&b.send(Req::get("/.auth/check-email")).await);
     assert!(t.contains("Use your @example.com address"), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resend_button_counts_down_without_javascript_and_its_script_is_allowed_by_hash() {
+    let gw = TestGateway::builder()
+        .set("login.resend_cooldown", "30s")
+        .start()
+        .await;
+    let b = start(&gw, "wait@example.com", "/").await;
+    let r = b.send(Req::get("/.auth/check-email")).await;
+    let t = text(&r);
+    assert!(
+        t.contains("id=\"resend\" data-wait=\"30\" disabled>Send a new mail<span id=\"resend-wait\"> (in 30 seconds)</span>"),
+        "{t}"
+    );
+    // The inline script that counts down is the only script, allowed by its hash.
+    let csp = r.header("content-security-policy").unwrap();
+    let script = t
+        .split("<script>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("the countdown script");
+    let hash = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()))
+    };
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{hash}';")),
+        "{csp}"
+    );
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(t.matches("<script").count(), 1, "{t}");
+
+    // The server's answer follows the clock (a reload without JavaScript shows the time left).
+    gw.clock.advance(29);
+    let t = text(&b.send(Req::get("/.auth/check-email")).await);
+    assert!(t.contains("data-wait=\"1\" disabled"), "{t}");
+    assert!(t.contains("(in 1 second)"), "{t}");
+    gw.clock.advance(1);
+    let t = text(&b.send(Req::get("/.auth/check-email")).await);
+    assert!(
+        t.contains("id=\"resend\" data-wait=\"0\">Send a new mail"),
+        "{t}"
+    );
+    assert!(!t.contains("<script"), "{t}");
+
+    // A resend starts the wait again, and an early click is refused with the seconds left.
+    let r = b.send(Req::post("/.auth/resend")).await;
+    let t = text(&b.follow(&r).await);
+    assert!(t.contains("A new mail is on its way."), "{t}");
+    assert!(t.contains("data-wait=\"30\" disabled"), "{t}");
+    gw.clock.advance(10);
+    let r = b.send(Req::post("/.auth/resend")).await;
+    assert_eq!(r.header("retry-after").as_deref(), Some("20"));
+    let t = text(&b.follow(&r).await);
+    assert!(
+        t.contains("Wait 20 seconds before asking for another mail."),
+        "{t}"
+    );
+    assert!(t.contains("data-wait=\"20\" disabled"), "{t}");
+}
