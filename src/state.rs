@@ -121,7 +121,7 @@ impl AppState {
             config.email.html_template.clone(),
         )
         .map_err(StartError::Templates)?;
-        let pages = Pages::new().map_err(StartError::Templates)?;
+        let pages = Pages::new(&config.branding).map_err(StartError::Templates)?;
         let tls = match &config.tls {
             Some(t) => Some(
                 crate::server::tls::server_config(&t.cert, &t.key)
@@ -167,6 +167,8 @@ impl AppState {
             config.email.html_template.clone(),
         )?;
         let mailer = Mailer::new(&config.email).map_err(|e| format!("email: {e}"))?;
+        // Last of the fallible steps: once the pages are swapped, everything else is too.
+        self.pages.reload(&config.branding)?;
         let old = self.config();
         for r in &mut config.routes {
             if let Some(o) = old.routes.iter().find(|o| o.name == r.name) {

@@ -46,6 +46,29 @@ pub struct RawConfig {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub admins: Vec<String>,
+    #[serde(default)]
+    pub branding: RawBranding,
+}
+
+/// `branding:`: what every page and mail shows of the site.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranding {
+    /// The site name (pages' header and title, mails).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A file (png, jpg, gif, webp, svg; inlined) or an https URL.
+    #[serde(default)]
+    pub logo: Option<String>,
+    /// `#rrggbb`, with white button text at 4.5:1 or more.
+    #[serde(default)]
+    pub accent: Option<String>,
+    /// An email address or an http(s) URL.
+    #[serde(default)]
+    pub support: Option<String>,
+    /// A folder of page templates named like the built-in ones, which they replace.
+    #[serde(default)]
+    pub templates_dir: Option<String>,
 }
 
 /// `store:`: where challenges, sessions and the outbox live (sled in `data_dir` by default).

@@ -1,5 +1,6 @@
 //! Validated, typed configuration: loads the YAML file and reports every problem with its file, line or key path.
 
+mod branding;
 mod file;
 mod store;
 mod yaml;
@@ -18,6 +19,7 @@ use crate::auth::address::{parse_address, parse_domain};
 use crate::net::Cidr;
 use crate::routing::{self, HostPattern, PublicPath, Route};
 pub use crate::routing::{Access, Upstream};
+pub use branding::{Accent, Branding, Logo, Support, DEFAULT_ACCENT, PAGE_TEMPLATES};
 use file::RawConfig;
 
 /// Every problem found in one configuration file.
@@ -203,6 +205,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Canonical addresses that may open `/.auth/admin`.
     pub admins: HashSet<String>,
+    /// Site name, logo, accent, support contact and page templates of every page and mail.
+    pub branding: Branding,
     /// Files whose change triggers a reload (the config itself, allowed_emails_file, templates).
     pub watched_files: Vec<PathBuf>,
     /// Their modification times when this config was read (set by [`Config::load`]).
@@ -549,7 +553,10 @@ impl Validator {
             Some(h) if h.chars().count() > MAX_HINT => {
                 self.problem(
                     "login.hint",
-                    format!("is {} characters long; at most {MAX_HINT}", h.chars().count()),
+                    format!(
+                        "is {} characters long; at most {MAX_HINT}",
+                        h.chars().count()
+                    ),
                 );
                 None
             }
@@ -793,6 +800,7 @@ impl Validator {
                 Err(e) => self.problem(&format!("admins[{i}]"), format!("`{a}`: {e}")),
             }
         }
+        let branding = self.branding(raw.branding, path);
         let mut watched_files = vec![path.to_path_buf()];
         watched_files.append(&mut self.watched);
 
@@ -860,6 +868,7 @@ impl Validator {
             log_emails: raw.log_emails,
             metrics_listen,
             admins,
+            branding,
             watched_files,
             loaded_mtimes: Vec::new(),
         })
@@ -1114,8 +1123,14 @@ mod tests {
     #[test]
     fn login_hint_is_one_short_line() {
         assert_eq!(parse(MIN).unwrap().login.hint, None);
-        let c = parse(&format!("{MIN}login: {{ hint: '  Use your @example.com address ' }}\n")).unwrap();
-        assert_eq!(c.login.hint.as_deref(), Some("Use your @example.com address"));
+        let c = parse(&format!(
+            "{MIN}login: {{ hint: '  Use your @example.com address ' }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.login.hint.as_deref(),
+            Some("Use your @example.com address")
+        );
         for bad in ["''", "\"a\\nb\"", &format!("'{}'", "x".repeat(201))] {
             let err = parse(&format!("{MIN}login: {{ hint: {bad} }}\n")).unwrap_err();
             assert!(err.to_string().contains("login.hint"), "{bad}: {err}");

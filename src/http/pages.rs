@@ -5,6 +5,8 @@ use http::HeaderValue;
 use minijinja::{context, Environment, Value};
 use serde::Serialize;
 
+use crate::config::Branding;
+
 /// The built-in page templates, by name.
 const BUILT_IN: [(&str, &str); 11] = [
     ("base.html", include_str!("../../templates/pages/base.html")),
@@ -150,7 +152,8 @@ pub struct Message<'a> {
     pub secondary: Option<Action>,
 }
 
-/// Compiled page templates; HTML auto-escaping is on for every page.
+/// Compiled page templates (built-in, or the operator's from `branding.templates_dir`) and the
+/// branding they show; HTML auto-escaping is on for every page. Rebuilt on reload.
 pub struct Pages {
     inner: ArcSwap<Inner>,
 }
@@ -158,21 +161,28 @@ pub struct Pages {
 struct Inner {
     env: Environment<'static>,
     csp: HeaderValue,
+    /// What every page gets besides its own context.
+    brand: Value,
 }
 
-const SITE: &str = "Portcullis";
-
 impl Pages {
-    pub fn new() -> Result<Self, String> {
+    /// Compiles the pages for `branding`; an operator's template that does not compile is an error.
+    pub fn new(branding: &Branding) -> Result<Self, String> {
         Ok(Pages {
-            inner: ArcSwap::from_pointee(Inner::new()?),
+            inner: ArcSwap::from_pointee(Inner::new(branding)?),
         })
     }
 
-    /// Renders a page; `ctx` is merged with the site name. Falls back to a plain message on error.
+    /// Replaces the templates and branding (reload); on error the old ones stay.
+    pub fn reload(&self, branding: &Branding) -> Result<(), String> {
+        self.inner.store(std::sync::Arc::new(Inner::new(branding)?));
+        Ok(())
+    }
+
+    /// Renders a page; `ctx` is merged with the branding. Falls back to a plain message on error.
     pub fn render(&self, name: &str, ctx: Value) -> Page {
         let inner = self.inner.load();
-        let ctx = context! { site => SITE, countdown_script => Value::from_safe_string(COUNTDOWN_SCRIPT.into()), ..ctx };
+        let ctx = context! { ..ctx, ..inner.brand.clone() };
         let html = match inner.env.get_template(name).and_then(|t| t.render(ctx)) {
             Ok(s) => s,
             Err(e) => {
@@ -203,16 +213,28 @@ impl Pages {
 }
 
 impl Inner {
-    fn new() -> Result<Inner, String> {
+    fn new(branding: &Branding) -> Result<Inner, String> {
         let mut env = Environment::new();
         for (name, src) in BUILT_IN {
             env.add_template(name, src)
                 .map_err(|e| format!("{name}: {e}"))?;
         }
+        for (name, src) in &branding.pages {
+            env.add_template_owned(name.clone(), src.clone())
+                .map_err(|e| format!("branding.templates_dir: {name}: {e}"))?;
+        }
         env.add_filter("sentence", sentence);
+        let brand = context! {
+            site => branding.site_name(),
+            logo => branding.logo.as_ref().map(|l| l.src.clone()),
+            accent => branding.accent.as_ref().map(|a| context! { light => a.light, dark => a.dark }),
+            support => branding.support.as_ref().map(|s| context! { href => s.href, label => s.label }),
+            countdown_script => Value::from_safe_string(COUNTDOWN_SCRIPT.into()),
+        };
         Ok(Inner {
             env,
-            csp: page_csp(None),
+            csp: page_csp(branding.logo.as_ref().and_then(|l| l.origin.as_deref())),
+            brand,
         })
     }
 }
@@ -237,7 +259,7 @@ mod tests {
 
     #[test]
     fn pages_render_and_escape() {
-        let p = Pages::new().unwrap();
+        let p = Pages::new(&Branding::default()).unwrap();
         let html = p.render(
             "login.html",
             context! { title => "Sign in", rd => "\"><script>", email => "", code => true },
@@ -269,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_code_field_pattern_follows_the_code_length() {
-        let p = Pages::new().unwrap();
+        let p = Pages::new(&Branding::default()).unwrap();
         let html = check_email(&p, 6, None);
         // No unescaped `-` in a class: browsers compile `pattern` with the `v` flag, where
         // `[0-9 -]` is a syntax error (and the field then checks nothing).
@@ -297,7 +319,7 @@ mod tests {
 
     #[test]
     fn error_messages_read_as_sentences() {
-        let p = Pages::new().unwrap();
+        let p = Pages::new(&Branding::default()).unwrap();
         let html = check_email(&p, 6, Some("that code is not right; 4 attempts left"));
         assert!(
             html.contains(">That code is not right; 4 attempts left.</p>"),
@@ -315,7 +337,7 @@ mod tests {
 
     #[test]
     fn sign_out_everywhere_is_not_styled_as_the_primary_action() {
-        let p = Pages::new().unwrap();
+        let p = Pages::new(&Branding::default()).unwrap();
         let html = p.render(
             "sessions.html",
             context! { title => "Your sessions", email => "a@example.com", sessions => Vec::<()>::new(), wide => true },
@@ -329,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_continue_page_refreshes_to_its_escaped_target() {
-        let p = Pages::new().unwrap();
+        let p = Pages::new(&Branding::default()).unwrap();
         let html = p.render(
             "continue.html",
             context! { title => "Signed in", target => "https://a.example/x?a=1&b=\"2", host => "a.example" },

@@ -73,7 +73,25 @@ fn compose(
         .map(|t| cfg.public_link(&format!("/.auth/verify?token={t}")));
     let requested_at = crate::clock::format_unix(item.created_at);
     let mail = SignInMail {
-        site: cfg.public_url.host_str().unwrap_or("Portcullis"),
+        site: cfg
+            .branding
+            .name
+            .as_deref()
+            .or(cfg.public_url.host_str())
+            .unwrap_or("Portcullis"),
+        accent: cfg
+            .branding
+            .accent
+            .as_ref()
+            .map_or(crate::config::DEFAULT_ACCENT, |a| a.light.as_str()),
+        logo: cfg
+            .branding
+            .logo
+            .as_ref()
+            .filter(|l| l.origin.is_some())
+            .map(|l| l.src.as_str()),
+        support: cfg.branding.support.as_ref().map(|s| s.label.as_str()),
+        support_href: cfg.branding.support.as_ref().map(|s| s.href.as_str()),
         subject: &cfg.email.subject,
         email: &c.email,
         link: link.as_deref(),

@@ -9,7 +9,15 @@ const HTML: &str = include_str!("../../templates/mail/signin.html");
 /// Everything a sign-in mail may show.
 #[derive(Debug, Serialize)]
 pub struct SignInMail<'a> {
+    /// `branding.name`, else the public host.
     pub site: &'a str,
+    /// `branding.accent` (the button's colour; white text on it reads at 4.5:1 or more).
+    pub accent: &'a str,
+    /// `branding.logo` when it is an https URL (mail clients block `data:` images).
+    pub logo: Option<&'a str>,
+    /// `branding.support`: what to show, and the `mailto:` or http(s) link.
+    pub support: Option<&'a str>,
+    pub support_href: Option<&'a str>,
     pub subject: &'a str,
     pub email: &'a str,
     pub link: Option<&'a str>,
@@ -58,6 +66,10 @@ mod tests {
         let t = MailTemplates::new(None, None).unwrap();
         let m = SignInMail {
             site: "Portcullis",
+            accent: "#0b6e4f",
+            logo: None,
+            support: Some("help@example.com"),
+            support_href: Some("mailto:help@example.com"),
             subject: "Sign in",
             email: "a@example.com",
             link: Some("https://auth.example.com/.auth/verify?token=abc&x=1"),
@@ -73,6 +85,9 @@ mod tests {
         assert!(html.contains("token=abc&amp;x=1"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(!html.contains("<script>"));
+        assert!(html.contains("background:#0b6e4f"), "{html}");
+        assert!(html.contains("mailto:help@example.com"), "{html}");
+        assert!(text.contains("help@example.com"), "{text}");
     }
 
     #[test]

@@ -545,3 +545,163 @@ async fn the_resend_button_counts_down_without_javascript_and_its_script_is_allo
     );
     assert!(t.contains("data-wait=\"20\" disabled"), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branding_shows_on_every_page_and_in_the_mail() {
+    let gw = TestGateway::builder()
+        .set(
+            "branding",
+            json!({
+                "name": "Acme tools",
+                "logo": "https://cdn.example.com/brand/logo.png",
+                "accent": "#0b6e4f",
+                "support": "help@example.com",
+            }),
+        )
+        .start()
+        .await;
+    let b = gw.http();
+    let brand = "<span>Acme tools</span>";
+    let logo = "<img src=\"https://cdn.example.com/brand/logo.png\" alt=\"\">";
+    let check = |r: &Resp, what: &str| {
+        let t = text(r);
+        assert!(t.contains(brand), "{what}: {t}");
+        assert!(t.contains(logo), "{what}: {t}");
+        assert!(t.contains(" · Acme tools</title>"), "{what}: {t}");
+        assert!(!t.contains("Portcullis"), "{what}: {t}");
+        assert!(
+            t.contains(":root{--accent:#0b6e4f;--on-accent:#fff}"),
+            "{what}: {t}"
+        );
+        assert!(
+            t.contains("Need help? <a href=\"mailto:help@example.com\">help@example.com</a>"),
+            "{what}: {t}"
+        );
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(
+            csp.contains("img-src 'self' data: https://cdn.example.com;"),
+            "{what}: {csp}"
+        );
+    };
+    check(&b.send(Req::get("/.auth/login")).await, "login");
+    check(&b.send(Req::get("/.auth/nothing").navigate()).await, "404");
+    check(&b.send(Req::get("/.auth/logout")).await, "logout");
+    let r = b
+        .send(Req::post("/.auth/login").form(&[("email", "brand@example.com")]))
+        .await;
+    check(&b.follow(&r).await, "check-email");
+    let mail = gw.mail("brand@example.com").await;
+    check(&gw.http().send(Req::get(&mail.link())).await, "confirm");
+    assert!(text(&gw.http().send(Req::get(&mail.link())).await)
+        .contains("Sign in to <strong id=\"confirm-site\">Acme tools</strong>"));
+    // The mail names the site, not the host, in the accent colour, with the logo and support.
+    let html = unescape(&mail.html());
+    assert!(html.contains("Sign in to Acme tools"), "{html}");
+    assert!(html.contains("background:#0b6e4f"), "{html}");
+    assert!(
+        html.contains("https://cdn.example.com/brand/logo.png"),
+        "{html}"
+    );
+    assert!(html.contains("mailto:help@example.com"), "{html}");
+    let text_mail = mail.text();
+    assert!(text_mail.contains("sign in to Acme tools"), "{text_mail}");
+    assert!(
+        text_mail.contains("Need help? help@example.com"),
+        "{text_mail}"
+    );
+    // Pages made on the proxied path too (whoami).
+    let b = gw.browser_sign_in("brand2@example.com").await;
+    check(&b.send(Req::get("/").navigate()).await, "whoami");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logo_file_is_inlined_and_pages_fall_back_to_the_default_brand() {
+    let gw = TestGateway::start().await;
+    let t = text(&gw.http().send(Req::get("/.auth/login")).await);
+    assert!(t.contains("<span>Portcullis</span>"), "{t}");
+    assert!(t.contains("<svg"), "{t}");
+    assert!(!t.contains("--on-accent:#fff}@media"), "{t}");
+    assert!(!t.contains("id=\"support\""), "{t}");
+    let mail = {
+        let b = gw.http();
+        b.send(Req::post("/.auth/login").form(&[("email", "plain@example.com")]))
+            .await;
+        gw.mail("plain@example.com").await
+    };
+    // Without a name, mails keep naming the host.
+    assert!(
+        mail.text().contains("sign in to 127.0.0.1 as"),
+        "{}",
+        mail.text()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let logo = dir.path().join("logo.png");
+    std::fs::write(&logo, b"\x89PNG\r\n\x1a\nfake").unwrap();
+    let gw = TestGateway::builder()
+        .set("branding.logo", logo.display().to_string())
+        .start()
+        .await;
+    let r = gw.http().send(Req::get("/.auth/login")).await;
+    let t = text(&r);
+    assert!(
+        t.contains("<img src=\"data:image/png;base64,iVBORw0KGgpmYWtl\" alt=\"\">"),
+        "{t}"
+    );
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("img-src 'self' data:;"), "{csp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_templates_can_be_replaced_and_are_reloaded() {
+    let mut gw = TestGateway::builder().config_file().start().await;
+    let pages = gw.dir.path().join("pages");
+    std::fs::create_dir(&pages).unwrap();
+    let login = pages.join("login.html");
+    let ours = |v: &str| {
+        format!("{{% extends \"base.html\" %}}{{% block content %}}<h1 id=\"ours\">{v} for {{{{ site }}}}</h1><form method=\"post\" action=\"/.auth/login\"><input name=\"email\"></form>{{% endblock %}}")
+    };
+    std::fs::write(&login, ours("version one")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir = pages.display().to_string();
+    gw.write_config(|cfg| {
+        cfg["branding"] = json!({"name": "Acme", "templates_dir": dir});
+    });
+    let gw = &gw;
+    let login_page = || async move { text(&gw.http().send(Req::get("/.auth/login")).await) };
+    crate::support::eventually(
+        crate::support::WAIT,
+        "the page template was never used",
+        || async move {
+            login_page()
+                .await
+                .contains("<h1 id=\"ours\">version one for Acme</h1>")
+                .then_some(())
+        },
+    )
+    .await;
+    // Other pages keep the built-in template (with the branding).
+    let b = start(gw, "tpl@example.com", "/").await;
+    let t = text(&b.send(Req::get("/.auth/check-email")).await);
+    assert!(t.contains("<h1>Check your email</h1>"), "{t}");
+    assert!(t.contains("<span>Acme</span>"), "{t}");
+
+    // Editing the file is enough; a broken one is refused and the running one stays.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&login, ours("version two")).unwrap();
+    crate::support::eventually(
+        crate::support::WAIT,
+        "the edited template was never used",
+        || async move {
+            login_page()
+                .await
+                .contains("version two for Acme")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&login, "{% if %}").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(login_page().await.contains("version two for Acme"));
+}
