@@ -32,7 +32,9 @@ pub enum AuthError {
     Expired,
     #[error("This sign-in link or code was already used. If you need to sign in again, ask for a new mail.")]
     AlreadyUsed,
-    #[error("Too many wrong codes: this sign-in request is locked. Start again to get a new mail.")]
+    #[error(
+        "Too many wrong codes: this sign-in request is locked. Start again to get a new mail."
+    )]
     Locked,
     #[error("That code is not right. {} left.", attempts(*.0))]
     WrongCode(u32),
@@ -267,7 +269,14 @@ impl AuthError {
             InvalidEmail(_) | BadRequest(..) | ResendCooldown(_) | WrongCode(_)
             | MalformedCode(_) | Unauthenticated => ("Cannot sign in", back()),
         };
-        let message = sentence(&self.to_string());
+        // The pages of a sign-in that ended say what happened in other words than their heading.
+        let message = match self {
+            Locked => "After too many wrong codes this sign-in is locked, so nobody can keep guessing. Start again to get a new mail.".to_string(),
+            AlreadyUsed => "Each sign-in link and code works once, and this one has been used, perhaps on another device. Start again to sign in here.".to_string(),
+            Expired if way.resend => "Sign-in links and codes work for a short time only. Send a new mail for a fresh link and code; the address stays the same.".to_string(),
+            Expired => "Sign-in links and codes work for a short time only. Start again to get a new mail.".to_string(),
+            _ => sentence(&self.to_string()),
+        };
         let page = state.pages.message_with(&Message {
             title,
             message: &message,

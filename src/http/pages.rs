@@ -1,4 +1,6 @@
-//! Server-rendered HTML pages (login, check your email, confirm, continue, messages, whoami) from embedded templates.
+//! Server-rendered HTML pages (login, check your email, confirm, continue, messages, sign out,
+//! sessions, admin, whoami) from the built-in templates or the operator's
+//! (`branding.templates_dir`), with the branding, and the `Content-Security-Policy` each needs.
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -239,8 +241,8 @@ impl Inner {
     }
 }
 
-/// The `sentence` filter: "the domain is not valid" -> "The domain is not valid." (messages
-/// are written lower-case for JSON; a page shows them as sentences).
+/// The `sentence` filter: "the domain is not valid" -> "The domain is not valid." (the gateway's
+/// messages are sentences already; this keeps an operator's or an older message presentable).
 fn sentence(s: &str) -> String {
     let mut chars = s.trim().chars();
     let mut out: String = match chars.next() {
