@@ -368,6 +368,10 @@ fn main() -> ExitCode {
                             format!("file {}", d.display()),
                     }
                 );
+                out!("  pages         {}", cfg.branding.describe());
+                if let Some(h) = &cfg.login.hint {
+                    out!("  hint          \"{h}\" (on the sign-in and check-email pages)");
+                }
                 out!(
                     "  paths         spellings servers read differently (%2f, \\, %00, %252f) {}",
                     match cfg.ambiguous_paths {

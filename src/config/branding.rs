@@ -56,6 +56,35 @@ impl Branding {
     pub fn site_name(&self) -> &str {
         self.name.as_deref().unwrap_or(DEFAULT_NAME)
     }
+
+    /// What the pages show, in words (`portcullis check`).
+    pub fn describe(&self) -> String {
+        let mut d = format!("\"{}\"", self.site_name());
+        match &self.accent {
+            Some(a) => {
+                let _ = write!(d, ", accent {} (dark mode {})", a.light, a.dark);
+            }
+            None => d.push_str(", built-in colours"),
+        }
+        match &self.logo {
+            Some(Logo {
+                origin: Some(_),
+                src,
+            }) => {
+                let _ = write!(d, ", logo {src}");
+            }
+            Some(_) => d.push_str(", logo (file, inlined)"),
+            None => {}
+        }
+        if let Some(s) = &self.support {
+            let _ = write!(d, ", support {}", s.label);
+        }
+        if !self.pages.is_empty() {
+            let names: Vec<&str> = self.pages.iter().map(|(n, _)| n.as_str()).collect();
+            let _ = write!(d, ", own templates: {}", names.join(", "));
+        }
+        d
+    }
 }
 
 /// A logo: where pages load it from.

@@ -70,6 +70,42 @@ fn check_prints_who_may_enter_each_route() {
     assert!(stdout.contains("are refused (400)"), "{stdout}");
 }
 
+#[test]
+fn check_summarises_the_branding_and_refuses_a_pale_accent() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pages")).unwrap();
+    write(
+        dir.path(),
+        "pages/login.html",
+        "{% extends \"base.html\" %}{% block content %}x{% endblock %}",
+    );
+    let text = format!("{MIN}login: {{ hint: 'Use your @example.com address' }}\nbranding: {{ name: Acme tools, accent: '#0b6e4f', support: https://help.example.com, templates_dir: pages }}\n");
+    let out = check(&write(dir.path(), "c.yaml", &text));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("pages         \"Acme tools\", accent #0b6e4f (dark mode #"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(", support https://help.example.com, own templates: login.html"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hint          \"Use your @example.com address\""),
+        "{stdout}"
+    );
+    let plain = check(&write(dir.path(), "d.yaml", MIN));
+    assert!(String::from_utf8_lossy(&plain.stdout)
+        .contains("pages         \"Portcullis\", built-in colours"));
+
+    let err = check_fails(&format!("{MIN}branding: {{ accent: '#ffcc00' }}\n"));
+    assert!(
+        err.contains("branding.accent: `#ffcc00` gives white button text a contrast of"),
+        "{err}"
+    );
+}
+
 /// Runs `check` on `text` and returns stderr, asserting exit code 1 and the file name in it.
 fn check_fails(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
