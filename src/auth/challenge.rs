@@ -563,7 +563,15 @@ mod tests {
         assert_eq!(well_formed(" 012-345 ", 6).as_deref(), Some("012345"));
         assert_eq!(well_formed("01 23 45", 6).as_deref(), Some("012345"));
         assert_eq!(well_formed("0123456789", 10).as_deref(), Some("0123456789"));
-        for bad in ["", "01234", "0123456", "01234a", "٠١٢٣٤٥", "012.345", "+12345"] {
+        for bad in [
+            "",
+            "01234",
+            "0123456",
+            "01234a",
+            "٠١٢٣٤٥",
+            "012.345",
+            "+12345",
+        ] {
             assert_eq!(well_formed(bad, 6), None, "{bad:?}");
         }
     }

@@ -181,7 +181,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            format!("other=1; {}={}", c.name(), c.value()).parse().unwrap(),
+            format!("other=1; {}={}", c.name(), c.value())
+                .parse()
+                .unwrap(),
         );
         h
     }
@@ -209,9 +211,6 @@ mod tests {
         assert_eq!(read(&cfg, &key, &headers(&cut)), None);
         assert_eq!(read(&cfg, &key, &HeaderMap::new()), None);
         let n = Flash::notice("You are signed out.");
-        assert_eq!(
-            read(&cfg, &key, &headers(&cookie(&cfg, &key, &n))),
-            Some(n)
-        );
+        assert_eq!(read(&cfg, &key, &headers(&cookie(&cfg, &key, &n))), Some(n));
     }
 }

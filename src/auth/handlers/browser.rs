@@ -217,9 +217,9 @@ impl Ctx<'_> {
         let code = form(&body).remove("code").unwrap_or_default();
         match challenge::redeem_code(self.state, self.cfg, &c.id, &code, &self.who.ip).await {
             Ok(done) => self.finish_html(&done, true, true).await,
-            Err(e @ (AuthError::WrongCode(_) | AuthError::MalformedCode(_))) => Ok(
-                self.see_other(CHECK_EMAIL, Some(&Flash::error(e.code(), e.to_string()))),
-            ),
+            Err(e @ (AuthError::WrongCode(_) | AuthError::MalformedCode(_))) => {
+                Ok(self.see_other(CHECK_EMAIL, Some(&Flash::error(e.code(), e.to_string()))))
+            }
             // The page shows the state itself (locked, used, expired).
             Err(AuthError::Locked | AuthError::AlreadyUsed | AuthError::Expired) => {
                 Ok(self.see_other(CHECK_EMAIL, None))
@@ -294,10 +294,9 @@ impl Ctx<'_> {
         let token = form(&body).remove("token").unwrap_or_default();
         match challenge::redeem_link(self.state, self.cfg, &token).await {
             Ok(done) => self.finish_html(&done, true, true).await,
-            Err(e) if terminal(e.code()).is_some() => Ok(self.see_other(
-                CHECK_EMAIL,
-                Some(&Flash::error(e.code(), e.to_string())),
-            )),
+            Err(e) if terminal(e.code()).is_some() => {
+                Ok(self.see_other(CHECK_EMAIL, Some(&Flash::error(e.code(), e.to_string()))))
+            }
             Err(e) => Err(e),
         }
     }
