@@ -242,9 +242,15 @@ pub async fn forward(
     state.metrics.requests_proxied();
     route.stats.upstream_latency(started.elapsed());
     if resp.headers().contains_key(header::SET_COOKIE) {
-        // The session and browser-binding cookies are the gateway's alone.
-        let binding = format!("{}_login", cfg.session.cookie_name);
-        drop_our_set_cookies(resp.headers_mut(), &[&cfg.session.cookie_name, &binding]);
+        // The session, browser-binding, flash-message and known-browser cookies are the
+        // gateway's alone (the last two are signed: an app could only clear them).
+        let name = &cfg.session.cookie_name;
+        let (binding, flash, known) = (
+            format!("{name}_login"),
+            format!("{name}_flash"),
+            format!("{name}_known"),
+        );
+        drop_our_set_cookies(resp.headers_mut(), &[name, &binding, &flash, &known]);
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
