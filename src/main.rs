@@ -157,25 +157,42 @@ fn sessions_cmd(action: SessionsAction) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
-    out!(
-        "{:<14} {:<32} {:<16} {:<20} {:<20} DEVICE",
-        "ID",
-        "EMAIL",
-        "IP",
-        "CREATED",
-        "LAST SEEN"
-    );
     let t = |v: &serde_json::Value| portcullis::clock::format_unix(v.as_u64().unwrap_or(0));
+    let mut rows: Vec<[String; 6]> = vec![[
+        "ID".into(),
+        "EMAIL".into(),
+        "IP".into(),
+        "CREATED".into(),
+        "LAST SEEN".into(),
+        "DEVICE".into(),
+    ]];
     for s in &sessions {
-        out!(
-            "{:<14} {:<32} {:<16} {:<20} {:<20} {}",
-            s["id"].as_str().unwrap_or(""),
-            s["email"].as_str().unwrap_or(""),
-            s["ip"].as_str().unwrap_or(""),
+        rows.push([
+            s["id"].as_str().unwrap_or("").to_string(),
+            s["email"].as_str().unwrap_or("").to_string(),
+            s["ip"].as_str().unwrap_or("").to_string(),
             t(&s["created_at"]),
             t(&s["last_seen"]),
             portcullis::auth::account::device(s["user_agent"].as_str().unwrap_or("")),
-        );
+        ]);
+    }
+    // Columns as wide as their widest cell, so long addresses and timestamps stay aligned.
+    let mut width = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            }
+        }
+        out!("{}", line.trim_end());
     }
     out!("{} session(s)", sessions.len());
     ExitCode::SUCCESS

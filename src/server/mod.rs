@@ -131,6 +131,12 @@ pub async fn run(
         max_connections_per_ip = cfg.limits.max_connections_per_ip,
         "portcullis is serving"
     );
+    if matches!(cfg.email.transport, crate::config::MailTransport::Log) {
+        tracing::info!(
+            "open {} in a browser; sign-in mails (link and code) are printed here, not sent (email.transport: log)",
+            cfg.public_url
+        );
+    }
     limits::check_open_file_limit(cfg.limits.max_connections);
     drop(cfg);
     systemd::notify("READY=1\nSTATUS=serving");

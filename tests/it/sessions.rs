@@ -402,6 +402,22 @@ async fn cli_lists_and_revokes_sessions_of_the_running_server() {
     assert_eq!(stdout.matches("carol@example.com").count(), 1, "{stdout}");
     assert!(stdout.contains("127.0.0.1"), "{stdout}");
     assert!(stdout.contains("3 session(s)"), "{stdout}");
+    // Columns line up: every row's LAST SEEN and DEVICE start where the header's do.
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.ends_with("session(s)"))
+        .collect();
+    let header = lines[0];
+    for col in ["EMAIL", "IP", "CREATED", "LAST SEEN", "DEVICE"] {
+        let at = header.find(col).unwrap();
+        for row in &lines[1..] {
+            let before = &row[..at];
+            assert!(
+                before.ends_with("  ") && !row[at..].starts_with(' '),
+                "column {col} misaligned:\n{stdout}"
+            );
+        }
+    }
 
     let out = setup.sessions_cli(&["list", "--email", "Carol@Example.com"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
