@@ -261,6 +261,84 @@ async fn no_link_or_code_the_smtp_server_received_is_anywhere_on_disk() {
     assert!(bytes > 10_000, "{bytes}");
 }
 
+/// The same with the shared store: nothing in Redis's append-only file (every value Redis ever
+/// stored, deleted ones included) nor in its memory at the end holds a mailed link or code or a
+/// session token; the gateway's own data folder holds none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_code_or_session_token_is_in_redis() {
+    let Some(redis) = crate::support::redis::RedisServer::start() else {
+        return;
+    };
+    let mut gw = TestGateway::builder()
+        .set("login.code_length", 10)
+        .set("store", json!({"url": redis.url(), "prefix": "atrest:"}))
+        .start()
+        .await;
+    let mut tokens = vec![gw.sign_in("code@example.com").await];
+    gw.api_login("link@example.com").await;
+    let token = gw.mail("link@example.com").await.token();
+    let r = gw
+        .http()
+        .send(
+            Req::post("/.auth/api/verify").json(&json!({"link_token": token, "issue_token": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    tokens.push(r.json()["session_token"].as_str().unwrap().to_string());
+    gw.api_login("pending@example.com").await;
+    gw.mail("pending@example.com").await;
+    gw.stop().await;
+
+    let mails = gw.smtp().all();
+    assert_eq!(mails.len(), 3);
+    let mut needles: Vec<Needle> = mails.iter().flat_map(mail_needles).collect();
+    for t in &tokens {
+        needles.push(("session token".into(), t.clone().into_bytes()));
+        needles.push(("session token prefix".into(), t.as_bytes()[..20].to_vec()));
+    }
+    let (files, bytes, hits) = scan(redis.dir(), &needles, &[]);
+    assert!(
+        hits.is_empty(),
+        "secrets in Redis's files:\n{}",
+        hits.join("\n")
+    );
+    assert!(
+        on_disk(redis.dir(), "pending@example.com"),
+        "the scan sees Redis's records ({files} files, {bytes} bytes)"
+    );
+    // And what Redis holds now, value by value.
+    let mut values = Vec::new();
+    for key in redis.keys("atrest:*") {
+        let t = redis
+            .cmd(&["TYPE", &key])
+            .unwrap()
+            .text()
+            .unwrap_or_default();
+        let cmd: Vec<&str> = match t.as_str() {
+            "string" => vec!["GET", &key],
+            "hash" => vec!["HGETALL", &key],
+            "list" => vec!["LRANGE", &key, "0", "-1"],
+            "set" => vec!["SMEMBERS", &key],
+            "zset" => vec!["ZRANGE", &key, "0", "-1"],
+            _ => continue,
+        };
+        let reply = redis.cmd(&cmd).unwrap();
+        let mut parts = vec![key.clone()];
+        parts.extend(reply.text());
+        parts.extend(reply.items().iter().filter_map(|r| r.text()));
+        values.push(parts.join(" "));
+    }
+    let dump = values.join("\n");
+    assert!(dump.contains("pending@example.com"), "{dump}");
+    for (what, n) in &needles {
+        if let Ok(text) = std::str::from_utf8(n) {
+            assert!(!dump.contains(text), "{what} in Redis now");
+        }
+    }
+    let (_, _, hits) = scan(gw.dir.path(), &needles, &[]);
+    assert!(hits.is_empty(), "secrets in data_dir:\n{}", hits.join("\n"));
+}
+
 /// Mail accepted while SMTP is down survives `kill -9`; after the restart it goes out with a
 /// freshly minted link and code that work, and neither those nor anything else mailed is on
 /// disk (checked after a second `kill -9`). The binary runs under its own umask rules, in a

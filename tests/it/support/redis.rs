@@ -320,6 +320,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's folder (append-only file, log).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// `redis://127.0.0.1:{port}/0`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
