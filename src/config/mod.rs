@@ -432,85 +432,7 @@ impl Validator {
             session.idle_timeout,
         );
 
-        let e = raw.email;
-        let from = match e.from.parse::<Mailbox>() {
-            Ok(m) => Some(m),
-            Err(err) => {
-                self.problem(
-                    "email.from",
-                    format!(
-                        "`{}` is not a mailbox such as \"Portcullis <auth@example.com>\": {err}",
-                        e.from
-                    ),
-                );
-                None
-            }
-        };
-        let transport = match e.transport.as_str() {
-            "smtp" => {
-                let security = match e.smtp.security.as_str() {
-                    "none" => SmtpSecurity::None,
-                    "starttls" => SmtpSecurity::StartTls,
-                    "tls" => SmtpSecurity::Tls,
-                    other => {
-                        self.problem(
-                            "email.smtp.security",
-                            format!("unknown value `{other}`; use none, starttls or tls"),
-                        );
-                        SmtpSecurity::StartTls
-                    }
-                };
-                if e.smtp.host.trim().is_empty() {
-                    self.problem("email.smtp.host", "must not be empty");
-                }
-                let password = match &e.smtp.password_file {
-                    None => None,
-                    Some(p) => match std::fs::read_to_string(p) {
-                        Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
-                        Err(err) => {
-                            self.problem(
-                                "email.smtp.password_file",
-                                format!("cannot read `{p}`: {err}"),
-                            );
-                            None
-                        }
-                    },
-                };
-                if password.is_some() && e.smtp.username.is_none() {
-                    self.problem(
-                        "email.smtp.username",
-                        "is required when password_file is set",
-                    );
-                }
-                let timeout = self.positive_duration("email.smtp.timeout", &e.smtp.timeout);
-                if !(1..=64).contains(&e.smtp.max_connections) {
-                    self.problem("email.smtp.max_connections", "must be between 1 and 64");
-                }
-                Some(MailTransport::Smtp(SmtpConfig {
-                    host: e.smtp.host,
-                    port: e.smtp.port,
-                    security,
-                    username: e.smtp.username,
-                    password,
-                    timeout,
-                    max_connections: e.smtp.max_connections,
-                }))
-            }
-            "log" => Some(MailTransport::Log),
-            "file" => Some(MailTransport::File(PathBuf::from(&e.dir))),
-            other => {
-                self.problem(
-                    "email.transport",
-                    format!("unknown transport `{other}`; use smtp, log or file"),
-                );
-                None
-            }
-        };
-        if e.subject.contains(['\r', '\n']) || e.subject.trim().is_empty() {
-            self.problem("email.subject", "must be one non-empty line");
-        }
-        let text_template = self.template("email.templates.text", e.templates.text.as_deref());
-        let html_template = self.template("email.templates.html", e.templates.html.as_deref());
+        let email = self.email(raw.email);
 
         let email_h = self.header_name("headers.email", &raw.headers.email);
         let user_h = self.header_name("headers.user", &raw.headers.user);
@@ -647,13 +569,7 @@ impl Validator {
             access,
             login,
             session,
-            email: EmailConfig {
-                from: from?,
-                transport: transport?,
-                subject: e.subject,
-                text_template,
-                html_template,
-            },
+            email: email?,
             headers: HeadersConfig {
                 email: email_h?,
                 user: user_h?,

@@ -1,12 +1,17 @@
-//! Validators of the top-level sections that stand alone: the listeners (`tls`, `public_url`), `login` and `session`. Each reports its own problems under its own keys.
+//! Validators of the top-level sections that stand alone: the listeners (`tls`, `public_url`), `login`, `session` and `email`. Each reports its own problems under its own keys.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
 
-use super::file::{RawLogin, RawSession, RawTls};
-use super::{LoginConfig, SessionConfig, TlsConfig, Validator, MAX_HINT};
+use lettre::message::Mailbox;
+
+use super::file::{RawEmail, RawLogin, RawSession, RawTls};
+use super::{
+    EmailConfig, LoginConfig, MailTransport, SessionConfig, SmtpConfig, SmtpSecurity, TlsConfig,
+    Validator, MAX_HINT,
+};
 use crate::auth::address::parse_domain;
 
 impl Validator {
@@ -175,6 +180,99 @@ impl Validator {
             max_pending: l.max_pending,
             resend_cooldown,
             hint,
+        }
+    }
+
+    /// `email:`: the sender, the transport (SMTP with its security, credentials, timeout and
+    /// connections; log; file), the subject and the templates.
+    pub(super) fn email(&mut self, e: RawEmail) -> Option<EmailConfig> {
+        let from = match e.from.parse::<Mailbox>() {
+            Ok(m) => Some(m),
+            Err(err) => {
+                self.problem(
+                    "email.from",
+                    format!(
+                        "`{}` is not a mailbox such as \"Portcullis <auth@example.com>\": {err}",
+                        e.from
+                    ),
+                );
+                None
+            }
+        };
+        let transport = match e.transport.as_str() {
+            "smtp" => {
+                let security = match e.smtp.security.as_str() {
+                    "none" => SmtpSecurity::None,
+                    "starttls" => SmtpSecurity::StartTls,
+                    "tls" => SmtpSecurity::Tls,
+                    other => {
+                        self.problem(
+                            "email.smtp.security",
+                            format!("unknown value `{other}`; use none, starttls or tls"),
+                        );
+                        SmtpSecurity::StartTls
+                    }
+                };
+                if e.smtp.host.trim().is_empty() {
+                    self.problem("email.smtp.host", "must not be empty");
+                }
+                let password = match &e.smtp.password_file {
+                    None => None,
+                    Some(p) => match std::fs::read_to_string(p) {
+                        Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
+                        Err(err) => {
+                            self.problem(
+                                "email.smtp.password_file",
+                                format!("cannot read `{p}`: {err}"),
+                            );
+                            None
+                        }
+                    },
+                };
+                if password.is_some() && e.smtp.username.is_none() {
+                    self.problem(
+                        "email.smtp.username",
+                        "is required when password_file is set",
+                    );
+                }
+                let timeout = self.positive_duration("email.smtp.timeout", &e.smtp.timeout);
+                if !(1..=64).contains(&e.smtp.max_connections) {
+                    self.problem("email.smtp.max_connections", "must be between 1 and 64");
+                }
+                Some(MailTransport::Smtp(SmtpConfig {
+                    host: e.smtp.host,
+                    port: e.smtp.port,
+                    security,
+                    username: e.smtp.username,
+                    password,
+                    timeout,
+                    max_connections: e.smtp.max_connections,
+                }))
+            }
+            "log" => Some(MailTransport::Log),
+            "file" => Some(MailTransport::File(PathBuf::from(&e.dir))),
+            other => {
+                self.problem(
+                    "email.transport",
+                    format!("unknown transport `{other}`; use smtp, log or file"),
+                );
+                None
+            }
+        };
+        if e.subject.contains(['\r', '\n']) || e.subject.trim().is_empty() {
+            self.problem("email.subject", "must be one non-empty line");
+        }
+        let text_template = self.template("email.templates.text", e.templates.text.as_deref());
+        let html_template = self.template("email.templates.html", e.templates.html.as_deref());
+        match (from, transport) {
+            (Some(from), Some(transport)) => Some(EmailConfig {
+                from,
+                transport,
+                subject: e.subject,
+                text_template,
+                html_template,
+            }),
+            _ => None,
         }
     }
 
