@@ -166,6 +166,47 @@ pub struct Rate {
     pub tolerance_us: u64,
 }
 
+/// Whether a backend works: 0 while it does, else since when (unix ms) it does not.
+#[derive(Debug, Default)]
+pub struct Health(std::sync::atomic::AtomicU64);
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Health {
+    pub fn ok(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// Since when (unix ms) it fails, if it does.
+    pub fn failing_since(&self) -> Option<u64> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Marks it failing. True for the first failure of an outage (the one worth a log line).
+    pub fn fail(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Marks it working. How long it had failed (ms), when it had.
+    pub fn works(&self) -> Option<u64> {
+        match self.0.swap(0, std::sync::atomic::Ordering::AcqRel) {
+            0 => None,
+            since => Some(now_ms().saturating_sub(since)),
+        }
+    }
+}
+
 /// Outcome of an atomic read-modify-write.
 pub enum Modify<T, R> {
     /// Write this value and return `R`.

@@ -15,7 +15,6 @@
 //! | `secret` | string | the master secret, only when no `secrets_file` is set |
 //! | `events` | list | recent security events |
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError, Script};
 
 use crate::store::{
-    decode, encode, AuditEvent, Backend, Challenge, OutboxItem, Rate, Session, StoreError,
-    CHALLENGE_GRACE, MAIL_LEASE_SECS, RECENT_EVENTS,
+    decode, encode, now_ms, AuditEvent, Backend, Challenge, Health, OutboxItem, Rate, Session,
+    StoreError, CHALLENGE_GRACE, MAIL_LEASE_SECS, RECENT_EVENTS,
 };
 
 /// Where the shared store is and how to talk to it (`store:` in the config).
@@ -189,7 +188,7 @@ pub struct RedisStore {
     /// One reconnect at a time; when the last one failed.
     reconnect: tokio::sync::Mutex<Option<Instant>>,
     /// 0 while reachable; else since when (unix ms) it is not.
-    failing_since: AtomicU64,
+    health: Health,
     scripts: Scripts,
 }
 
@@ -213,12 +212,6 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Whether an error means the store is out of reach (or not the writable primary right now).
 fn unreachable(e: &RedisError) -> bool {
     e.is_io_error()
@@ -238,7 +231,7 @@ impl RedisStore {
             cfg: cfg.clone(),
             conn: ArcSwapOption::empty(),
             reconnect: tokio::sync::Mutex::new(None),
-            failing_since: AtomicU64::new(0),
+            health: Health::default(),
             scripts: Scripts::new(),
         };
         store.check_now().await?;
@@ -247,14 +240,11 @@ impl RedisStore {
 
     /// Whether the last command reached the store.
     pub fn reachable(&self) -> bool {
-        self.failing_since.load(Ordering::Acquire) == 0
+        self.health.ok()
     }
 
     pub fn failing_since(&self) -> Option<u64> {
-        match self.failing_since.load(Ordering::Acquire) {
-            0 => None,
-            t => Some(t),
-        }
+        self.health.failing_since()
     }
 
     fn key(&self, k: &str) -> String {
@@ -346,23 +336,17 @@ impl RedisStore {
     }
 
     fn failed(&self, why: String) -> StoreError {
-        let now = now_ms().max(1);
-        if self
-            .failing_since
-            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.health.fail() {
             tracing::error!(store = %self.cfg.describe(), error = %why, "the store is unreachable: sign-in and sessions not in this process's cache answer 503 until it is back (reconnecting)");
         }
         StoreError::Unreachable(why)
     }
 
     fn succeeded(&self) {
-        let since = self.failing_since.swap(0, Ordering::AcqRel);
-        if since != 0 {
+        if let Some(ms) = self.health.works() {
             tracing::info!(
                 store = %self.cfg.describe(),
-                unreachable_for_ms = now_ms().saturating_sub(since),
+                unreachable_for_ms = ms,
                 "the store is reachable again"
             );
         }

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,18 +10,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::store::{
-    decode, encode, files, AuditEvent, Backend, Challenge, Modify, OutboxItem, Rate, Session,
-    StoreError, StoreOptions, CHALLENGE_GRACE, MAIL_LEASE_SECS, RECENT_EVENTS,
+    decode, encode, files, AuditEvent, Backend, Challenge, Health, Modify, OutboxItem, Rate,
+    Session, StoreError, StoreOptions, CHALLENGE_GRACE, MAIL_LEASE_SECS, RECENT_EVENTS,
 };
 
 /// How long a reopen waits for the old database to be let go of and for the new one to open.
 const REOPEN_WAIT: Duration = Duration::from_secs(3);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// One open sled database and its trees. Replaced as a whole when the store is reopened.
 struct Handles {
@@ -77,7 +70,7 @@ pub struct SledStore {
     handles: Shared,
     opts: StoreOptions,
     /// 0 while writes succeed; else when (unix ms) they started failing.
-    failing_since: AtomicU64,
+    health: Health,
     /// One reopen at a time.
     reopening: Mutex<()>,
     flusher: Option<Flusher>,
@@ -173,7 +166,7 @@ impl SledStore {
             flusher: Some(Flusher::start(handles.clone(), dir.to_path_buf())?),
             handles,
             opts: opts.clone(),
-            failing_since: AtomicU64::new(0),
+            health: Health::default(),
             reopening: Mutex::new(()),
             leases: Default::default(),
             events: Default::default(),
@@ -188,42 +181,28 @@ impl SledStore {
     /// Passes `r` through, noting a storage failure (see [`SledStore::writable`]).
     fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &r {
-            if e.is_unavailable() {
-                let now = now_ms().max(1);
-                if self
-                    .failing_since
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    tracing::error!(error = %e, "the store cannot write; sign-in is unavailable until it can (retrying)");
-                }
+            if e.is_unavailable() && self.health.fail() {
+                tracing::error!(error = %e, "the store cannot write; sign-in is unavailable until it can (retrying)");
             }
         }
         r
     }
 
     fn healthy_again(&self) {
-        let since = self.failing_since.swap(0, Ordering::AcqRel);
-        if since != 0 {
-            tracing::info!(
-                failing_for_ms = now_ms().saturating_sub(since),
-                "the store writes again"
-            );
+        if let Some(ms) = self.health.works() {
+            tracing::info!(failing_for_ms = ms, "the store writes again");
         }
     }
 
     /// Whether the last write (or flush) succeeded. False from a failed write until the store
     /// writes again (after [`SledStore::recover`]).
     pub fn writable(&self) -> bool {
-        self.failing_since.load(Ordering::Acquire) == 0
+        self.health.ok()
     }
 
     /// Since when (unix ms) writes fail, if they do.
     pub fn failing_since(&self) -> Option<u64> {
-        match self.failing_since.load(Ordering::Acquire) {
-            0 => None,
-            t => Some(t),
-        }
+        self.health.failing_since()
     }
 
     /// While writes fail: reopens the database (sled keeps an I/O error for good, only a fresh
@@ -888,7 +867,7 @@ mod tests {
         store.flush_blocking().unwrap();
         assert!(store.writable() && store.recover());
         // As after a failed write; a reader still holds the old database for a moment.
-        store.failing_since.store(1, Ordering::Release);
+        store.health.fail();
         assert!(!store.writable() && store.failing_since().is_some());
         let held = store.h().unwrap();
         let reader = std::thread::spawn(move || {
@@ -902,7 +881,7 @@ mod tests {
         // Forced reopen: the old handles go, new ones open on the same files.
         let old = store.handles.swap(None).unwrap();
         drop(old);
-        store.failing_since.store(1, Ordering::Release);
+        store.health.fail();
         assert!(matches!(
             store.challenge("kept"),
             Err(StoreError::Reopening)
