@@ -78,14 +78,14 @@ pub async fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<In
     };
     let rows: Vec<Row> = state
         .store
-        .sessions_for(&id.email)
+        .sessions_for(id.email())
         .await?
         .iter()
         .map(|(hash, s)| row(s, *hash == id.token_hash))
         .collect();
     let page = state.pages.render(
         "sessions.html",
-        context! { title => "Your sessions", email => &id.email, sessions => rows, wide => true },
+        context! { title => "Your sessions", email => id.email(), sessions => rows, wide => true },
     );
     Ok(html(StatusCode::OK, page))
 }
@@ -108,7 +108,7 @@ pub async fn revoke_own(
     let target = form(&body).remove("id").unwrap_or_default();
     let mut revoked_current = false;
     let mut n = 0;
-    for (hash, s) in state.store.sessions_for(&id.email).await? {
+    for (hash, s) in state.store.sessions_for(id.email()).await? {
         if target == "all" || s.id == target {
             state.store.remove_session(&hash).await?;
             revoked_current |= hash == id.token_hash;
@@ -119,7 +119,7 @@ pub async fn revoke_own(
     state
         .audit(
             "revoke",
-            &id.email,
+            id.email(),
             &who.ip,
             &format!("{n} session(s) by their owner ({target})"),
         )
@@ -147,10 +147,12 @@ async fn admin(
     req: &Request<Incoming>,
 ) -> Result<Identity, Box<Response<Body>>> {
     let id = signed_in(state, cfg, req, "/.auth/admin").await?;
-    if cfg.admins.contains(&id.email) {
+    if cfg.admins.contains(id.email()) {
         Ok(id)
     } else {
-        Err(Box::new(AuthError::NotAdmin(id.email).to_page(state)))
+        Err(Box::new(
+            AuthError::NotAdmin(id.email().to_string()).to_page(state),
+        ))
     }
 }
 
@@ -183,7 +185,7 @@ pub async fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incom
     let page = state.pages.render(
         "admin.html",
         context! {
-            title => "Administration", email => &id.email, sessions => rows, total => total,
+            title => "Administration", email => id.email(), sessions => rows, total => total,
             shown => ADMIN_LIST, truncated => total > ADMIN_LIST, events => events, notice => notice, wide => true,
         },
     );
@@ -213,7 +215,7 @@ pub async fn admin_revoke(
             "revoke",
             email.canonical(),
             &who.ip,
-            &format!("{n} session(s) by admin {}", id.email),
+            &format!("{n} session(s) by admin {}", id.email()),
         )
         .await;
     Ok(redirect(

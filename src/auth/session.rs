@@ -24,13 +24,19 @@ pub enum Via {
 /// A request's verified identity.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub email: String,
     pub token_hash: [u8; 32],
     pub via: Via,
     /// Shared with the store's cache.
     pub session: Arc<Session>,
     /// False when `access` no longer allows the email: the caller answers 403.
     pub allowed: bool,
+}
+
+impl Identity {
+    /// The signed-in address (canonical), read from the shared session record: no copy.
+    pub fn email(&self) -> &str {
+        &self.session.email
+    }
 }
 
 /// The session tokens a request presents: bearer first, then every cookie with our name.
@@ -100,7 +106,6 @@ pub async fn authenticate(
             None => cfg.may_sign_in(&session.email),
         };
         return Ok(Some(Identity {
-            email: session.email.clone(),
             token_hash: hash,
             via,
             session,

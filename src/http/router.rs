@@ -145,7 +145,7 @@ async fn protected(
         Ok(_) if decision.public => forward(state, &cfg, route, req, None, conn, view).await,
         Ok(Some(id)) => {
             state.metrics.requests_denied();
-            handlers::forbidden(state, &id.email, navigation)
+            handlers::forbidden(state, id.email(), navigation)
         }
         Ok(None) => {
             state.metrics.requests_unauthenticated();

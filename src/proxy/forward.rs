@@ -67,9 +67,9 @@ pub fn prepare(
     let authority = view.authority();
     set_forwarded(h, conn.peer, view, &authority, trusted);
     if let Some(id) = id {
-        inject(h, &cfg.headers.email, &id.email);
-        inject(h, &cfg.headers.user, &id.email);
-        if let Some((name, value)) = state.assertion(cfg, &id.email, &view.host) {
+        inject(h, &cfg.headers.email, id.email());
+        inject(h, &cfg.headers.user, id.email());
+        if let Some((name, value)) = state.assertion(cfg, id.email(), &view.host) {
             h.insert(name, value);
         }
     }
@@ -472,7 +472,7 @@ fn whoami(state: &AppState, req: &Request<Incoming>, id: Option<&Identity>) -> R
         context! {
             title => "Who am I",
             wide => true,
-            email => id.map_or("(anonymous: public path)", |i| i.email.as_str()),
+            email => id.map_or("(anonymous: public path)", |i| i.email()),
             headers => headers,
             method => req.method().as_str(),
             uri => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),

@@ -140,9 +140,9 @@ impl Ctx<'_> {
         match authenticate(self.state, self.cfg, req.headers(), decision.as_ref()).await? {
             Some(id) if id.allowed => Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({"email": id.email, "expires_at": id.session.expires_at}),
+                &serde_json::json!({"email": id.email(), "expires_at": id.session.expires_at}),
             )),
-            Some(id) => Err(AuthError::NotAllowed(id.email)),
+            Some(id) => Err(AuthError::NotAllowed(id.email().to_string())),
             None => Err(AuthError::Unauthenticated),
         }
     }

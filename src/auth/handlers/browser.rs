@@ -71,7 +71,7 @@ impl Ctx<'_> {
                 .unwrap_or_default();
             let page = self.state.pages.render(
                 "signed_in.html",
-                context! { title => "Signed in", email => &id.email, target => &target, host => host, rd => &rd },
+                context! { title => "Signed in", email => id.email(), target => &target, host => host, rd => &rd },
             );
             return Ok(self.cleared(html(StatusCode::OK, page), flash.is_some()));
         }
@@ -344,7 +344,7 @@ impl Ctx<'_> {
         let id = authenticate(self.state, self.cfg, req.headers(), None).await?;
         let page = self.state.pages.render(
             "logout.html",
-            context! { title => "Sign out", email => id.map(|i| i.email) },
+            context! { title => "Sign out", email => id.as_ref().map(|i| i.email()) },
         );
         Ok(html(StatusCode::OK, page))
     }

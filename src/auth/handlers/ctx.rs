@@ -141,7 +141,7 @@ impl Ctx<'_> {
             self.state
                 .audit(
                     "logout",
-                    &id.email,
+                    id.email(),
                     &self.who.ip,
                     &format!("session {}", id.session.id),
                 )

@@ -213,11 +213,12 @@ impl Ctx<'_> {
             Some(id) if id.allowed => {
                 let mut r = text(StatusCode::OK, "");
                 for name in [&self.cfg.headers.email, &self.cfg.headers.user] {
-                    if let Ok(v) = HeaderValue::from_str(&id.email) {
+                    if let Ok(v) = HeaderValue::from_str(id.email()) {
                         r.headers_mut().insert(name.clone(), v);
                     }
                 }
-                if let Some((name, value)) = self.state.assertion(self.cfg, &id.email, &orig.host) {
+                if let Some((name, value)) = self.state.assertion(self.cfg, id.email(), &orig.host)
+                {
                     r.headers_mut().insert(name, value);
                 }
                 Ok(r)
@@ -235,7 +236,7 @@ impl Ctx<'_> {
                 }
                 Ok(r)
             }
-            Some(id) => Ok(forbidden(self.state, &id.email, false)),
+            Some(id) => Ok(forbidden(self.state, id.email(), false)),
             None => {
                 let login = login_url(self.cfg, &orig.url);
                 let navigation = orig.method == "GET" && is_navigation(&Method::GET, req.headers());
