@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod jwt;
+pub mod logsink;
 pub mod mail;
 pub mod metrics;
 pub mod net;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use portcullis::config::LogFormat;
+use portcullis::logsink::{LogGuard, LogSink};
 use portcullis::{App, Config, SystemClock};
 
 /// Prints to stdout, ignoring a closed pipe (`portcullis check | head` must not panic).
@@ -306,23 +307,32 @@ fn print_bytes(bytes: &[u8]) -> ExitCode {
     }
 }
 
-/// Logs go to stderr through a background writer, so a busy gateway never waits on the terminal
-/// or journald. Keep the guard alive: dropping it flushes what is left.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr in batches written by a background thread ([`LogSink`]), so a busy gateway
+/// never waits on the terminal or journald and pays no system call per line. Keep the guard
+/// alive: dropping it writes out what is left.
+fn init_logging(format: LogFormat) -> Option<LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Not lossy: under extreme load logging slows requests rather than dropping audit lines.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let (sink, guard) = match LogSink::new(Box::new(std::io::stderr())) {
+        Ok((sink, guard)) => (sink, guard),
+        Err(e) => {
+            eprintln!("portcullis: no log writer thread ({e}); logging straight to stderr");
+            let b = builder.with_writer(std::io::stderr);
+            match format {
+                LogFormat::Json => b.json().init(),
+                LogFormat::Text => b.with_ansi(false).init(),
+            }
+            return None;
+        }
+    };
+    let builder = builder.with_writer(sink);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
-    guard
+    Some(guard)
 }
 
 /// The host of an `http://` public_url that is not loopback (`localhost`, `*.localhost`,

@@ -258,10 +258,12 @@ impl Config {
     }
 
     /// The configured identity header names (stripped from client requests).
-    pub fn identity_headers(&self) -> Vec<&HeaderName> {
-        let mut v = vec![&self.headers.email, &self.headers.user];
-        v.extend(self.headers.jwt.as_ref());
-        v
+    ///
+    /// A fixed array (no allocation per request): without a JWT header its slot repeats the
+    /// email header.
+    pub fn identity_headers(&self) -> [&HeaderName; 3] {
+        let h = &self.headers;
+        [&h.email, &h.user, h.jwt.as_ref().unwrap_or(&h.email)]
     }
 
     /// Whether an address may receive a sign-in mail: allowed globally or by any route.

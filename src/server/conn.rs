@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::limits::ConnSlot;
@@ -59,8 +59,6 @@ pub struct Phases {
     idle_since: AtomicU64,
     /// 1 + when the first byte arrived while idle (an HTTP/1 head starting); 0: none.
     head_since: AtomicU64,
-    /// Wakes the supervisor when the phase changes (its deadline may now be earlier).
-    changed: Notify,
 }
 
 impl Phases {
@@ -72,7 +70,6 @@ impl Phases {
             h2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
-            changed: Notify::new(),
         })
     }
 
@@ -101,7 +98,6 @@ impl Phases {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.head_since.store(0, Ordering::SeqCst);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -116,7 +112,6 @@ impl Phases {
         {
             self.head_since
                 .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -145,9 +140,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let p = &self.0;
         p.idle_since.store(p.now_ms(), Ordering::SeqCst);
-        if p.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            p.changed.notify_one();
-        }
+        p.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -308,12 +301,20 @@ where
             Some(hard) => Some((hard, Phase::Idle)),
             None => phases.deadline(t),
         };
-        // While a request is in progress nothing expires; look again after `idle` at the latest.
-        let wake = next.map_or_else(|| Instant::now() + t.idle, |(at, _)| at);
+        // Requests starting and ending never wake this loop (that would cost every request a
+        // wake-up and a new timer). Only a request head starting can bring a deadline closer,
+        // and it can bring it no closer than `header_read_timeout` from now: so while a request
+        // is in progress or the connection is idle, look again after `header_read_timeout` at
+        // the latest, and a head that started meanwhile is timed exactly from its first byte.
+        let soon = Instant::now() + t.header_read;
+        let wake = match next {
+            None => soon,
+            Some((at, Phase::Idle)) if closing.is_none() => at.min(soon),
+            Some((at, _)) => at,
+        };
         tokio::select! {
+            biased;
             r = conn.as_mut() => return Outcome::Finished(r),
-            // A request started or ended, or a head began: recompute the deadline.
-            _ = phases.changed.notified(), if closing.is_none() => {}
             _ = tokio::time::sleep_until(wake) => {
                 if closing.is_some() {
                     return Outcome::TimedOut(Phase::Idle);
