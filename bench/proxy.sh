@@ -2,28 +2,72 @@
 # bench/proxy.sh: Portcullis throughput/latency benchmark, everything on loopback.
 #
 # Usage:
-#   bench/proxy.sh [proxy]   default mode: one small upstream response served five ways (~3-4 min)
+#   bench/proxy.sh [proxy]   default mode: one small upstream response served by every proxy, plain HTTP
+#                            and HTTPS, at 1, 32 and 256 connections (~7-8 min with the defaults)
 #   bench/proxy.sh scale     authenticated throughput + gateway RSS with 1,000 vs 1,000,000 sessions
 #   bench/proxy.sh login     sign-in throughput (/.auth/api/login) with mail going to a local SMTP sink
 #   bench/proxy.sh redis     the Redis store vs sled: proxy throughput, sign-ins/s, revocation delay
 #                            across two replicas (~2-3 min after the build)
+#   bench/proxy.sh help      this text
 #
-# Default mode, same load for every target (wrk, BENCH_THREADS x BENCH_CONNS for BENCH_DURATION,
-# after a BENCH_WARMUP run that is thrown away), same ~100-byte upstream body:
-#   (a) the upstream itself: a separate nginx instance answering `return 200 "<100 bytes>"`
-#   (b) nginx proxy_pass -> upstream, upstream keepalive 64, HTTP/1.1, Connection ""
-#   (c) Caddy reverse_proxy -> upstream (Caddy's defaults, which keep upstream connections alive,
-#       but keepalive_idle_conns_per_host 64 instead of 32, to match nginx's `keepalive 64`)
-#   (d) Portcullis -> upstream, with a valid session cookie (portcullis_session=<token>)
-#   (e) nginx auth_request -> Portcullis /.auth/check (keepalive), then proxy_pass -> upstream
-# It prints requests/s, p50 and p99 latency, req/s relative to (b), the CPU time the proxy's own
-# processes spent per request (robust against a busy shared machine), the upstream connections
+# Default (proxy) mode: the issue "Faster than nginx": authenticated requests through Portcullis
+# against nginx proxy_pass and Caddy, with access logging on (what an operator gets by default).
+# For each connection count C in BENCH_CONN_LIST (default "1 32 256") every target gets the same
+# load: wrk -t<min(BENCH_THREADS, C)> -c<C> -d$BENCH_DURATION (so 1 connection is -t1), after a
+# BENCH_WARMUP run that is thrown away; the same ~100-byte upstream body everywhere:
+#   (a)  the upstream itself: a separate nginx instance answering `return 200 "<100 bytes>"` (no log)
+#   (b)  nginx proxy_pass -> upstream, upstream keepalive 64, HTTP/1.1, Connection ""
+#   (c)  Caddy reverse_proxy -> upstream (Caddy's defaults, which keep upstream connections alive,
+#        but keepalive_idle_conns_per_host 64 instead of 32, to match nginx's `keepalive 64`)
+#   (d)  Portcullis -> upstream, with a valid session cookie (portcullis_session=<token>)
+#   (d0) the same, a second Portcullis process with PORTCULLIS_LOG=warn (its access log off; own
+#        port, data dir and session): (d) vs (d0) is what Portcullis' access log costs
+#   (e)  nginx auth_request -> Portcullis /.auth/check (keepalive), then proxy_pass -> upstream
+#   HTTPS: one self-signed ECDSA P-256 certificate (openssl, for localhost and 127.0.0.1, in the
+#   work dir) for both TLS terminators, each proxying to the same upstream over plain HTTP/1.1:
+#   nginx `listen ... ssl http2` (the nginx 1.22 syntax, ssl_protocols TLSv1.2 TLSv1.3) and
+#   Portcullis' `tls:` listener (HTTP/2 and HTTP/1.1 by ALPN, the cookie as in (d)):
+#   (h)  nginx TLS HTTP/1.1          (i)  portcullis TLS HTTP/1.1     wrk https://localhost:PORT/
+#   (j)  nginx TLS HTTP/2            (k)  portcullis TLS HTTP/2       h2load, ALPN h2
+#        h2load -t<min(BENCH_THREADS, C)> -c<C> -m1 -D$BENCH_DURATION: one client connection per
+#        connection and one stream at a time on each (-m1), i.e. C requests in flight as with wrk;
+#        its own warm-up run (-D$BENCH_WARMUP) first; h2load prints no percentiles, so p50/p99 come
+#        from its --log-file (per-request times; bench/h2load_stats.py).
+#   Diagnostics (BENCH_DIAG=1, only at BENCH_DIAG_CONNS, default 32 (else the list's last count), to
+#   save time; other responses, not compared): (f) Portcullis /.auth/healthz and (g) /.auth/check
+#   with the cookie, straight to Portcullis, which splits its per-request cost from the proxy hop.
+# Before measuring, every target must answer 200 with the upstream's body (curl; for the TLS rows
+# curl -k --http1.1 / --http2, and the answer must come over that HTTP version); without the cookie
+# Portcullis (d, d0, e, i, k) must refuse with 401.
+# BENCH_ROUNDS > 1 interleaves rounds over all targets at each connection count; each row is its
+# median round by req/s.
+# It prints, per connection count, requests/s, p50 and p99 latency, req/s relative to (b), the CPU
+# time the proxy's own processes spent per request (user+system ticks of their /proc/PID/stat around
+# the measured run; robust against a busy shared machine) and as CPU%, the upstream connections
 # opened during the run (nginx stub_status on the upstream: shows whether the proxy pools them),
-# and checks the targets
-#   (d) req/s >= 1.0 x nginx proxy_pass, (d) req/s >= 2.5 x Caddy, (d) p99 <= nginx p99
-# as PASS/FAIL lines (informational: the exit status is 0 unless something broke).
+# the load generator's errors, then the targets as PASS/FAIL lines:
+#   (d) req/s >= 1.0 x nginx proxy_pass (b), (d) p99 <= (b)'s, (d) CPU us/req <= (b)'s,
+#   (d) req/s >= 2.5 x Caddy (c); HTTPS: (i) vs (h) and (k) vs (j): req/s >= 1.0x, p99 <=, CPU <=
+# and the access log's cost ((d) vs (d0): req/s and CPU us per request). At the end a summary with
+# one line per connection count (pc/nginx req/s, p99 and CPU ratios, pc/caddy, TLS HTTP/1.1 and
+# HTTP/2 ratios, logging cost, targets met), the access log lines counted in each log against the
+# requests sent (a sanity check that logging was on: ~1 line per request for Portcullis, nginx and
+# Caddy, 0 for (d0)), bytes per log line, the WARN/ERROR lines of the Portcullis logs, and the date
+# and load average at the start and the end. The PASS/FAIL lines are informational: the exit status
+# is 0 unless something broke.
+# What is logged (BENCH_ACCESS_LOG=1, the default): Portcullis (d) at its default level
+# (PORTCULLIS_LOG unset: one `portcullis::access` line per request on stderr, redirected to
+# $TMP/pc-d.log); nginx `access_log $TMP/nginx-proxy/access.log;` (combined format, unbuffered: the
+# default) for (b), (e), (h), (j); Caddy `log { output file $TMP/caddy-access.log }` (JSON, Caddy's
+# default rolling) for (c); the upstream (a) and (d0) log no requests. BENCH_ACCESS_LOG=0: access
+# logs off everywhere (PORTCULLIS_LOG=warn, access_log off, no Caddy log) and no (d0) row.
+# Both Portcullis processes run with limits.max_connections_per_ip 100000 (the default 256 would
+# refuse a 256-connection run while the warm-up's connections are still closing, and nginx's (e)
+# connections all come from one address).
 # The session is obtained the real way: POST /.auth/api/login, read the mailed code from the
 # .eml file (email.transport: file), POST /.auth/api/verify with issue_token (bench/get_session.py).
+# Duration with the defaults: 10 runs per connection count (+2 diagnostics at 32) of
+# BENCH_WARMUP + BENCH_DURATION = 12 s each: 32 runs, ~7-8 minutes in all.
 #
 # scale mode: for each count in BENCH_SCALE_COUNTS (default "1000 1000000") a fresh data_dir is
 # seeded with `portcullis bench-seed --config FILE --count N` (prints one valid token on stdout),
@@ -68,12 +112,20 @@
 #
 # Environment (defaults):
 #   BENCH_THREADS=2 BENCH_CONNS=64 BENCH_DURATION=10s BENCH_WARMUP=2s   wrk load, every target
+#                          (proxy mode: wrk/h2load -t min(BENCH_THREADS, C); BENCH_CONNS is not used,
+#                          its connection counts come from BENCH_CONN_LIST)
+#   BENCH_CONN_LIST="1 32 256"  proxy mode: the connection counts, each a table of its own
+#   BENCH_ACCESS_LOG=1     proxy mode: access logs on in every proxy and the (d0) row; 0: all off
+#   BENCH_TLS=1            proxy mode: the HTTPS rows (h-k); 0 skips them (and h2load, openssl)
+#   BENCH_NGINX_KEEPALIVE=64   proxy mode: nginx `keepalive N` to the upstream and to Portcullis (e)
 #   BENCH_SKIP_BUILD=0     1: do not run `cargo build --release`
 #   PORTCULLIS_BIN=target/release/portcullis
 #   BENCH_TMP=(mktemp -d)  work dir (configs, logs, data); removed at exit unless BENCH_KEEP=1
 #   BENCH_ROUNDS=1         proxy and redis modes: rounds over all targets, each row is the median round
 #   BENCH_DIAG=1           proxy mode: also measure Portcullis' /.auth/healthz and /.auth/check
 #                          directly (no upstream hop) to split its per-request cost; 0 skips them
+#   BENCH_DIAG_CONNS=32    proxy mode: the connection count(s) the diagnostics run at (default 32
+#                          if BENCH_CONN_LIST has it, else its last count)
 #   BENCH_CADDY_IDLE_CONNS=64  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
 #                          64 to match nginx's `keepalive 64`
 #   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000
@@ -94,9 +146,11 @@
 #
 # Everything (nginx, caddy, portcullis, the SMTP sink, redis-server) runs as the current user with
 # its own config, pid and log files under the work dir, and is stopped at exit. Missing tools
-# (nginx, caddy, wrk, curl; redis-server and redis-cli in redis mode) are installed with apt-get.
-# Portcullis runs with PORTCULLIS_LOG=warn, i.e. its per-request access log is OFF; nginx has
-# access_log off and Caddy logs no requests either.
+# (nginx, caddy, wrk, curl; h2load from nghttp2-client and openssl in proxy mode; redis-server and
+# redis-cli in redis mode) are installed with apt-get.
+# Logging: proxy mode as above (access logs on by default). The scale, login and redis modes run
+# Portcullis with PORTCULLIS_LOG=warn, i.e. its per-request access log is OFF, and their nginx
+# upstream has access_log off.
 # All nginx servers and upstream blocks get keepalive_requests 1000000 so neither wrk's nor the
 # proxy's connections are recycled every 1000 requests (nginx's default), as Caddy and
 # Portcullis do not recycle them either.
@@ -124,6 +178,11 @@ SINK_QUICKACK=${BENCH_SINK_QUICKACK:-0}
 LOGIN_THREADS=${BENCH_LOGIN_THREADS:-$(( THREADS < LOGIN_CONNS ? THREADS : LOGIN_CONNS ))}
 ROUNDS=${BENCH_ROUNDS:-1}
 DIAG=${BENCH_DIAG:-1}
+DIAG_CONNS=${BENCH_DIAG_CONNS:-}
+CONN_LIST=${BENCH_CONN_LIST:-"1 32 256"}
+ACCESS_LOG=${BENCH_ACCESS_LOG:-1}
+TLS=${BENCH_TLS:-1}
+NGINX_KEEPALIVE=${BENCH_NGINX_KEEPALIVE:-64}
 CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-64}
 REDIS_EXTRA_CONNS=${BENCH_REDIS_EXTRA_CONNS-"1 256"}
 REVOKE_TRIALS=${BENCH_REVOKE_TRIALS:-50}
@@ -232,6 +291,11 @@ ensure_tools() {
     if [ "$MODE" = redis ] && ! command -v redis-cli >/dev/null 2>&1; then
         missing+=(redis-tools)
     fi
+    # proxy mode's HTTPS rows: h2load (Debian package nghttp2-client) and openssl for the certificate.
+    if [ "$MODE" = proxy ] && [ "$TLS" = 1 ]; then
+        command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+        command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing missing tools with apt-get: ${missing[*]}"
     local sudo=()
@@ -263,6 +327,7 @@ machine_facts() {
     cpu=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
     [ -n "$cpu" ] || cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)
     echo "== machine =="
+    echo "date:        $(date '+%Y-%m-%d %H:%M:%S %Z')"
     echo "nproc:       $(nproc)"
     echo "cpu:         ${cpu:-unknown}"
     echo "kernel:      $(uname -sr)"
@@ -272,7 +337,12 @@ machine_facts() {
     echo "caddy:       $(caddy version 2>/dev/null | cut -d' ' -f1)"
     echo "wrk:         $(wrk -v 2>&1 | head -n1 | cut -d' ' -f2)"
     echo "portcullis:  $("$BIN" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
-    echo "command:     $0 $MODE  (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP)"
+    if [ "$MODE" = proxy ]; then
+        [ "$TLS" != 1 ] || echo "h2load:      $(h2load --version 2>/dev/null | head -n1 | sed 's/^h2load //')"
+        echo "command:     $0 $MODE  (BENCH_CONN_LIST=\"$CONN_LIST\" BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_ACCESS_LOG=$ACCESS_LOG BENCH_TLS=$TLS BENCH_DIAG=$DIAG)"
+    else
+        echo "command:     $0 $MODE  (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP)"
+    fi
     if [ "$MODE" = redis ]; then
         echo "redis:       $("$REDIS_SERVER" --version 2>/dev/null | sed 's/^Redis server //' | cut -d' ' -f1-2)"
     fi
@@ -282,10 +352,20 @@ machine_facts() {
         echo "wrk load:    wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/report.lua URL  (warm-up: -d$WARMUP, discarded; also at ${REDIS_EXTRA_CONNS:-no other} connections)"
         echo "sign-ins:    LOGIN_PREFIX=<s|r> wrk -t$LOGIN_THREADS -c$LOGIN_CONNS -d$DURATION --latency -s bench/login.lua URL  (SMTP sink quickack: $SINK_QUICKACK)"
         echo "revocation:  bench/revocation.py, $REVOKE_TRIALS trials, poll every 10 ms, jitter ${REVOKE_JITTER_MS} ms, shared secrets_file: $REVOKE_SECRETS_FILE"
+    elif [ "$MODE" = proxy ]; then
+        echo "wrk load:    wrk -t<min($THREADS,C)> -c<C> -d$DURATION --latency -s bench/report.lua URL for C in $CONN_LIST  (warm-up: -d$WARMUP, discarded)"
+        [ "$TLS" != 1 ] || echo "h2 load:     h2load -t<min($THREADS,C)> -c<C> -m1 -D$DURATION --log-file FILE URL  (warm-up: -D$WARMUP, discarded)"
     else
         echo "wrk load:    wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/report.lua URL  (warm-up: -d$WARMUP, discarded)"
     fi
-    echo "logging:     Portcullis PORTCULLIS_LOG=warn (access log off); nginx access_log off; Caddy no access log"
+    if [ "$MODE" = proxy ] && [ "$ACCESS_LOG" = 1 ]; then
+        echo "logging:     access logs ON (defaults an operator gets): Portcullis default level (PORTCULLIS_LOG unset:"
+        echo "             one portcullis::access line per request on stderr, into a file), nginx access_log FILE"
+        echo "             (combined), Caddy log { output file FILE } (JSON); (d0) is Portcullis with PORTCULLIS_LOG=warn;"
+        echo "             the upstream (a) logs nothing"
+    else
+        echo "logging:     Portcullis PORTCULLIS_LOG=warn (access log off); nginx access_log off; Caddy no access log"
+    fi
     echo
 }
 
@@ -306,10 +386,12 @@ events { worker_connections 4096; }
 EOF
 }
 
+# nginx_http_common NAME [ACCESS_LOG_FILE]: http-context lines; access_log off unless a file is given
+# (then nginx's default: the combined format, one unbuffered write per request).
 nginx_http_common() {
-    local name=$1
+    local name=$1 access_log=${2:-off}
     cat <<EOF
-    access_log off;
+    access_log $access_log;
     keepalive_requests 1000000;
     client_body_temp_path $TMP/nginx-$name/client_body;
     proxy_temp_path $TMP/nginx-$name/proxy;
@@ -357,7 +439,9 @@ EOF
 # write_portcullis_config FILE PORT DATA_DIR MAIL_YAML
 write_portcullis_config() {
     local file=$1 port=$2 data=$3 mail=$4
+    # 0700: what Portcullis would tighten it to anyway (with a warning in its log).
     mkdir -p "$data"
+    chmod 700 "$data"
     cat >"$file" <<EOF
 # Generated by bench/proxy.sh
 listen: "127.0.0.1:$port"
@@ -380,10 +464,16 @@ EOF
     "$BIN" check --config "$file" >/dev/null || die "portcullis rejects $file"
 }
 
-# start_portcullis NAME CONFIG PORT: sets PC_PID.
+# start_portcullis NAME CONFIG PORT [LEVEL]: sets PC_PID. LEVEL is PORTCULLIS_LOG (default warn:
+# no access log); "-" runs it with PORTCULLIS_LOG unset, i.e. the gateway's default level (info:
+# one portcullis::access line per request). Its stderr goes to $TMP/NAME.log.
 start_portcullis() {
-    local name=$1 conf=$2 port=$3
-    start_bg "$name" env PORTCULLIS_LOG=warn "$BIN" serve --config "$conf"
+    local name=$1 conf=$2 port=$3 level=${4:-warn}
+    if [ "$level" = - ]; then
+        start_bg "$name" env -u PORTCULLIS_LOG "$BIN" serve --config "$conf"
+    else
+        start_bg "$name" env PORTCULLIS_LOG="$level" "$BIN" serve --config "$conf"
+    fi
     PC_PID=$LAST_PID
     wait_http "http://127.0.0.1:$port/.auth/healthz" "$name" "$PC_PID"
 }
@@ -445,7 +535,8 @@ run_wrk() {
     log "$key: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION $url (load avg $(cut -d' ' -f1 /proc/loadavg))"
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key-warmup.txt" 2>&1 \
         || die "$key: wrk warm-up failed: $(cat "$TMP/wrk-$key-warmup.txt")"
-    local c0=0 c1=0 a0 a1
+    local c0=0 c1=0 a0 a1 warm
+    warm=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$TMP/wrk-$key-warmup.txt" | tail -n1)
     a0=$(upstream_accepts)
     [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
     wrk_hook_before
@@ -455,15 +546,48 @@ run_wrk() {
     [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
     a1=$(upstream_accepts)
     parse_bench "$TMP/wrk-$key.txt"
-    W[up_conns]=$((a1 - a0))
+    W[warmup_requests]=${warm:-0}
+    finish_run "$key" $((c1 - c0)) $((a1 - a0))
+}
+
+# finish_run KEY TICKS UP_CONNS: run_wrk's and run_h2load's derived figures in W[...] (errors,
+# CPU per request and CPU% from TICKS, upstream connections opened) and the log line.
+finish_run() {
+    local key=$1 ticks=$2
+    W[up_conns]=$3
     local errs=$((W[err_connect] + W[err_read] + W[err_write] + W[err_status] + W[err_timeout]))
     W[errors]=$errs
-    W[cpu_us]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')
-    W[cpu_pct]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v d="${W[duration_us]}" 'BEGIN { printf "%.0f", t / hz * 1e8 / d }')
+    W[cpu_us]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')
+    W[cpu_pct]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="${W[duration_us]}" 'BEGIN { if (d > 0) printf "%.0f", t / hz * 1e8 / d; else print 0 }')
     if [ "$errs" -gt 0 ]; then
         log "$key: WARNING $errs errors (connect ${W[err_connect]}, read ${W[err_read]}, write ${W[err_write]}, status>=400 ${W[err_status]}, timeout ${W[err_timeout]})"
     fi
     log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}"), CPU ${W[cpu_pct]}% = ${W[cpu_us]} us/req, upstream conns opened ${W[up_conns]}"
+}
+
+# run_h2load KEY URL [h2load args]: run_wrk for HTTP/2 over TLS. A warm-up h2load run (-D$WARMUP,
+# discarded, like wrk's), then h2load -t$THREADS -c$CONNS -m1 -D$DURATION with a per-request
+# --log-file, turned into the same W[...] by bench/h2load_stats.py (percentiles from that file).
+# -m1: one stream at a time per connection, so C connections carry C requests in flight, as wrk's.
+run_h2load() {
+    local key=$1 url=$2
+    shift 2
+    log "$key: warm-up $WARMUP, then h2load -t$THREADS -c$CONNS -m1 -D$DURATION $url (load avg $(cut -d' ' -f1 /proc/loadavg))"
+    h2load -t"$THREADS" -c"$CONNS" -m1 -D"$WARMUP" "$@" "$url" >"$TMP/h2load-$key-warmup.txt" 2>&1 \
+        || die "$key: h2load warm-up failed: $(tail -n 20 "$TMP/h2load-$key-warmup.txt")"
+    local c0=0 c1=0 a0 a1 warm
+    warm=$(sed -n 's/^requests: .* \([0-9]*\) done,.*/\1/p' "$TMP/h2load-$key-warmup.txt" | tail -n1)
+    a0=$(upstream_accepts)
+    [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
+    h2load -t"$THREADS" -c"$CONNS" -m1 -D"$DURATION" --log-file "$TMP/h2load-$key.log" "$@" "$url" >"$TMP/h2load-$key.txt" 2>&1 \
+        || die "$key: h2load failed: $(tail -n 20 "$TMP/h2load-$key.txt")"
+    [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
+    a1=$(upstream_accepts)
+    python3 "$BENCH_DIR/h2load_stats.py" --expect-proto h2 "$TMP/h2load-$key.txt" "$TMP/h2load-$key.log" >"$TMP/h2load-$key.bench" \
+        || die "$key: could not read h2load's results (see above)"
+    parse_bench "$TMP/h2load-$key.bench"
+    W[warmup_requests]=${warm:-0}
+    finish_run "$key" $((c1 - c0)) $((a1 - a0))
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
@@ -478,41 +602,171 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
 # ---------------------------------------------------------------- modes
 
-mode_proxy() {
-    machine_facts
-    start_upstream
+# make_cert: one self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost in $TMP/tls,
+# used by every TLS terminator in proxy mode.
+make_cert() {
+    mkdir -p "$TMP/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" >"$TMP/openssl.log" 2>&1 \
+        || die "openssl could not make the certificate: $(cat "$TMP/openssl.log")"
+}
 
-    local ngx_port ngx_auth_port caddy_port pc_port
+# check_tls LABEL URL VERSION [curl args]: check_target over TLS (curl -k) with HTTP/VERSION (1.1 or 2),
+# and the answer must really have come over that version.
+check_tls() {
+    local label=$1 url=$2 version=$3
+    shift 3
+    local flag=--http1.1 got
+    [ "$version" = 1.1 ] || flag=--http2
+    check_target "$label" "$url" -k "$flag" "$@"
+    got=$(curl -sk "$flag" -o /dev/null -w '%{http_version}' "$@" "$url") || die "$label: curl $url failed"
+    [ "$got" = "$version" ] || die "$label: $url answered over HTTP/$got, expected HTTP/$version"
+}
+
+# tls_params URL: "TLSv1.3 / TLS_AES_256_GCM_SHA384", what curl (OpenSSL, as wrk) negotiates.
+tls_params() {
+    curl -sk --http1.1 -v -o /dev/null "$1" 2>&1 | sed -n 's/^\* SSL connection using //p' | head -n1
+}
+
+# pct_change NEW OLD: (NEW - OLD) / OLD in percent, signed.
+pct_change() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (a - b) / b * 100; else print "n/a" }'; }
+
+# target_line TEXT FIGURES RESULT: one PASS/FAIL line; counts them in T_PASS / T_TOTAL.
+T_PASS=0 T_TOTAL=0
+target_line() {
+    printf '%-48s %-40s %s\n' "$1" "$2" "$3"
+    T_TOTAL=$((T_TOTAL + 1))
+    [ "$3" != PASS ] || T_PASS=$((T_PASS + 1))
+}
+
+# proxy_run K C ROUND: target K measured at C connections (warm-up included); one line
+# "rps p50 p99 errors cpu_us cpu_pct up_conns" into $TMP/rounds-K-cC. Uses mode_proxy's
+# urls/hdr/cpu_pids/sent (bash's dynamic scoping).
+proxy_run() {
+    local k=$1 c=$2 round=$3
+    # run_wrk / run_h2load read THREADS and CONNS.
+    local CONNS=$c THREADS=$THREADS
+    [ "$THREADS" -le "$c" ] || THREADS=$c
+    read -r -a CPU_PIDS <<<"${cpu_pids[$k]}"
+    local args=()
+    [ -z "${hdr[$k]:-}" ] || args=(-H "${hdr[$k]}")
+    case $k in
+        j | k) run_h2load "$k-c$c-$round" "${urls[$k]}" "${args[@]}" ;;
+        *) run_wrk "$k-c$c-$round" "${urls[$k]}" "${args[@]}" ;;
+    esac
+    CPU_PIDS=()
+    echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[errors]} ${W[cpu_us]} ${W[cpu_pct]} ${W[up_conns]}" >>"$TMP/rounds-$k-c$c"
+    sent[$k]=$((${sent[$k]:-0} + W[requests] + W[warmup_requests]))
+    [ -z "${W[cipher]:-}" ] || h2cipher[$k]="${W[tls]} / ${W[cipher]}"
+}
+
+mode_proxy() {
+    local started=$SECONDS
+    echo "== bench/proxy.sh proxy: authenticated requests through Portcullis vs nginx and Caddy, $(date '+%Y-%m-%d %H:%M:%S %Z') =="
+    machine_facts
+
+    local conns_list=() c
+    read -r -a conns_list <<<"$CONN_LIST"
+    [ ${#conns_list[@]} -gt 0 ] || die "BENCH_CONN_LIST is empty"
+    for c in "${conns_list[@]}"; do
+        [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONN_LIST: '$c' is not a connection count"
+    done
+    # Diagnostics (f, g) at BENCH_DIAG_CONNS only; by default at 32 (or the list's last count).
+    local diag_conns=$DIAG_CONNS
+    if [ -z "$diag_conns" ]; then
+        if [[ " $CONN_LIST " == *" 32 "* ]]; then diag_conns=32; else diag_conns=${conns_list[-1]}; fi
+    fi
+    [ "$DIAG" = 1 ] || diag_conns=""
+
+    start_upstream
+    local ngx_port ngx_auth_port ngx_tls_port caddy_port pc_port pc_tls_port pc0_port
     ngx_port=$(free_port)
     ngx_auth_port=$(free_port)
+    ngx_tls_port=$(free_port)
     caddy_port=$(free_port)
     pc_port=$(free_port)
+    pc_tls_port=$(free_port)
+    pc0_port=$(free_port)
 
-    mkdir -p "$TMP/mail"
+    # Access logs: on by default for every proxy (not the upstream), as an operator gets them.
+    local pc_level=- ngx_log="" caddy_log=""
+    if [ "$ACCESS_LOG" = 1 ]; then
+        ngx_log="$TMP/nginx-proxy/access.log"
+        caddy_log="$TMP/caddy-access.log"
+    else
+        pc_level=warn
+    fi
+
+    local tls_yaml=""
+    if [ "$TLS" = 1 ]; then
+        make_cert
+        tls_yaml="tls:
+  listen: \"127.0.0.1:$pc_tls_port\"
+  cert: \"$TMP/tls/cert.pem\"
+  key: \"$TMP/tls/key.pem\""
+    fi
+
+    # (d) Portcullis: plain listener + the TLS one (HTTP/2 and HTTP/1.1 by ALPN), default log level.
+    # limits.max_connections_per_ip raised: the default 256 would refuse 256-connection runs while the
+    # warm-up's connections are still closing, and nginx's (e) connections to it come from one address.
+    mkdir -p "$TMP/mail" "$TMP/mail0"
     write_portcullis_config "$TMP/portcullis.yaml" "$pc_port" "$TMP/pc-data" \
         "  transport: file
-  dir: \"$TMP/mail\""
-    start_portcullis portcullis "$TMP/portcullis.yaml" "$pc_port"
+  dir: \"$TMP/mail\"
+$(limits_yaml)
+$tls_yaml"
+    start_portcullis pc-d "$TMP/portcullis.yaml" "$pc_port" "$pc_level"
+    local pc_pid=$PC_PID pc0_pid=""
     log "signing in through the API (mail to $TMP/mail)"
-    local token
+    local token token0=""
     token=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$pc_port" --mail-dir "$TMP/mail" 2>>"$TMP/get_session.log") \
         || die "could not obtain a session: $(cat "$TMP/get_session.log")"
     [ -n "$token" ] || die "empty session token"
     local cookie="Cookie: portcullis_session=$token"
+    # (d0) the same gateway with PORTCULLIS_LOG=warn (no access log): what logging costs.
+    if [ "$ACCESS_LOG" = 1 ]; then
+        write_portcullis_config "$TMP/portcullis-nolog.yaml" "$pc0_port" "$TMP/pc0-data" \
+            "  transport: file
+  dir: \"$TMP/mail0\"
+$(limits_yaml)"
+        start_portcullis pc-d0 "$TMP/portcullis-nolog.yaml" "$pc0_port" warn
+        pc0_pid=$PC_PID
+        token0=$(python3 "$BENCH_DIR/get_session.py" --base "http://127.0.0.1:$pc0_port" --mail-dir "$TMP/mail0" 2>>"$TMP/get_session.log") \
+            || die "could not obtain a session from (d0): $(cat "$TMP/get_session.log")"
+        [ -n "$token0" ] || die "empty session token from (d0)"
+    fi
 
+    local tls_server=""
+    if [ "$TLS" = 1 ]; then
+        tls_server="    # (h, j) TLS termination, HTTP/2 and HTTP/1.1 by ALPN (nginx 1.22: \`listen ... ssl http2\`)
+    server {
+        listen 127.0.0.1:$ngx_tls_port ssl http2;
+        ssl_certificate $TMP/tls/cert.pem;
+        ssl_certificate_key $TMP/tls/key.pem;
+        # nginx 1.22's default is TLSv1 TLSv1.1 TLSv1.2 (no 1.3); Debian's stock nginx.conf and
+        # Portcullis (rustls) offer 1.3, so both terminators speak TLS 1.3 here.
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+    fi
     {
         nginx_common proxy
         echo "http {"
-        nginx_http_common proxy
+        nginx_http_common proxy "$ngx_log"
         cat <<EOF
     upstream backend {
         server 127.0.0.1:$UP_PORT;
-        keepalive 64;
+        keepalive $NGINX_KEEPALIVE;
         keepalive_requests 1000000;
     }
     upstream portcullis {
         server 127.0.0.1:$pc_port;
-        keepalive 64;
+        keepalive $NGINX_KEEPALIVE;
         keepalive_requests 1000000;
     }
     # (b) plain reverse proxy
@@ -547,6 +801,7 @@ mode_proxy() {
             proxy_set_header X-Original-URI \$request_uri;
         }
     }
+$tls_server
 }
 EOF
     } >"$TMP/nginx-proxy.conf"
@@ -557,12 +812,18 @@ EOF
     mkdir -p "$TMP/caddy-data" "$TMP/caddy-config"
     # Caddy keeps 32 idle upstream connections per host by default; nginx gets `keepalive 64`,
     # so Caddy gets 64 too (BENCH_CADDY_IDLE_CONNS="" keeps Caddy's default).
-    local caddy_transport=""
+    local caddy_transport="" caddy_logging=""
     if [ -n "$CADDY_IDLE" ]; then
         caddy_transport=" {
         transport http {
             keepalive_idle_conns_per_host $CADDY_IDLE
         }
+    }"
+    fi
+    if [ -n "$caddy_log" ]; then
+        caddy_logging="
+    log {
+        output file $caddy_log
     }"
     fi
     cat >"$TMP/Caddyfile" <<EOF
@@ -572,7 +833,7 @@ EOF
     storage file_system $TMP/caddy-data
 }
 http://127.0.0.1:$caddy_port {
-    reverse_proxy 127.0.0.1:$UP_PORT$caddy_transport
+    reverse_proxy 127.0.0.1:$UP_PORT$caddy_transport$caddy_logging
 }
 EOF
     start_bg caddy env XDG_DATA_HOME="$TMP/caddy-data" XDG_CONFIG_HOME="$TMP/caddy-config" HOME="$TMP" \
@@ -580,105 +841,259 @@ EOF
     local caddy_pid=$LAST_PID
     wait_http "http://127.0.0.1:$caddy_port/" caddy "$caddy_pid"
 
-    local keys=(a b c d e)
-    # Diagnostics (not the same response, not compared): Portcullis without the proxy hop.
-    local diag=()
-    [ "$DIAG" = 1 ] && diag=(f g)
-    local -A label urls
+    local keys=(a b c d) tls_keys=() diag=(f g)
+    [ "$ACCESS_LOG" != 1 ] || keys+=(d0)
+    keys+=(e)
+    [ "$TLS" != 1 ] || tls_keys=(h i j k)
+    local -A label urls hdr cpu_pids sent h2cipher
     label[a]="(a) upstream direct (nginx)"
     label[b]="(b) nginx proxy_pass"
     label[c]="(c) caddy reverse_proxy"
     label[d]="(d) portcullis (cookie)"
+    label[d0]="(d0) portcullis, access log off"
     label[e]="(e) nginx auth_request+pc"
+    label[f]="(f) pc /.auth/healthz"
+    label[g]="(g) pc /.auth/check (cookie)"
+    label[h]="(h) nginx TLS HTTP/1.1"
+    label[i]="(i) portcullis TLS HTTP/1.1"
+    label[j]="(j) nginx TLS HTTP/2"
+    label[k]="(k) portcullis TLS HTTP/2"
     urls[a]="http://127.0.0.1:$UP_PORT/"
     urls[b]="http://127.0.0.1:$ngx_port/"
     urls[c]="http://127.0.0.1:$caddy_port/"
     urls[d]="http://127.0.0.1:$pc_port/"
+    urls[d0]="http://127.0.0.1:$pc0_port/"
     urls[e]="http://127.0.0.1:$ngx_auth_port/"
-    label[f]="(f) pc /.auth/healthz"
-    label[g]="(g) pc /.auth/check (cookie)"
     urls[f]="http://127.0.0.1:$pc_port/.auth/healthz"
     urls[g]="http://127.0.0.1:$pc_port/.auth/check"
+    # TLS by name: wrk would send the IP address as SNI, which RFC 6066 forbids (rustls logs a
+    # warning per connection); the certificate is for localhost and 127.0.0.1, both listen on 127.0.0.1
+    # (wrk and h2load try every address localhost resolves to).
+    urls[h]="https://localhost:$ngx_tls_port/"
+    urls[i]="https://localhost:$pc_tls_port/"
+    urls[j]="https://localhost:$ngx_tls_port/"
+    urls[k]="https://localhost:$pc_tls_port/"
+    local k
+    for k in d e g i k; do hdr[$k]=$cookie; done
+    hdr[d0]="Cookie: portcullis_session=$token0"
 
     # Every target must serve the upstream's body before it is measured; without the cookie
-    # Portcullis (d, e) must refuse, which shows the cookie is what lets the load through.
-    local k
+    # Portcullis (d, d0, e, i, k) must refuse, which shows the cookie is what lets the load through.
     for k in a b c; do check_target "${label[$k]}" "${urls[$k]}"; done
-    for k in d e; do check_target "${label[$k]}" "${urls[$k]}" -H "$cookie"; done
-    for k in d e; do
-        local code
-        code=$(curl -s -o /dev/null -w '%{http_code}' "${urls[$k]}")
-        [ "$code" = 401 ] || die "${label[$k]}: without the cookie expected 401, got $code"
+    for k in "${keys[@]}"; do
+        case $k in d | d0 | e) check_target "${label[$k]}" "${urls[$k]}" -H "${hdr[$k]}" ;; esac
     done
-
-    if [ ${#diag[@]} -gt 0 ]; then
+    local code
+    for k in "${keys[@]}"; do
+        case $k in
+            d | d0 | e)
+                code=$(curl -s -o /dev/null -w '%{http_code}' "${urls[$k]}")
+                [ "$code" = 401 ] || die "${label[$k]}: without the cookie expected 401, got $code"
+                ;;
+        esac
+    done
+    local tls_ngx="" tls_pc=""
+    if [ "$TLS" = 1 ]; then
+        check_tls "${label[h]}" "${urls[h]}" 1.1
+        check_tls "${label[i]}" "${urls[i]}" 1.1 -H "$cookie"
+        check_tls "${label[j]}" "${urls[j]}" 2
+        check_tls "${label[k]}" "${urls[k]}" 2 -H "$cookie"
+        for k in i k; do
+            local v=1.1
+            [ "$k" = i ] || v=2
+            code=$(curl -sk "--http$v" -o /dev/null -w '%{http_code}' "${urls[$k]}")
+            [ "$code" = 401 ] || die "${label[$k]}: without the cookie expected 401, got $code"
+        done
+        tls_ngx=$(tls_params "${urls[h]}")
+        tls_pc=$(tls_params "${urls[i]}")
+    fi
+    if [ -n "$diag_conns" ]; then
         [ "$(curl -s -o /dev/null -w '%{http_code}' "${urls[f]}")" = 200 ] || die "${urls[f]} does not answer 200"
         [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$cookie" "${urls[g]}")" = 200 ] || die "${urls[g]} does not answer 200 with the cookie"
     fi
 
-    # Whose CPU time counts for each target (the upstream's only for (a); wrk's never).
-    local -A cpu_pids
+    # Whose CPU time counts for each target (the upstream's only for (a); wrk's/h2load's never).
     cpu_pids[a]="$UP_PID"
     cpu_pids[b]="$ngx_pid"
     cpu_pids[c]="$caddy_pid"
-    cpu_pids[d]="$PC_PID"
-    cpu_pids[e]="$ngx_pid $PC_PID"
-    cpu_pids[f]="$PC_PID"
-    cpu_pids[g]="$PC_PID"
+    cpu_pids[d]="$pc_pid"
+    cpu_pids[d0]="$pc0_pid"
+    cpu_pids[e]="$ngx_pid $pc_pid"
+    cpu_pids[f]="$pc_pid"
+    cpu_pids[g]="$pc_pid"
+    cpu_pids[h]="$ngx_pid"
+    cpu_pids[i]="$pc_pid"
+    cpu_pids[j]="$ngx_pid"
+    cpu_pids[k]="$pc_pid"
 
-    # BENCH_ROUNDS rounds over all targets (interleaved, so a noisy neighbour hits every target
-    # alike); each target's row is its median round by req/s.
+    # For each connection count: BENCH_ROUNDS rounds over all targets (interleaved, so a noisy
+    # neighbour hits every target alike); each row is the target's median round by req/s.
     local round
-    for ((round = 1; round <= ROUNDS; round++)); do
-        [ "$ROUNDS" -eq 1 ] || log "round $round/$ROUNDS"
-        for k in "${keys[@]}" "${diag[@]}"; do
-            read -r -a CPU_PIDS <<<"${cpu_pids[$k]}"
-            if [ "$k" = d ] || [ "$k" = e ] || [ "$k" = g ]; then
-                run_wrk "$k-$round" "${urls[$k]}" -H "$cookie"
-            else
-                run_wrk "$k-$round" "${urls[$k]}"
-            fi
-            echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[errors]} ${W[cpu_us]} ${W[cpu_pct]} ${W[up_conns]}" >>"$TMP/rounds-$k"
+    for c in "${conns_list[@]}"; do
+        local run_keys=("${keys[@]}")
+        [[ " $diag_conns " != *" $c "* ]] || run_keys+=("${diag[@]}")
+        run_keys+=("${tls_keys[@]}")
+        for ((round = 1; round <= ROUNDS; round++)); do
+            log "== $c connection(s), round $round/$ROUNDS: ${run_keys[*]}"
+            for k in "${run_keys[@]}"; do
+                proxy_run "$k" "$c" "$round"
+            done
         done
     done
-    CPU_PIDS=()
+
     local -A rps p50 p99 errs cpu cpupct upc
-    for k in "${keys[@]}" "${diag[@]}"; do
-        read -r "rps[$k]" "p50[$k]" "p99[$k]" "errs[$k]" "cpu[$k]" "cpupct[$k]" "upc[$k]" \
-            <<<"$(sort -g "$TMP/rounds-$k" | sed -n "$(((ROUNDS + 1) / 2))p")"
+    local kc
+    for c in "${conns_list[@]}"; do
+        for k in "${keys[@]}" "${diag[@]}" "${tls_keys[@]}"; do
+            kc=$k-c$c
+            [ -f "$TMP/rounds-$kc" ] || continue
+            read -r "rps[$kc]" "p50[$kc]" "p99[$kc]" "errs[$kc]" "cpu[$kc]" "cpupct[$kc]" "upc[$kc]" \
+                <<<"$(sort -g "$TMP/rounds-$kc" | sed -n "$(((ROUNDS + 1) / 2))p")"
+        done
     done
-    local pc_rss
-    pc_rss=$(rss_kib "$PC_PID")
+    local pc_rss pc0_rss=""
+    pc_rss=$(rss_kib "$pc_pid")
+    [ -z "$pc0_pid" ] || pc0_rss=$(rss_kib "$pc0_pid")
+
+    # Access log lines written (sanity check that logging was really on): read after a moment,
+    # as Portcullis writes its log from a background thread.
+    sleep 1
+    local pc_lines pc0_lines=0 ngx_lines=0 caddy_lines=0 pc_bytes ngx_bytes=0 caddy_bytes=0
+    pc_lines=$(grep -c 'portcullis::access' "$TMP/pc-d.log" || true)
+    pc_bytes=$({ grep 'portcullis::access' "$TMP/pc-d.log" || true; } | wc -c)
+    [ -z "$pc0_pid" ] || pc0_lines=$(grep -c 'portcullis::access' "$TMP/pc-d0.log" || true)
+    if [ -n "$ngx_log" ]; then
+        ngx_lines=$(wc -l <"$ngx_log")
+        ngx_bytes=$(wc -c <"$ngx_log")
+    fi
+    if [ -n "$caddy_log" ]; then
+        caddy_lines=$(zcat -f "$TMP"/caddy-access*.log* | wc -l)
+        caddy_bytes=$(zcat -f "$TMP"/caddy-access*.log* | wc -c)
+    fi
+    local sent_pc=0 sent_ngx=0 sent_caddy=${sent[c]:-0} sent_pc0=${sent[d0]:-0}
+    for k in d e f g i k; do sent_pc=$((sent_pc + ${sent[$k]:-0})); done
+    for k in b e h j; do sent_ngx=$((sent_ngx + ${sent[$k]:-0})); done
+    log "access log lines: portcullis ${pc_lines} (requests sent ~${sent_pc}), nginx ${ngx_lines} (~${sent_ngx}), caddy ${caddy_lines} (~${sent_caddy}), portcullis (d0) ${pc0_lines}"
+
+    local row='%-32s %9.0f %9s %9s %7sx %11s %6s %9s %7s\n'
+    local head='%-32s %9s %9s %9s %8s %11s %6s %9s %7s\n'
+    local -A s_line
+    for c in "${conns_list[@]}"; do
+        local t=$THREADS
+        [ "$t" -le "$c" ] || t=$c
+        echo
+        echo "== proxy at $c connection(s): same 100-byte upstream response, wrk -t$t -c$c -d$DURATION$([ "$TLS" != 1 ] || echo ", h2load -t$t -c$c -m1 -D$DURATION"), rounds $ROUNDS, nproc $(nproc) =="
+        # shellcheck disable=SC2059
+        printf "$head" target "req/s" p50 p99 "vs (b)" "CPU us/req" "CPU%" "up conns" errors
+        for k in "${keys[@]}"; do
+            kc=$k-c$c
+            # shellcheck disable=SC2059
+            printf "$row" "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
+                "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
+        done
+        if [ "$TLS" = 1 ]; then
+            echo "-- HTTPS, one self-signed ECDSA P-256 certificate; (h, i) wrk https://, (j, k) h2load over ALPN h2 --"
+            for k in "${tls_keys[@]}"; do
+                kc=$k-c$c
+                # shellcheck disable=SC2059
+                printf "$row" "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
+                    "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
+            done
+        fi
+        if [ -f "$TMP/rounds-f-c$c" ]; then
+            echo "-- diagnostics: Portcullis alone, no upstream hop (other responses; not compared) --"
+            for k in "${diag[@]}"; do
+                kc=$k-c$c
+                printf '%-32s %9.0f %9s %9s %8s %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
+                    "" "${cpu[$kc]}" "${cpupct[$kc]}" "" "${errs[$kc]}"
+            done
+        fi
+
+        echo "-- targets for portcullis at $c connection(s) --"
+        local d=d-c$c b=b-c$c cc=c-c$c pass0=$T_PASS total0=$T_TOTAL
+        target_line "(d) req/s >= 1.0 x nginx proxy_pass (b)" "$(printf '%.0f vs %.0f (%sx)' "${rps[$d]}" "${rps[$b]}" "$(ratio "${rps[$d]}" "${rps[$b]}")")" \
+            "$(pass_fail ge "${rps[$d]}" "${rps[$b]}" 1.0)"
+        target_line "(d) p99 <= nginx proxy_pass p99" "$(ms "${p99[$d]}") vs $(ms "${p99[$b]}") ($(ratio "${p99[$d]}" "${p99[$b]}")x)" \
+            "$(pass_fail ge "${p99[$b]}" "${p99[$d]}" 1.0)"
+        target_line "(d) CPU us/req <= nginx proxy_pass's" "${cpu[$d]} vs ${cpu[$b]} us ($(ratio "${cpu[$d]}" "${cpu[$b]}")x)" \
+            "$(pass_fail ge "${cpu[$b]}" "${cpu[$d]}" 1.0)"
+        target_line "(d) req/s >= 2.5 x caddy reverse_proxy (c)" "$(printf '%.0f vs %.0f (%sx)' "${rps[$d]}" "${rps[$cc]}" "$(ratio "${rps[$d]}" "${rps[$cc]}")")" \
+            "$(pass_fail ge "${rps[$d]}" "${rps[$cc]}" 2.5)"
+        local h1="n/a" h2="n/a" logc_rps="n/a" logc_cpu="n/a"
+        if [ "$TLS" = 1 ]; then
+            local i=i-c$c h=h-c$c kk=k-c$c j=j-c$c
+            h1=$(ratio "${rps[$i]}" "${rps[$h]}")x
+            h2=$(ratio "${rps[$kk]}" "${rps[$j]}")x
+            target_line "(i) TLS h1 req/s >= 1.0 x nginx TLS h1 (h)" "$(printf '%.0f vs %.0f (%s)' "${rps[$i]}" "${rps[$h]}" "$h1")" \
+                "$(pass_fail ge "${rps[$i]}" "${rps[$h]}" 1.0)"
+            target_line "(i) TLS h1 p99 <= nginx TLS h1 p99" "$(ms "${p99[$i]}") vs $(ms "${p99[$h]}") ($(ratio "${p99[$i]}" "${p99[$h]}")x)" \
+                "$(pass_fail ge "${p99[$h]}" "${p99[$i]}" 1.0)"
+            target_line "(i) TLS h1 CPU us/req <= nginx TLS h1's" "${cpu[$i]} vs ${cpu[$h]} us ($(ratio "${cpu[$i]}" "${cpu[$h]}")x)" \
+                "$(pass_fail ge "${cpu[$h]}" "${cpu[$i]}" 1.0)"
+            target_line "(k) h2 req/s >= 1.0 x nginx h2 (j)" "$(printf '%.0f vs %.0f (%s)' "${rps[$kk]}" "${rps[$j]}" "$h2")" \
+                "$(pass_fail ge "${rps[$kk]}" "${rps[$j]}" 1.0)"
+            target_line "(k) h2 p99 <= nginx h2 p99" "$(ms "${p99[$kk]}") vs $(ms "${p99[$j]}") ($(ratio "${p99[$kk]}" "${p99[$j]}")x)" \
+                "$(pass_fail ge "${p99[$j]}" "${p99[$kk]}" 1.0)"
+            target_line "(k) h2 CPU us/req <= nginx h2's" "${cpu[$kk]} vs ${cpu[$j]} us ($(ratio "${cpu[$kk]}" "${cpu[$j]}")x)" \
+                "$(pass_fail ge "${cpu[$j]}" "${cpu[$kk]}" 1.0)"
+        fi
+        if [ "$ACCESS_LOG" = 1 ]; then
+            local d0=d0-c$c
+            logc_rps=$(pct_change "${rps[$d]}" "${rps[$d0]}")
+            logc_cpu=$(awk -v a="${cpu[$d]}" -v b="${cpu[$d0]}" 'BEGIN { printf "%+.1fus", a - b }')
+            logc_cpu="$logc_cpu ($(pct_change "${cpu[$d]}" "${cpu[$d0]}"))"
+            printf '%-48s %s\n' "access log cost, (d) vs (d0)" "req/s $logc_rps, CPU $logc_cpu per request, p99 $(ms "${p99[$d]}") vs $(ms "${p99[$d0]}") (informational)"
+        fi
+        s_line[$c]=$(printf '%5s  %9sx %9sx %9sx %9sx %10s %10s %10s %18s %7s' "$c" \
+            "$(ratio "${rps[$d]}" "${rps[$b]}")" "$(ratio "${p99[$d]}" "${p99[$b]}")" "$(ratio "${cpu[$d]}" "${cpu[$b]}")" \
+            "$(ratio "${rps[$d]}" "${rps[$cc]}")" "$h1" "$h2" "$logc_rps" "$logc_cpu" "$((T_PASS - pass0))/$((T_TOTAL - total0))")
+    done
 
     echo
-    echo "== proxy: same 100-byte upstream response, wrk -t$THREADS -c$CONNS -d$DURATION, rounds $ROUNDS, nproc $(nproc) =="
-    printf '%-30s %9s %9s %9s %8s %11s %6s %9s %7s\n' target "req/s" p50 p99 "vs (b)" "CPU us/req" "CPU%" "up conns" errors
-    for k in "${keys[@]}"; do
-        printf '%-30s %9.0f %9s %9s %7sx %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
-            "$(ratio "${rps[$k]}" "${rps[b]}")" "${cpu[$k]}" "${cpupct[$k]}" "${upc[$k]}" "${errs[$k]}"
-    done
-    if [ ${#diag[@]} -gt 0 ]; then
-        echo "-- diagnostics: Portcullis alone, no upstream hop (other responses; not compared) --"
-        for k in "${diag[@]}"; do
-            printf '%-30s %9.0f %9s %9s %8s %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$k]}" "$(ms "${p50[$k]}")" "$(ms "${p99[$k]}")" \
-                "" "${cpu[$k]}" "${cpupct[$k]}" "" "${errs[$k]}"
-        done
+    echo "Notes:"
+    echo "  vs (b): req/s relative to (b) nginx proxy_pass at the same connection count (TLS rows too: what TLS costs)."
+    echo "  CPU us/req, CPU%: user+system CPU of the proxy's processes only (for (a) the upstream nginx, for (e) nginx +"
+    echo "  portcullis), not the upstream's nor the load generator's; wrk/h2load and the upstream share the same $(nproc) cores,"
+    echo "  so req/s is bounded by all three. p50/p99: wrk's latency histogram; for h2load rows from its per-request log."
+    echo "  up conns: connections the upstream accepted during the measured run (for (a) wrk's own; for a proxy that keeps"
+    echo "  its upstream connections alive, close to 0). Each measured run opens its connections afresh (TLS handshakes"
+    echo "  included, for wrk and h2load alike); warm-ups are separate runs and not counted."
+    echo "  wrk threads: min($THREADS, connections); h2load: -m1, one request in flight per connection, as with wrk."
+    if [ "$ACCESS_LOG" = 1 ]; then
+        echo "  Access logging ON: Portcullis (d, e, i, k, f, g) at its default level, stderr to a file; (d0) the same gateway"
+        echo "  with PORTCULLIS_LOG=warn; nginx access_log (combined) for (b, e, h, j); Caddy log { output file } (JSON) for (c)."
+        printf '  Access log lines written: portcullis %s for ~%s requests sent (warm-ups included), %s bytes/line;\n' \
+            "$pc_lines" "$sent_pc" "$(awk -v b="$pc_bytes" -v n="$pc_lines" 'BEGIN { if (n > 0) printf "%.0f", b / n; else print "n/a" }')"
+        printf '    nginx %s for ~%s, %s bytes/line; caddy %s for ~%s, %s bytes/line; portcullis (d0) %s for ~%s (expected 0).\n' \
+            "$ngx_lines" "$sent_ngx" "$(awk -v b="$ngx_bytes" -v n="$ngx_lines" 'BEGIN { if (n > 0) printf "%.0f", b / n; else print "n/a" }')" \
+            "$caddy_lines" "$sent_caddy" "$(awk -v b="$caddy_bytes" -v n="$caddy_lines" 'BEGIN { if (n > 0) printf "%.0f", b / n; else print "n/a" }')" \
+            "$pc0_lines" "$sent_pc0"
+        if [ "$sent_pc" -gt 0 ] && ! ge "$pc_lines" "$sent_pc" 0.95; then
+            echo "  WARNING: fewer portcullis::access lines than requests: is the access log really on?"
+        fi
+    else
+        echo "  Access logging OFF everywhere (BENCH_ACCESS_LOG=0: PORTCULLIS_LOG=warn, nginx access_log off, Caddy no log)."
     fi
-    echo "CPU us/req, CPU%: user+system CPU of the proxy's processes only (for (a) the upstream nginx, for (e) nginx + portcullis),"
-    echo "  not the upstream's or wrk's; wrk and the upstream share the same $(nproc) cores, so req/s is bounded by all three."
-    echo "up conns: connections the upstream accepted during the measured run (for (a) wrk's own; for a proxy"
-    echo "  that keeps its upstream connections alive, close to 0)."
-    echo "Access logging off everywhere (PORTCULLIS_LOG=warn, nginx access_log off, Caddy default). Caddy: upstream"
-    echo "  keepalive_idle_conns_per_host ${CADDY_IDLE:-default}. Portcullis RSS after the runs: $(mib "$pc_rss")."
+    echo "  nginx: upstream keepalive $NGINX_KEEPALIVE (idle connections kept; beyond that it opens and closes them), Caddy:"
+    echo "  upstream keepalive_idle_conns_per_host ${CADDY_IDLE:-default}. Portcullis RSS after the runs: $(mib "$pc_rss")$([ -z "$pc0_rss" ] || echo ", (d0) $(mib "$pc0_rss")")."
+    if [ "$TLS" = 1 ]; then
+        echo "  TLS negotiated with curl/wrk (OpenSSL): nginx ${tls_ngx:-?}, portcullis ${tls_pc:-?};"
+        echo "    with h2load: nginx ${h2cipher[j]:-?}, portcullis ${h2cipher[k]:-?}."
+    fi
+
     echo
-    echo "== targets for (d) portcullis =="
-    printf '%-44s %-34s %s\n' "req/s >= 1.0 x nginx proxy_pass" "$(printf '%.0f vs %.0f (%sx)' "${rps[d]}" "${rps[b]}" "$(ratio "${rps[d]}" "${rps[b]}")")" \
-        "$(pass_fail ge "${rps[d]}" "${rps[b]}" 1.0)"
-    printf '%-44s %-34s %s\n' "req/s >= 2.5 x caddy reverse_proxy" "$(printf '%.0f vs %.0f (%sx)' "${rps[d]}" "${rps[c]}" "$(ratio "${rps[d]}" "${rps[c]}")")" \
-        "$(pass_fail ge "${rps[d]}" "${rps[c]}" 2.5)"
-    printf '%-44s %-34s %s\n' "p99 <= nginx proxy_pass p99" "$(ms "${p99[d]}") vs $(ms "${p99[b]}")" \
-        "$(pass_fail ge "${p99[b]}" "${p99[d]}" 1.0)"
-    echo "(informational; raw wrk output: rerun with BENCH_KEEP=1 and see the work dir)"
+    echo "== summary: portcullis (d) vs nginx (b) and caddy (c); TLS: (i)/(h) HTTP/1.1, (k)/(j) HTTP/2; log cost: (d) vs (d0) =="
+    printf '%5s  %10s %10s %10s %10s %10s %10s %10s %18s %7s\n' conns "rps/ngx" "p99/ngx" "cpu/ngx" "rps/caddy" "tls h1" "h2" "log rps" "log cpu/req" targets
+    for c in "${conns_list[@]}"; do echo "${s_line[$c]}"; done
+    echo "(ratios: req/s >= 1.0 and p99, CPU <= 1.0 meet the targets; rps/caddy >= 2.5. targets: PASS count per connection count)"
+    echo "targets met: $T_PASS/$T_TOTAL (informational: the exit status is 0 unless something broke)"
+
+    echo
+    echo "== WARN/ERROR lines in the Portcullis logs =="
+    log_problems
+    echo
+    echo "finished $(date '+%Y-%m-%d %H:%M:%S %Z') after $((SECONDS - started)) s; load avg at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "(raw wrk/h2load output and the logs: rerun with BENCH_KEEP=1 and see the work dir)"
 }
 
 mode_scale() {
