@@ -301,16 +301,16 @@ where
             Some(hard) => Some((hard, Phase::Idle)),
             None => phases.deadline(t),
         };
-        // Requests starting and ending never wake this loop (that would cost every request a
-        // wake-up and a new timer). Only a request head starting can bring a deadline closer,
-        // and it can bring it no closer than `header_read_timeout` from now: so while a request
-        // is in progress or the connection is idle, look again after `header_read_timeout` at
-        // the latest, and a head that started meanwhile is timed exactly from its first byte.
-        let soon = Instant::now() + t.header_read;
-        let wake = match next {
-            None => soon,
-            Some((at, Phase::Idle)) if closing.is_none() => at.min(soon),
-            Some((at, _)) => at,
+        // Requests starting and ending and heads beginning never wake this loop (that would
+        // cost every request a wake-up and a new timer). None of them brings a deadline closer
+        // than the shorter of `header_read_timeout` and `idle_timeout` from when it happens: so
+        // look again after that long at the latest (a busy connection: one timer per that
+        // period), and every deadline is still kept exactly.
+        let soon = Instant::now() + t.header_read.min(t.idle);
+        let wake = match (next, closing) {
+            (Some((at, _)), Some(_)) => at,
+            (Some((at, _)), None) => at.min(soon),
+            (None, _) => soon,
         };
         tokio::select! {
             biased;
