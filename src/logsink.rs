@@ -6,7 +6,7 @@
 //! process ends normally) writes out what is left.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -158,6 +158,19 @@ impl Drop for LogGuard {
             let _ = t.join();
         }
     }
+}
+
+static INSTALLED: OnceLock<(LogSink, bool)> = OnceLock::new();
+
+/// Makes `sink` the process's log output for lines written outside `tracing` (the access log);
+/// `json`: the configured `log_format` is JSON. The first call wins.
+pub fn install(sink: LogSink, json: bool) {
+    let _ = INSTALLED.set((sink, json));
+}
+
+/// The installed sink and whether lines are JSON; `None` when [`install`] was never called.
+pub fn installed() -> Option<(&'static LogSink, bool)> {
+    INSTALLED.get().map(|(s, j)| (s, *j))
 }
 
 /// One event's writer: `tracing_subscriber::fmt` formats the whole line first and writes it in

@@ -327,6 +327,7 @@ fn init_logging(format: LogFormat) -> Option<LogGuard> {
             return None;
         }
     };
+    portcullis::logsink::install(sink.clone(), format == LogFormat::Json);
     let builder = builder.with_writer(sink);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,5 +1,6 @@
 //! HTTP layer: routing between `/.auth/` and protected traffic, synthetic responses, pages, connection facts.
 
+pub mod access;
 pub mod extract;
 pub mod pages;
 pub mod response;

@@ -12,6 +12,7 @@ use crate::auth::handlers;
 use crate::auth::policy::is_navigation;
 use crate::auth::session::authenticate;
 use crate::config::{is_trusted, Config};
+use crate::http::access;
 use crate::http::response::{html, json, login_url, redirect, unauthenticated, Body};
 use crate::http::ConnInfo;
 use crate::proxy::forward::forward;
@@ -39,26 +40,15 @@ pub async fn handle(
         }
         Ok(view) => protected(&state, cfg, req, &conn, &view).await,
     };
-    tracing::info!(
-        target: "portcullis::access",
-        method = %method,
-        path = uri.path(),
-        status = resp.status().as_u16(),
-        peer = %conn.peer.ip(),
-        ms = %Millis(started.elapsed()),
-        request_id = request_id.to_str().unwrap_or("-"),
-        "request"
-    );
+    access::log(&access::Entry {
+        method: method.as_str(),
+        path: uri.path(),
+        status: resp.status().as_u16(),
+        peer: conn.peer.ip(),
+        elapsed: started.elapsed(),
+        request_id: request_id.to_str().unwrap_or("-"),
+    });
     resp
-}
-
-/// A duration printed as milliseconds with two decimals (`ms=0.10`), without allocating.
-struct Millis(std::time::Duration);
-
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.2}", self.0.as_secs_f64() * 1000.0)
-    }
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -193,19 +183,4 @@ async fn protected(
     };
     route.stats.status(resp.status().as_u16());
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn access_log_milliseconds_have_two_decimals() {
-        let d = std::time::Duration::from_nanos(98_739);
-        assert_eq!(Millis(d).to_string(), "0.10");
-        assert_eq!(
-            Millis(std::time::Duration::from_millis(1500)).to_string(),
-            "1500.00"
-        );
-    }
 }
