@@ -183,7 +183,8 @@ pub fn after_form(cfg: &Config, target: &str) -> String {
 
 /// A top-level browser navigation (gets a login redirect) rather than an API call (gets 401).
 pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
-    if let Some(mode) = headers.get("sec-fetch-mode") {
+    const SEC_FETCH_MODE: http::HeaderName = http::HeaderName::from_static("sec-fetch-mode");
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes() == b"navigate";
     }
     (method == Method::GET || method == Method::HEAD)

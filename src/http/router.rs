@@ -81,7 +81,7 @@ fn request_id(
     v
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Whether a canonical path belongs to the gateway's own endpoints.
 fn is_auth_path(canonical: &str) -> bool {

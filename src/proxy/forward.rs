@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 
 use http_body_util::BodyExt;
@@ -17,8 +17,8 @@ use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
 use crate::proxy::headers::{
-    drop_our_set_cookies, forwarded_element, inject, remove_hop_by_hop, strip_credentials,
-    strip_identity, strip_proxy_headers,
+    drop_our_set_cookies, owned_value, push_forwarded_element, push_ip, remove_hop_by_hop,
+    strip_credentials, strip_identity, strip_proxy_headers,
 };
 use crate::proxy::upstream::{ForwardBody, ForwardError};
 use crate::request::RequestView;
@@ -63,12 +63,19 @@ pub fn prepare(
         &cfg.session.cookie_name,
         id.is_some_and(|i| i.via == Via::Bearer),
     );
-    // `host[:port]` once: Host, X-Forwarded-Host and Forwarded all carry it.
+    // `host[:port]` once: Host, X-Forwarded-Host and Forwarded all carry it (one value, shared).
     let authority = view.authority();
-    set_forwarded(h, conn.peer, view, &authority, trusted);
+    let host_value = match HeaderValue::from_str(&authority) {
+        Ok(v) if !view.host.is_empty() => Some(v),
+        _ => None,
+    };
+    set_forwarded(h, conn.peer, view, &authority, host_value.clone(), trusted);
     if let Some(id) = id {
-        inject(h, &cfg.headers.email, id.email());
-        inject(h, &cfg.headers.user, id.email());
+        // One value for both headers (a clone shares it).
+        if let Ok(v) = HeaderValue::from_str(id.email()) {
+            h.insert(cfg.headers.email.clone(), v.clone());
+            h.insert(cfg.headers.user.clone(), v);
+        }
         if let Some((name, value)) = state.assertion(cfg, id.email(), &view.host) {
             h.insert(name, value);
         }
@@ -78,14 +85,15 @@ pub fn prepare(
         h.insert(header::UPGRADE, u.clone());
     }
     // The upstream gets the host the decision was made for, in its one canonical spelling.
-    match HeaderValue::from_str(&authority) {
-        Ok(v) if !view.host.is_empty() => {
-            h.insert(header::HOST, v);
-        }
-        _ => {}
+    if let Some(v) = host_value {
+        h.insert(header::HOST, v);
     }
     upgrade
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the chain is
 /// appended to and its `-Proto` kept; from anyone else all are written afresh.
@@ -95,44 +103,47 @@ fn set_forwarded(
     peer: SocketAddr,
     view: &RequestView,
     authority: &str,
+    host_value: Option<HeaderValue>,
     trusted: bool,
 ) {
     let ip = peer.ip().to_canonical();
-    let append = |h: &mut http::HeaderMap, name: &'static str, own: String| {
-        let prev: Vec<&str> = h
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        let value = if trusted && !prev.is_empty() {
-            format!("{}, {own}", prev.join(", "))
-        } else {
-            own
-        };
-        match HeaderValue::from_str(&value) {
-            Ok(v) => {
+    let proto = view.scheme;
+    // Each value is built in one buffer that becomes the header value without a copy.
+    let append = |h: &mut http::HeaderMap, name: HeaderName, own: &dyn Fn(&mut String)| {
+        let mut value = String::with_capacity(64);
+        if trusted {
+            for prev in h.get_all(&name).iter().filter_map(|v| v.to_str().ok()) {
+                let prev = prev.trim();
+                if !prev.is_empty() {
+                    value.push_str(prev);
+                    value.push_str(", ");
+                }
+            }
+        }
+        own(&mut value);
+        match owned_value(value) {
+            Some(v) => {
                 h.insert(name, v);
             }
-            Err(_) => {
+            None => {
                 h.remove(name);
             }
         }
     };
-    append(h, "x-forwarded-for", ip.to_string());
-    let proto = view.scheme;
-    append(h, "forwarded", forwarded_element(ip, proto, authority));
-    let keep_proto = trusted && h.contains_key("x-forwarded-proto");
+    append(h, X_FORWARDED_FOR, &|s| push_ip(s, ip));
+    append(h, header::FORWARDED, &|s| {
+        push_forwarded_element(s, ip, proto, authority)
+    });
+    let keep_proto = trusted && h.contains_key(X_FORWARDED_PROTO);
     if !keep_proto {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    match HeaderValue::from_str(authority) {
-        Ok(v) if !view.host.is_empty() => {
-            h.insert("x-forwarded-host", v);
+    match host_value {
+        Some(v) => {
+            h.insert(X_FORWARDED_HOST, v);
         }
-        _ => {
-            h.remove("x-forwarded-host");
+        None => {
+            h.remove(X_FORWARDED_HOST);
         }
     }
 }
@@ -155,17 +166,31 @@ pub async fn forward(
         Upstream::Whoami => return whoami(state, &req, id),
         Upstream::Http { scheme, authority } => (scheme, authority),
     };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri = match Uri::builder()
-        .scheme(scheme.as_str())
-        .authority(authority.as_str())
-        .path_and_query(pq)
-        .build()
-    {
+    // HTTP/1 clients send one request at a time per connection: give each its own plain-HTTP
+    // upstream connection (no pool lock, no hand-off). HTTP/2 clients and https upstreams use
+    // the worker's pooled client.
+    let own = scheme == "http" && downstream_h1;
+    let uri = if own {
+        // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
+        Ok(Uri::from(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        ))
+    } else {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        Uri::builder()
+            .scheme(scheme.as_str())
+            .authority(authority.as_str())
+            .path_and_query(pq)
+            .build()
+    };
+    let uri = match uri {
         Ok(u) => u,
         Err(_) => {
             return upstream_error(
@@ -189,17 +214,8 @@ pub async fn forward(
         }
     };
     let started = std::time::Instant::now();
-    // HTTP/1 clients send one request at a time per connection: give each its own plain-HTTP
-    // upstream connection (no pool lock, no hand-off). HTTP/2 clients and https upstreams use
-    // the worker's pooled client.
-    let own = scheme == "http" && downstream_h1;
     let exchange = async {
         if own {
-            let mut req = req;
-            // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
-            if let Some(pq) = req.uri().path_and_query().cloned() {
-                *req.uri_mut() = Uri::from(pq);
-            }
             conn.upstream.send(authority, req).await
         } else {
             state

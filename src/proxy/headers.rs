@@ -91,16 +91,60 @@ pub fn strip_proxy_headers(headers: &mut HeaderMap, trusted: bool) {
 
 /// One RFC 7239 `Forwarded` element: `for=…;proto=…;host=…` (IPv6 and ports quoted, §6).
 pub fn forwarded_element(ip: std::net::IpAddr, proto: &str, host: &str) -> String {
-    let for_ = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
+    let mut s = String::with_capacity(24 + host.len());
+    push_forwarded_element(&mut s, ip, proto, host);
+    s
+}
+
+/// [`forwarded_element`] appended to `s`.
+pub fn push_forwarded_element(s: &mut String, ip: std::net::IpAddr, proto: &str, host: &str) {
+    s.push_str("for=");
+    match ip {
+        std::net::IpAddr::V4(v4) => push_ipv4(s, v4),
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "\"[{v6}]\"");
+        }
+    }
+    s.push_str(";proto=");
+    s.push_str(proto);
     if host.is_empty() {
-        format!("for={for_};proto={proto}")
-    } else if host.contains(':') {
-        format!("for={for_};proto={proto};host=\"{host}\"")
+        return;
+    }
+    s.push_str(";host=");
+    if host.contains(':') {
+        s.push('"');
+        s.push_str(host);
+        s.push('"');
     } else {
-        format!("for={for_};proto={proto};host={host}")
+        s.push_str(host);
+    }
+}
+
+/// An IPv4 address in dotted decimal, without the formatting machinery (hot path).
+pub fn push_ipv4(s: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+}
+
+/// An IP address as `Display` prints it (IPv4 without the formatting machinery).
+pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => push_ipv4(s, v4),
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
     }
 }
 
@@ -134,16 +178,50 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(n);
+    // Hot path (twice per proxied request): one pass over the names present, then removals of
+    // just those, instead of a hash lookup per hop-by-hop name.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop_index(k.as_str()) {
+            present |= 1 << i;
+        }
     }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+            .collect();
+        for n in &named {
+            headers.remove(n);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The position of a (lower-case) header name in [`HOP_BY_HOP`].
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 /// Header names compare case-insensitively (RFC 9110 §5.1) and CGI-style servers turn both `-`
@@ -198,14 +276,21 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
     if !ours {
         return;
     }
-    let cookies: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    headers.remove(header::COOKIE);
-    let mut kept: Vec<&str> = Vec::new();
-    let texts: Vec<String> = cookies
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    for t in &texts {
+    // The usual case: one `Cookie` header holding only our cookie.
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if let (Some(only), None) = (values.next(), values.next()) {
+        let b = only.as_bytes();
+        if b.starts_with(cookie_name.as_bytes())
+            && b.get(cookie_name.len()) == Some(&b'=')
+            && !b.contains(&b';')
+        {
+            headers.remove(header::COOKIE);
+            return;
+        }
+    }
+    let mut kept = String::new();
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(t) = v.to_str() else { continue };
         for pair in t.split(';') {
             let pair = pair.trim();
             if pair.is_empty() {
@@ -213,15 +298,24 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
             }
             let name = pair.split_once('=').map(|(n, _)| n).unwrap_or(pair);
             if name.trim() != cookie_name {
-                kept.push(pair);
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair);
             }
         }
     }
+    headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Some(v) = owned_value(kept) {
             headers.insert(header::COOKIE, v);
         }
     }
+}
+
+/// A header value that takes over `s`'s buffer (no copy); `None` if it is not a valid value.
+pub fn owned_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
 }
 
 /// Sets exactly one value for an identity header.
@@ -244,6 +338,48 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn hop_index_matches_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_index("x-keep"), None);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_alone_is_removed() {
+        for name in HOP_BY_HOP.iter() {
+            let mut h = map(&[(name.as_str(), "x"), ("x-keep", "y")]);
+            remove_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} survived");
+            assert!(h.contains_key("x-keep"));
+        }
+    }
+
+    #[test]
+    fn ip_text_is_displays() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::Ipv4Addr::new(n, 0, n, 9);
+            let mut s = String::new();
+            push_ipv4(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     #[test]
@@ -367,5 +503,48 @@ mod tests {
         strip_credentials(&mut h, "portcullis_session", false);
         assert!(!h.contains_key("cookie"));
         assert!(h.contains_key("authorization"));
+    }
+
+    /// Whatever shape the `Cookie` headers have, no pair named like our cookie (after trimming)
+    /// survives and every other pair does, in order: the one-header fast path included.
+    #[test]
+    fn our_cookie_never_survives_any_spelling() {
+        let name = "portcullis_session";
+        let cases: &[&[&str]] = &[
+            &["portcullis_session=tok"],
+            &["portcullis_session=tok;"],
+            &["portcullis_session=tok; a=1"],
+            &["a=1;portcullis_session=tok"],
+            &[" portcullis_session=tok"],
+            &["portcullis_session =tok"],
+            &["portcullis_session=\"tok\""],
+            &["portcullis_sessionx=keep"],
+            &["xportcullis_session=keep"],
+            &["portcullis_session"],
+            &["portcullis_session=tok", "portcullis_session=two"],
+            &["a=1", "portcullis_session=tok"],
+            &["portcullis_session=tok", "b=2"],
+            &["portcullis_session=a=b"],
+        ];
+        for values in cases {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("cookie", *v)).collect();
+            let mut h = map(&pairs);
+            strip_credentials(&mut h, name, false);
+            let want: Vec<String> = values
+                .iter()
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .filter(|p| p.split_once('=').map_or(*p, |(n, _)| n).trim() != name)
+                .map(str::to_string)
+                .collect();
+            let got: Vec<String> = h
+                .get_all("cookie")
+                .iter()
+                .flat_map(|v| v.to_str().unwrap().split("; ").map(str::to_string))
+                .filter(|p| !p.is_empty())
+                .collect();
+            assert_eq!(got, want, "{values:?}");
+        }
     }
 }
