@@ -40,13 +40,24 @@ impl Identity {
 }
 
 /// The session tokens a request presents: bearer first, then every cookie with our name.
-pub fn presented_tokens<'a>(cookie_name: &str, headers: &'a HeaderMap) -> Vec<(&'a str, Via)> {
-    let mut out = Vec::new();
+/// At most four are tried (no allocation: a fixed array).
+pub fn presented_tokens<'a>(
+    cookie_name: &str,
+    headers: &'a HeaderMap,
+) -> impl Iterator<Item = (&'a str, Via)> {
+    let mut out: [Option<(&'a str, Via)>; 4] = [None; 4];
+    let mut n = 0;
+    let mut push = |t: (&'a str, Via)| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = Some(t);
+            n += 1;
+        }
+    };
     for v in headers.get_all(header::AUTHORIZATION) {
         if let Ok(s) = v.to_str() {
             if let Some((scheme, token)) = s.split_once(' ') {
                 if scheme.eq_ignore_ascii_case("bearer") {
-                    out.push((token.trim(), Via::Bearer));
+                    push((token.trim(), Via::Bearer));
                 }
             }
         }
@@ -56,14 +67,13 @@ pub fn presented_tokens<'a>(cookie_name: &str, headers: &'a HeaderMap) -> Vec<(&
             for pair in s.split(';') {
                 if let Some((name, value)) = pair.trim().split_once('=') {
                     if name == cookie_name {
-                        out.push((value.trim_matches('"'), Via::Cookie));
+                        push((value.trim_matches('"'), Via::Cookie));
                     }
                 }
             }
         }
     }
-    out.truncate(4);
-    out
+    out.into_iter().flatten()
 }
 
 /// Looks up the request's session. `Ok(None)` when there is no valid one.
