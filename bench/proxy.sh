@@ -16,9 +16,9 @@
 # load: wrk -t<min(BENCH_THREADS, C)> -c<C> -d$BENCH_DURATION (so 1 connection is -t1), after a
 # BENCH_WARMUP run that is thrown away; the same ~100-byte upstream body everywhere:
 #   (a)  the upstream itself: a separate nginx instance answering `return 200 "<100 bytes>"` (no log)
-#   (b)  nginx proxy_pass -> upstream, upstream keepalive 64, HTTP/1.1, Connection ""
+#   (b)  nginx proxy_pass -> upstream, upstream keepalive 512 (BENCH_NGINX_KEEPALIVE), HTTP/1.1, Connection ""
 #   (c)  Caddy reverse_proxy -> upstream (Caddy's defaults, which keep upstream connections alive,
-#        but keepalive_idle_conns_per_host 64 instead of 32, to match nginx's `keepalive 64`)
+#        but keepalive_idle_conns_per_host 512 instead of 32, to match nginx's `keepalive 512`)
 #   (d)  Portcullis -> upstream, with a valid session cookie (portcullis_session=<token>)
 #   (d0) the same, a second Portcullis process with PORTCULLIS_LOG=warn (its access log off; own
 #        port, data dir and session): (d) vs (d0) is what Portcullis' access log costs
@@ -117,7 +117,9 @@
 #   BENCH_CONN_LIST="1 32 256"  proxy mode: the connection counts, each a table of its own
 #   BENCH_ACCESS_LOG=1     proxy mode: access logs on in every proxy and the (d0) row; 0: all off
 #   BENCH_TLS=1            proxy mode: the HTTPS rows (h-k); 0 skips them (and h2load, openssl)
-#   BENCH_NGINX_KEEPALIVE=64   proxy mode: nginx `keepalive N` to the upstream and to Portcullis (e)
+#   BENCH_NGINX_KEEPALIVE=512  proxy mode: nginx `keepalive N` to the upstream and to Portcullis (e);
+#                          512 (not nginx's usual 32-64) so that at 256 connections nginx keeps its
+#                          upstream connections as Portcullis does, instead of opening new ones
 #   BENCH_SKIP_BUILD=0     1: do not run `cargo build --release`
 #   PORTCULLIS_BIN=target/release/portcullis
 #   BENCH_TMP=(mktemp -d)  work dir (configs, logs, data); removed at exit unless BENCH_KEEP=1
@@ -126,8 +128,8 @@
 #                          directly (no upstream hop) to split its per-request cost; 0 skips them
 #   BENCH_DIAG_CONNS=32    proxy mode: the connection count(s) the diagnostics run at (default 32
 #                          if BENCH_CONN_LIST has it, else its last count)
-#   BENCH_CADDY_IDLE_CONNS=64  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
-#                          64 to match nginx's `keepalive 64`
+#   BENCH_CADDY_IDLE_CONNS=512  Caddy keepalive_idle_conns_per_host ("" = Caddy's default, 32),
+#                          512 to match nginx's `keepalive 512`
 #   BENCH_SCALE_COUNTS="1000 1000000"  BENCH_API_SEED_MAX=2000
 #   BENCH_LOGIN_CONNS=$BENCH_CONNS BENCH_LOGIN_THREADS  login mode's wrk -c/-t (1 = sequential)
 #   BENCH_LOGIN_WARMUP=0   login mode's warm-up (its mail is drained before the measured run)
@@ -182,8 +184,8 @@ DIAG_CONNS=${BENCH_DIAG_CONNS:-}
 CONN_LIST=${BENCH_CONN_LIST:-"1 32 256"}
 ACCESS_LOG=${BENCH_ACCESS_LOG:-1}
 TLS=${BENCH_TLS:-1}
-NGINX_KEEPALIVE=${BENCH_NGINX_KEEPALIVE:-64}
-CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-64}
+NGINX_KEEPALIVE=${BENCH_NGINX_KEEPALIVE:-512}
+CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-512}
 REDIS_EXTRA_CONNS=${BENCH_REDIS_EXTRA_CONNS-"1 256"}
 REVOKE_TRIALS=${BENCH_REVOKE_TRIALS:-50}
 REVOKE_JITTER_MS=${BENCH_REVOKE_JITTER_MS:-0}
@@ -810,8 +812,8 @@ EOF
     wait_http "http://127.0.0.1:$ngx_port/" nginx-proxy "$ngx_pid"
 
     mkdir -p "$TMP/caddy-data" "$TMP/caddy-config"
-    # Caddy keeps 32 idle upstream connections per host by default; nginx gets `keepalive 64`,
-    # so Caddy gets 64 too (BENCH_CADDY_IDLE_CONNS="" keeps Caddy's default).
+    # Caddy keeps 32 idle upstream connections per host by default; nginx gets `keepalive 512`,
+    # so Caddy gets 512 too (BENCH_CADDY_IDLE_CONNS="" keeps Caddy's default).
     local caddy_transport="" caddy_logging=""
     if [ -n "$CADDY_IDLE" ]; then
         caddy_transport=" {
