@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::logsink;
+use crate::proxy::headers::push_ip;
 
 /// What one access line says.
 pub struct Entry<'a> {
@@ -46,15 +47,15 @@ pub fn log(e: &Entry<'_>) {
         } else {
             write_text(&mut line, SystemTime::now(), e);
         }
-        sink.append(&line);
+        sink.append(line.as_bytes());
         if line.capacity() > 64 * 1024 {
-            *line = Vec::with_capacity(512);
+            *line = String::with_capacity(512);
         }
     });
 }
 
 thread_local! {
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// The last second formatted (`2026-12-02T06:39:10`), reused for every line in that second.
     static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
 }
@@ -64,22 +65,22 @@ pub struct Millis(pub Duration);
 
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = Vec::with_capacity(16);
+        let mut b = String::with_capacity(16);
         push_millis(&mut b, self.0);
-        f.write_str(std::str::from_utf8(&b).unwrap_or("?"))
+        f.write_str(&b)
     }
 }
 
-fn push_millis(b: &mut Vec<u8>, d: Duration) {
+fn push_millis(b: &mut String, d: Duration) {
     let hundredths = (d.as_micros() + 5) / 10;
     push_u64(b, u64::try_from(hundredths / 100).unwrap_or(u64::MAX));
-    b.push(b'.');
+    b.push('.');
     let frac = (hundredths % 100) as u8;
-    b.push(b'0' + frac / 10);
-    b.push(b'0' + frac % 10);
+    b.push(char::from(b'0' + frac / 10));
+    b.push(char::from(b'0' + frac % 10));
 }
 
-fn push_u64(b: &mut Vec<u8>, mut n: u64) {
+fn push_u64(b: &mut String, mut n: u64) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
     loop {
@@ -90,26 +91,11 @@ fn push_u64(b: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    b.extend_from_slice(&tmp[i..]);
-}
-
-fn push_ip(b: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    b.push(b'.');
-                }
-                push_u64(b, u64::from(*o));
-            }
-        }
-        // Rare enough on this path to use the standard formatter (with its `::` compression).
-        IpAddr::V6(v6) => b.extend_from_slice(v6.to_string().as_bytes()),
-    }
+    b.extend(tmp[i..].iter().map(|d| char::from(*d)));
 }
 
 /// `2026-12-02T06:39:10.931721Z` (UTC, microseconds), as `tracing_subscriber` prints it.
-fn push_timestamp(b: &mut Vec<u8>, now: SystemTime) {
+fn push_timestamp(b: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     SECOND.with(|c| {
@@ -117,9 +103,9 @@ fn push_timestamp(b: &mut Vec<u8>, now: SystemTime) {
         if c.0 != secs {
             *c = (secs, civil(secs));
         }
-        b.extend_from_slice(&c.1);
+        b.extend(c.1.iter().map(|d| char::from(*d)));
     });
-    b.push(b'.');
+    b.push('.');
     let micros = since.subsec_micros();
     let mut tmp = [b'0'; 6];
     let mut n = micros;
@@ -127,8 +113,8 @@ fn push_timestamp(b: &mut Vec<u8>, now: SystemTime) {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    b.extend_from_slice(&tmp);
-    b.push(b'Z');
+    b.extend(tmp.iter().map(|d| char::from(*d)));
+    b.push('Z');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (proleptic Gregorian, UTC; days-from-civil inverse).
@@ -166,86 +152,75 @@ fn civil(secs: u64) -> [u8; 19] {
 }
 
 /// A string as Rust's `{:?}` prints it (what `tracing_subscriber` does for `&str` fields).
-fn push_debug_str(b: &mut Vec<u8>, s: &str) {
-    b.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => b.extend_from_slice(b"\\\""),
-            '\\' => b.extend_from_slice(b"\\\\"),
-            '\n' => b.extend_from_slice(b"\\n"),
-            '\r' => b.extend_from_slice(b"\\r"),
-            '\t' => b.extend_from_slice(b"\\t"),
-            c if c.is_control() => b.extend_from_slice(c.escape_debug().to_string().as_bytes()),
-            c => {
-                let mut u = [0u8; 4];
-                b.extend_from_slice(c.encode_utf8(&mut u).as_bytes());
-            }
-        }
-    }
-    b.push(b'"');
+fn push_debug_str(b: &mut String, s: &str) {
+    push_quoted(b, s, false);
 }
 
 /// A JSON string (RFC 8259 escapes).
-fn push_json_str(b: &mut Vec<u8>, s: &str) {
-    b.push(b'"');
+fn push_json_str(b: &mut String, s: &str) {
+    push_quoted(b, s, true);
+}
+
+/// `s` in double quotes with `"`, `\\`, newline, carriage return and tab escaped; other control
+/// characters as JSON's `\u00XX` (`json`) or as Rust's `{:?}` writes them.
+fn push_quoted(b: &mut String, s: &str, json: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    b.push('"');
     for c in s.chars() {
         match c {
-            '"' => b.extend_from_slice(b"\\\""),
-            '\\' => b.extend_from_slice(b"\\\\"),
-            '\n' => b.extend_from_slice(b"\\n"),
-            '\r' => b.extend_from_slice(b"\\r"),
-            '\t' => b.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
+            '"' => b.push_str("\\\""),
+            '\\' => b.push_str("\\\\"),
+            '\n' => b.push_str("\\n"),
+            '\r' => b.push_str("\\r"),
+            '\t' => b.push_str("\\t"),
+            c if json && (c as u32) < 0x20 => {
                 let n = c as u32;
-                b.extend_from_slice(b"\\u00");
-                b.push(HEX[(n >> 4) as usize]);
-                b.push(HEX[(n & 0xf) as usize]);
+                b.push_str("\\u00");
+                b.push(char::from(HEX[(n >> 4) as usize]));
+                b.push(char::from(HEX[(n & 0xf) as usize]));
             }
-            c => {
-                let mut u = [0u8; 4];
-                b.extend_from_slice(c.encode_utf8(&mut u).as_bytes());
-            }
+            c if !json && c.is_control() => b.extend(c.escape_debug()),
+            c => b.push(c),
         }
     }
-    b.push(b'"');
+    b.push('"');
 }
 
 /// `<time>  INFO portcullis::access: request method=GET path="/" status=200 peer=… ms=… request_id="…"`
-fn write_text(b: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) {
+fn write_text(b: &mut String, now: SystemTime, e: &Entry<'_>) {
     push_timestamp(b, now);
-    b.extend_from_slice(b"  INFO portcullis::access: request method=");
-    b.extend_from_slice(e.method.as_bytes());
-    b.extend_from_slice(b" path=");
+    b.push_str("  INFO portcullis::access: request method=");
+    b.push_str(e.method);
+    b.push_str(" path=");
     push_debug_str(b, e.path);
-    b.extend_from_slice(b" status=");
+    b.push_str(" status=");
     push_u64(b, u64::from(e.status));
-    b.extend_from_slice(b" peer=");
+    b.push_str(" peer=");
     push_ip(b, e.peer);
-    b.extend_from_slice(b" ms=");
+    b.push_str(" ms=");
     push_millis(b, e.elapsed);
-    b.extend_from_slice(b" request_id=");
+    b.push_str(" request_id=");
     push_debug_str(b, e.request_id);
-    b.push(b'\n');
+    b.push('\n');
 }
 
 /// The same line as `tracing_subscriber`'s JSON format writes it.
-fn write_json(b: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) {
-    b.extend_from_slice(b"{\"timestamp\":\"");
+fn write_json(b: &mut String, now: SystemTime, e: &Entry<'_>) {
+    b.push_str("{\"timestamp\":\"");
     push_timestamp(b, now);
-    b.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"method\":");
+    b.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"method\":");
     push_json_str(b, e.method);
-    b.extend_from_slice(b",\"path\":");
+    b.push_str(",\"path\":");
     push_json_str(b, e.path);
-    b.extend_from_slice(b",\"status\":");
+    b.push_str(",\"status\":");
     push_u64(b, u64::from(e.status));
-    b.extend_from_slice(b",\"peer\":\"");
+    b.push_str(",\"peer\":\"");
     push_ip(b, e.peer);
-    b.extend_from_slice(b"\",\"ms\":\"");
+    b.push_str("\",\"ms\":\"");
     push_millis(b, e.elapsed);
-    b.extend_from_slice(b"\",\"request_id\":");
+    b.push_str("\",\"request_id\":");
     push_json_str(b, e.request_id);
-    b.extend_from_slice(b"},\"target\":\"portcullis::access\"}\n");
+    b.push_str("},\"target\":\"portcullis::access\"}\n");
 }
 
 #[cfg(test)]
@@ -269,7 +244,7 @@ mod tests {
 
     #[test]
     fn text_line_matches_tracing_subscribers_shape() {
-        let mut b = Vec::new();
+        let mut b = String::new();
         // 2026-12-02T06:39:10.931721Z
         write_text(
             &mut b,
@@ -277,7 +252,7 @@ mod tests {
             &entry("/.auth/api/verify", "77c5f30000000001"),
         );
         assert_eq!(
-            String::from_utf8(b).unwrap(),
+            b.clone(),
             "2026-12-02T06:39:10.931721Z  INFO portcullis::access: request method=POST \
              path=\"/.auth/api/verify\" status=400 peer=127.0.0.1 ms=0.22 \
              request_id=\"77c5f30000000001\"\n"
@@ -286,9 +261,9 @@ mod tests {
 
     #[test]
     fn json_line_matches_tracing_subscribers_shape_and_parses() {
-        let mut b = Vec::new();
+        let mut b = String::new();
         write_json(&mut b, at(1_796_193_550, 5), &entry("/a%22b\\c\"\n", "x"));
-        let text = String::from_utf8(b).unwrap();
+        let text = b.clone();
         assert_eq!(
             text,
             "{\"timestamp\":\"2026-12-02T06:39:10.000005Z\",\"level\":\"INFO\",\"fields\":\
@@ -311,18 +286,18 @@ mod tests {
             "/ctl\u{1}\u{7f}",
             "/ünï",
         ] {
-            let mut b = Vec::new();
+            let mut b = String::new();
             push_debug_str(&mut b, s);
-            assert_eq!(String::from_utf8(b).unwrap(), format!("{s:?}"), "{s:?}");
+            assert_eq!(b.clone(), format!("{s:?}"), "{s:?}");
         }
     }
 
     #[test]
     fn json_strings_round_trip_for_every_control_character() {
         let s: String = (0u8..0x80).map(char::from).collect();
-        let mut b = Vec::new();
+        let mut b = String::new();
         push_json_str(&mut b, &s);
-        let back: String = serde_json::from_slice(&b).unwrap();
+        let back: String = serde_json::from_str(&b).unwrap();
         assert_eq!(back, s);
     }
 
@@ -354,17 +329,5 @@ mod tests {
         ] {
             assert_eq!(Millis(Duration::from_micros(us)).to_string(), want, "{us}");
         }
-    }
-
-    #[test]
-    fn ipv6_peers_are_printed_as_std_does() {
-        let mut b = Vec::new();
-        let ip: IpAddr = "2001:db8::1".parse().unwrap();
-        push_ip(&mut b, ip);
-        assert_eq!(b, ip.to_string().as_bytes());
-        let mut b = Vec::new();
-        let ip: IpAddr = "10.200.3.45".parse().unwrap();
-        push_ip(&mut b, ip);
-        assert_eq!(b, b"10.200.3.45");
     }
 }

@@ -121,19 +121,8 @@ impl RequestView {
         let mut s = String::with_capacity(self.host.len() + 6);
         s.push_str(&self.host);
         if let Some(p) = self.port {
-            s.push(':');
-            let mut digits = [0u8; 5];
-            let mut i = digits.len();
-            let mut n = p;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            s.extend(digits[i..].iter().map(|d| char::from(*d)));
+            use std::fmt::Write;
+            let _ = write!(s, ":{p}");
         }
         s
     }
