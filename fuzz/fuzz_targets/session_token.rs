@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         h.append(name, hv);
     }
 
-    let tokens = presented_tokens(&cookie_name, &h);
+    let tokens: Vec<(&str, Via)> = presented_tokens(&cookie_name, &h).collect();
     assert!(tokens.len() <= 4, "{} tokens", tokens.len());
     let mut seen_cookie = false;
     for (t, via) in &tokens {
@@ -86,6 +86,6 @@ fuzz_target!(|data: &[u8]| {
 
     // After strip_credentials (bearer used), nothing is left that the gateway would read.
     strip_credentials(&mut h, &cookie_name, true);
-    let left = presented_tokens(&cookie_name, &h);
+    let left: Vec<(&str, Via)> = presented_tokens(&cookie_name, &h).collect();
     assert!(left.is_empty(), "still presented after strip: {left:?} in {h:?}");
 });
