@@ -160,7 +160,8 @@ pub async fn forward(
     view: &RequestView,
 ) -> Response<Body> {
     let navigation = is_navigation(req.method(), req.headers());
-    let downstream_h1 = req.version() < Version::HTTP_2;
+    let downstream_version = req.version();
+    let downstream_h1 = downstream_version < Version::HTTP_2;
     let upgrade = prepare(state, cfg, &mut req, id, conn, view);
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => return whoami(state, &req, id),
@@ -288,6 +289,9 @@ pub async fn forward(
     } else {
         remove_hop_by_hop(resp.headers_mut());
     }
+    // The client hears the gateway's own protocol version, not the upstream's (RFC 9110 §6.2):
+    // an HTTP/1.0 upstream must not turn the client's HTTP/1.1 connection into a 1.0 one.
+    *resp.version_mut() = downstream_version;
     resp.map(http_body_util::Either::Right)
 }
 

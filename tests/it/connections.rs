@@ -67,7 +67,7 @@ async fn healthz_from(src: Ipv4Addr, addr: SocketAddr) -> String {
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body from a kept-alive connection.
-async fn read_response(s: &mut TcpStream) -> String {
+pub(crate) async fn read_response(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

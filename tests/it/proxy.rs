@@ -514,3 +514,49 @@ async fn uploads_with_expect_100_continue_work() {
     assert!(final_head.starts_with("HTTP/1.1 200"), "{all:.500}");
     assert!(all.contains("\"body_len\":100000"), "{all:.500}");
 }
+
+/// An upstream that answers HTTP/1.0 (python's http.server, old appliances): the client still
+/// gets an HTTP/1.1 response on its kept-alive HTTP/1.1 connection, and the next request works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_does_not_downgrade_the_client_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nold server\n")
+                    .await;
+                // HTTP/1.0: the upstream closes after each response.
+            });
+        }
+    });
+    let gw = TestGateway::builder()
+        .set("upstream", format!("http://{up}"))
+        .start()
+        .await;
+    let token = gw.sign_in("old@example.com").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    for i in 0..2 {
+        let req = format!(
+            "GET /page{i} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: portcullis_session={token}\r\n\r\n",
+            gw.port
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let resp = crate::connections::read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp}");
+        assert!(resp.ends_with("old server\n"), "request {i}: {resp}");
+    }
+}
