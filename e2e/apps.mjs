@@ -16,11 +16,9 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import { WebSocketServer } from 'ws';
 import {
   BIN,
-  CHROMIUM,
   Failure,
   OUT,
   STEP_TIMEOUT,
@@ -29,6 +27,7 @@ import {
   freePort,
   hostRequest,
   killGateways,
+  launchChromium,
   log,
   runCli,
   sleep,
@@ -589,19 +588,8 @@ async function main() {
     live = await startLiveApp();
     evil = await startEvilSite(() => evilTarget.value);
     const rules = `MAP *.${DOMAIN} 127.0.0.1, MAP ${DOMAIN} 127.0.0.1, MAP ${EVIL_SITE} 127.0.0.1`;
-    const args = [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      `--host-resolver-rules=${rules}`,
-      // Trust exactly the test certificate (not every certificate).
-      `--ignore-certificate-errors-spki-list=${cert.pin}`,
-    ];
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: !process.env.E2E_HEADFUL, args, timeout: STEP_TIMEOUT });
+    // Trust exactly the test certificate (not every certificate).
+    browser = await launchChromium(rules, [`--ignore-certificate-errors-spki-list=${cert.pin}`]);
     log(`Chromium ${browser.version()}, ${BIN}`);
     log(`     --host-resolver-rules="${rules}"; live app on 127.0.0.1:${live.port}, ${EVIL_SITE} on 127.0.0.1:${evil.port}`);
     for (const scheme of phases) {

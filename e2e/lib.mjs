@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SMTPServer } from 'smtp-server';
 import { simpleParser } from 'mailparser';
+import { chromium } from 'playwright-core';
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '..');
@@ -18,6 +19,28 @@ export const OUT = path.join(HERE, 'output');
 export const BIN = path.resolve(process.env.PORTCULLIS_BIN || path.join(ROOT, 'target/release/portcullis'));
 export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 export const STEP_TIMEOUT = 15_000;
+
+/**
+ * Launches Chromium the way every e2e script needs it: headless unless E2E_HEADFUL, no QUIC, no
+ * background traffic, real host names mapped with `--host-resolver-rules` (the browser must not
+ * see 127.0.0.1, which it treats as a secure origin), plus `extraArgs`.
+ */
+export async function launchChromium(resolverRules, extraArgs = []) {
+  const headful = !!process.env.E2E_HEADFUL;
+  const args = [
+    ...(headful ? [] : ['--headless']),
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    `--host-resolver-rules=${resolverRules}`,
+    ...extraArgs,
+  ];
+  return chromium.launch({ executablePath: CHROMIUM, headless: !headful, args, timeout: STEP_TIMEOUT });
+}
 
 const t0 = Date.now();
 export const secs = () => ((Date.now() - t0) / 1000).toFixed(1).padStart(5);

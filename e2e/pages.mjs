@@ -8,10 +8,8 @@
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
 import {
   BIN,
-  CHROMIUM,
   OUT,
   STEP_TIMEOUT,
   Failure,
@@ -19,6 +17,7 @@ import {
   extractLinkAndCode,
   freePort,
   killGateways,
+  launchChromium,
   log,
   sleep,
   startGateway,
@@ -36,17 +35,6 @@ const HINT = 'Use your @example.com address';
 const ACCENT = '#1d4ed8';
 const STEP_BUDGET = 40_000;
 const TOTAL_BUDGET = 200_000;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  `--host-resolver-rules=MAP ${HOST} 127.0.0.1, MAP ${BRAND_HOST} 127.0.0.1`,
-];
 const DESKTOP = { width: 1000, height: 760 };
 const PHONE = { width: 390, height: 844 };
 
@@ -251,12 +239,7 @@ async function main() {
         const protectedUrl = `${base}/dashboard?x=1`;
 
         browser = await step('headless Chromium launched', async () => {
-          const b = await chromium.launch({
-            executablePath: CHROMIUM,
-            headless: !process.env.E2E_HEADFUL,
-            args: process.env.E2E_HEADFUL ? CHROMIUM_ARGS.filter((a) => a !== '--headless') : CHROMIUM_ARGS,
-            timeout: STEP_TIMEOUT,
-          });
+          const b = await launchChromium(`MAP ${HOST} 127.0.0.1, MAP ${BRAND_HOST} 127.0.0.1`);
           log(`     Chromium ${b.version()}`);
           return b;
         });

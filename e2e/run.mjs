@@ -12,15 +12,14 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 import { SMTPServer } from 'smtp-server';
 import { simpleParser } from 'mailparser';
+import { launchChromium } from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
 const OUT = path.join(HERE, 'output');
 const BIN = path.resolve(process.env.PORTCULLIS_BIN || path.join(ROOT, 'target/release/portcullis'));
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const EMAIL = 'alice@example.com';
 // The page origin is a host name, never 127.0.0.1: browsers treat loopback as a secure origin
 // (Sec-Fetch-Site is sent, http is "secure"), which hides what plain http on a network does.
@@ -28,17 +27,6 @@ const HOST = 'portal.example';
 const STEP_TIMEOUT = 15_000; // every browser action / wait
 const STEP_BUDGET = 30_000; // a whole numbered step
 const TOTAL_BUDGET = 150_000; // the whole run, well under 3 minutes
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  `--host-resolver-rules=MAP ${HOST} 127.0.0.1`,
-];
 
 const t0 = Date.now();
 const secs = () => ((Date.now() - t0) / 1000).toFixed(1).padStart(5);
@@ -399,12 +387,7 @@ async function main() {
         const protectedUrl = `${base}/dashboard?x=1`;
 
         browser = await step('headless Chromium launched', async () => {
-          const b = await chromium.launch({
-            executablePath: CHROMIUM,
-            headless: !process.env.E2E_HEADFUL,
-            args: process.env.E2E_HEADFUL ? CHROMIUM_ARGS.filter((a) => a !== '--headless') : CHROMIUM_ARGS,
-            timeout: STEP_TIMEOUT,
-          });
+          const b = await launchChromium(`MAP ${HOST} 127.0.0.1`);
           log(`     Chromium ${b.version()}`);
           return b;
         });
