@@ -311,29 +311,28 @@ fn print_bytes(bytes: &[u8]) -> ExitCode {
 /// never waits on the terminal or journald and pays no system call per line. Keep the guard
 /// alive: dropping it writes out what is left.
 fn init_logging(format: LogFormat) -> Option<LogGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Not lossy: under extreme load logging slows requests rather than dropping audit lines.
-    let (sink, guard) = match LogSink::new(Box::new(std::io::stderr())) {
-        Ok((sink, guard)) => (sink, guard),
+    let (writer, guard) = match LogSink::new(Box::new(std::io::stderr())) {
+        Ok((sink, guard)) => {
+            portcullis::logsink::install(sink.clone(), format == LogFormat::Json);
+            (BoxMakeWriter::new(sink), Some(guard))
+        }
         Err(e) => {
             eprintln!("portcullis: no log writer thread ({e}); logging straight to stderr");
-            let b = builder.with_writer(std::io::stderr);
-            match format {
-                LogFormat::Json => b.json().init(),
-                LogFormat::Text => b.with_ansi(false).init(),
-            }
-            return None;
+            (BoxMakeWriter::new(std::io::stderr), None)
         }
     };
-    portcullis::logsink::install(sink.clone(), format == LogFormat::Json);
-    let builder = builder.with_writer(sink);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
-    Some(guard)
+    guard
 }
 
 /// The host of an `http://` public_url that is not loopback (`localhost`, `*.localhost`,

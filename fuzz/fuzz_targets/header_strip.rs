@@ -66,8 +66,8 @@ fuzz_target!(|data: &[u8]| {
     remove_hop_by_hop(&mut h);
     strip_identity(&mut h, &[&email_h, &user_h]);
     strip_credentials(&mut h, COOKIE_NAME, true);
-    inject(&mut h, &email_h, EMAIL);
-    inject(&mut h, &user_h, USER);
+    inject(&mut h, &email_h, HeaderValue::from_static(EMAIL));
+    inject(&mut h, &user_h, HeaderValue::from_static(USER));
 
     for name in h.keys() {
         let s = name.as_str();

@@ -17,7 +17,7 @@ use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
 use crate::proxy::headers::{
-    drop_our_set_cookies, owned_value, push_forwarded_element, push_ip, remove_hop_by_hop,
+    drop_our_set_cookies, inject, owned_value, push_forwarded_element, push_ip, remove_hop_by_hop,
     strip_credentials, strip_identity, strip_proxy_headers,
 };
 use crate::proxy::upstream::{ForwardBody, ForwardError};
@@ -73,8 +73,8 @@ pub fn prepare(
     if let Some(id) = id {
         // One value for both headers (a clone shares it).
         if let Ok(v) = HeaderValue::from_str(id.email()) {
-            h.insert(cfg.headers.email.clone(), v.clone());
-            h.insert(cfg.headers.user.clone(), v);
+            inject(h, &cfg.headers.email, v.clone());
+            inject(h, &cfg.headers.user, v);
         }
         if let Some((name, value)) = state.assertion(cfg, id.email(), &view.host) {
             h.insert(name, value);
