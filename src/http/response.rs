@@ -3,13 +3,12 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::http::pages::Page;
 
 /// A response body: either produced here or streamed from the upstream.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, crate::proxy::upstream::UpstreamBody>;
 
 /// Wraps bytes as a body.
 pub fn full(b: impl Into<Bytes>) -> Body {

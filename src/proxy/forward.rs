@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Incoming};
@@ -20,7 +20,8 @@ use crate::proxy::headers::{
     drop_our_set_cookies, inject, owned_value, push_forwarded_element, push_ip, remove_hop_by_hop,
     strip_credentials, strip_identity, strip_proxy_headers,
 };
-use crate::proxy::upstream::{ForwardBody, ForwardError};
+use crate::proxy::upstream::{ForwardBody, ForwardError, UpstreamBody};
+use crate::proxy::wire;
 use crate::request::RequestView;
 use crate::routing::Route;
 use crate::state::AppState;
@@ -171,62 +172,83 @@ pub async fn forward(
     // upstream connection (no pool lock, no hand-off). HTTP/2 clients and https upstreams use
     // the worker's pooled client.
     let own = scheme == "http" && downstream_h1;
-    let uri = if own {
-        // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
-        Ok(Uri::from(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        ))
+    // The common case, a bodyless request that asks for no upgrade, goes through the gateway's
+    // own client in this task; requests with a body (streamed both ways) through hyper's.
+    let direct =
+        own && upgrade.is_none() && req.method() != Method::CONNECT && req.body().is_end_stream();
+    let mut client_upgrade = None;
+    let started;
+    let sent = if direct {
+        // Origin-form (RFC 9112 §3.2.1); Host was set by `prepare`.
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        started = std::time::Instant::now();
+        let exchange = wire::send(
+            &conn.upstream.wire,
+            authority,
+            req.method(),
+            target,
+            req.headers(),
+        );
+        tokio::time::timeout(cfg.limits.upstream_timeout, async {
+            let resp = exchange.await?;
+            Ok::<_, ForwardError>(resp.map(UpstreamBody::Right))
+        })
+        .await
     } else {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        Uri::builder()
-            .scheme(scheme.as_str())
-            .authority(authority.as_str())
-            .path_and_query(pq)
-            .build()
-    };
-    let uri = match uri {
-        Ok(u) => u,
-        Err(_) => {
-            return upstream_error(
-                StatusCode::BAD_REQUEST,
-                "the request target cannot be forwarded",
-                navigation,
-            )
-        }
-    };
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let req = match with_first_frame(req, cfg.limits.header_read_timeout).await {
-        Ok(r) => r,
-        Err(status) => {
-            return upstream_error(
-                status,
-                "the request body is malformed or incomplete",
-                navigation,
-            )
-        }
-    };
-    let started = std::time::Instant::now();
-    let exchange = async {
-        if own {
-            conn.upstream.send(authority, req).await
+        let uri = if own {
+            // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
+            Ok(Uri::from(
+                req.uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            ))
         } else {
-            state
-                .client(conn.worker)
-                .request(req)
-                .await
-                .map_err(ForwardError::from)
-        }
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            Uri::builder()
+                .scheme(scheme.as_str())
+                .authority(authority.as_str())
+                .path_and_query(pq)
+                .build()
+        };
+        let uri = match uri {
+            Ok(u) => u,
+            Err(_) => {
+                return upstream_error(
+                    StatusCode::BAD_REQUEST,
+                    "the request target cannot be forwarded",
+                    navigation,
+                )
+            }
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let req = match with_first_frame(req, cfg.limits.header_read_timeout).await {
+            Ok(r) => r,
+            Err(status) => {
+                return upstream_error(
+                    status,
+                    "the request body is malformed or incomplete",
+                    navigation,
+                )
+            }
+        };
+        started = std::time::Instant::now();
+        let exchange = async {
+            let resp = if own {
+                conn.upstream.send(authority, req).await?
+            } else {
+                state.client(conn.worker).request(req).await?
+            };
+            Ok::<_, ForwardError>(resp.map(UpstreamBody::Left))
+        };
+        tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await
     };
-    let sent = tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) if caused_by_request_body(&e) => {

@@ -1,5 +1,6 @@
-//! Reverse proxy: header hygiene and forwarding to the upstream.
+//! Reverse proxy: header hygiene, forwarding to the upstream, and the gateway's own HTTP/1.1 client.
 
 pub mod forward;
 pub mod headers;
 pub mod upstream;
+pub mod wire;

@@ -1,4 +1,4 @@
-//! The gateway's side of an upstream connection: the request body type sent upstream, a downstream connection's own kept upstream connection, and why an exchange failed.
+//! The gateway's side of an upstream connection: the request and answer body types, a downstream connection's own kept upstream connections, and why an exchange failed.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,6 +7,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+
+use crate::proxy::wire;
+
+/// An answer body streamed from the upstream: through hyper's client, or the gateway's own.
+pub type UpstreamBody = http_body_util::Either<Incoming, wire::WireBody>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,13 +22,20 @@ pub enum ForwardError {
     Own(#[from] hyper::Error),
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
 }
 
-/// A downstream connection's own HTTP/1.1 connection to the upstream, kept between requests.
+/// A downstream connection's own HTTP/1.1 connections to the upstream, kept between requests:
+/// one driven by the gateway's own client (bodyless requests, [`wire`]) and one by hyper's
+/// (requests with a body).
 #[derive(Default)]
-pub struct UpstreamSlot(
-    std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>,
-);
+pub struct UpstreamSlot {
+    hyper: std::sync::Mutex<Option<(String, hyper::client::conn::http1::SendRequest<ForwardBody>)>>,
+    /// The kept connection of the gateway's own client (shared with the answer body that
+    /// returns it when it has been read to its end).
+    pub wire: wire::Slot,
+}
 
 impl std::fmt::Debug for UpstreamSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,7 +48,7 @@ impl UpstreamSlot {
         &self,
         authority: &str,
     ) -> Option<hyper::client::conn::http1::SendRequest<ForwardBody>> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.hyper.lock().unwrap_or_else(|p| p.into_inner());
         match g.take() {
             Some((a, s)) if a == authority && !s.is_closed() => Some(s),
             _ => None,
@@ -44,7 +56,7 @@ impl UpstreamSlot {
     }
 
     fn put(&self, authority: &str, sender: hyper::client::conn::http1::SendRequest<ForwardBody>) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.hyper.lock().unwrap_or_else(|p| p.into_inner());
         *g = Some((authority.to_string(), sender));
     }
 

@@ -24,4 +24,5 @@ mod replicas;
 mod routes;
 mod security;
 mod sessions;
+mod upstream_wire;
 mod websocket_revoke;
