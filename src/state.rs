@@ -35,6 +35,9 @@ pub struct AppState {
     /// One pooled upstream client per connection worker, so a request and its upstream
     /// connection stay on one thread.
     pub clients: Vec<UpstreamClient>,
+    /// Per connection worker, the idle connections of the gateway's own HTTP/1.1 client used
+    /// for HTTP/2 clients' bodyless requests (HTTP/1 clients each keep their own).
+    pub wire_pools: Vec<Arc<crate::proxy::wire::Pool>>,
     /// The master secret (from `secrets_file`, the systemd credential or `data_dir/secret`);
     /// every key below is derived from it.
     pub master: crate::crypto::MasterSecret,
@@ -132,6 +135,13 @@ impl AppState {
         let clients = (0..worker_count())
             .map(|_| upstream_client())
             .collect::<Result<Vec<_>, _>>()?;
+        let wire_pools = (0..worker_count())
+            .map(|_| {
+                Arc::new(crate::proxy::wire::Pool::new(
+                    crate::proxy::wire::POOL_MAX_IDLE,
+                ))
+            })
+            .collect();
         Ok(AppState {
             config: ArcSwap::from_pointee(config),
             store,
@@ -141,6 +151,7 @@ impl AppState {
             pages,
             clock,
             clients,
+            wire_pools,
             master,
             code_key,
             secret,
@@ -253,6 +264,11 @@ impl AppState {
     /// The upstream client of a connection worker.
     pub fn client(&self, worker: usize) -> &UpstreamClient {
         &self.clients[worker % self.clients.len()]
+    }
+
+    /// The own-client connection pool of a connection worker.
+    pub fn wire_pool(&self, worker: usize) -> &Arc<crate::proxy::wire::Pool> {
+        &self.wire_pools[worker % self.wire_pools.len()]
     }
 }
 

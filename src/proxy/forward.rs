@@ -172,23 +172,26 @@ pub async fn forward(
     // upstream connection (no pool lock, no hand-off). HTTP/2 clients and https upstreams use
     // the worker's pooled client.
     let own = scheme == "http" && downstream_h1;
-    // The common case, a bodyless request that asks for no upgrade, goes through the gateway's
-    // own client in this task; requests with a body (streamed both ways) through hyper's.
-    let direct =
-        own && upgrade.is_none() && req.method() != Method::CONNECT && req.body().is_end_stream();
+    // The common case, a bodyless request that asks for no upgrade to a plain-http upstream,
+    // goes through the gateway's own client in this task: on the downstream connection's own
+    // upstream connection (HTTP/1) or one from the worker's pool (HTTP/2). Requests with a body
+    // (streamed both ways) go through hyper's.
+    let direct = scheme == "http"
+        && upgrade.is_none()
+        && req.method() != Method::CONNECT
+        && req.body().is_end_stream();
     let mut client_upgrade = None;
     let started;
     let sent = if direct {
         // Origin-form (RFC 9112 §3.2.1); Host was set by `prepare`.
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         started = std::time::Instant::now();
-        let exchange = wire::send(
-            &conn.upstream.wire,
-            authority,
-            req.method(),
-            target,
-            req.headers(),
-        );
+        let home = if downstream_h1 {
+            wire::Home::Slot(conn.upstream.wire.clone())
+        } else {
+            wire::Home::Pool(state.wire_pool(conn.worker).clone())
+        };
+        let exchange = wire::send(home, authority, req.method(), target, req.headers());
         tokio::time::timeout(cfg.limits.upstream_timeout, async {
             let resp = exchange.await?;
             Ok::<_, ForwardError>(resp.map(UpstreamBody::Right))

@@ -1,15 +1,18 @@
-//! The gateway's own HTTP/1.1 client for a downstream connection's kept upstream connection: writes a bodyless request's head, reads the answer's head and frames its body strictly (RFC 9112 §6), streams it in the caller's task and keeps the connection only after a clean exchange.
+//! The gateway's own HTTP/1.1 upstream client: writes a bodyless request's head, reads the answer's head and frames its body strictly (RFC 9112 §6), streams it in the caller's task and keeps the connection only after a clean exchange.
 //!
 //! Why not hyper's client here: each request through `client::conn::http1` is handed to the
 //! connection's own task through a channel and its answer comes back through another (two task
 //! wake-ups, a oneshot and a body channel per request), and its parser builds what this module
-//! gets from one `httparse` pass. This client is used for the common case only (a request from
-//! an HTTP/1 client, without a body, not asking for an upgrade, to a plain-http upstream);
-//! everything else still goes through hyper's client (`UpstreamSlot::send`, the pooled client).
+//! gets from one `httparse` pass. This client is used for the common case only (a bodyless
+//! request that asks for no upgrade, to a plain-http upstream): HTTP/1 clients on their
+//! connection's own kept upstream connection ([`Home::Slot`]), HTTP/2 clients on connections
+//! from their worker's [`Pool`]. Requests with a body, upgrades and https upstreams still go
+//! through hyper's client (`UpstreamSlot::send`, the pooled client).
 //!
 //! Strictness, where an upstream's answer could be read two ways: `Transfer-Encoding` together
-//! with `Content-Length`, differing or malformed `Content-Length`s, `Transfer-Encoding` in an
-//! HTTP/1.0 answer, a malformed chunk and an unexpected `101` are errors (the client gets a 502
+//! with `Content-Length`, differing or malformed `Content-Length`s, a transfer coding other than
+//! `chunked`, `Transfer-Encoding` in an HTTP/1.0 answer, a malformed chunk and an unexpected
+//! `101` are errors (the client gets a 502
 //! or a cut-off body, never a guess); bytes left over after a complete answer, or arriving on
 //! an idle kept connection, retire the connection, so no answer is ever taken from bytes the
 //! upstream sent before the request was written.
@@ -34,6 +37,9 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 pub const MAX_TRAILERS: usize = 16 * 1024;
 /// The most interim (1xx) answers before the final one.
 const MAX_INTERIM: usize = 16;
+/// The most idle connections a worker's [`Pool`] keeps (nginx's `keepalive` in the benchmark
+/// is 512 for the whole server; two workers here).
+pub const POOL_MAX_IDLE: usize = 256;
 /// How much is read from the upstream at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -541,27 +547,95 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// The kept connection of one downstream connection, shared with the body that returns it.
+/// The kept connection of one downstream HTTP/1 connection, shared with the body that returns it.
 pub type Slot = std::sync::Arc<std::sync::Mutex<Option<WireConn>>>;
 
-/// Sends a bodyless request (origin-form `target`, prepared `headers`) to `authority` on the
-/// slot's kept connection, or a new one, and returns the answer with its body streaming from
-/// the connection. A kept connection that closed before it answered is replaced once for an
-/// idempotent request.
+/// Idle connections of one connection worker, for its HTTP/2 clients (many concurrent streams,
+/// each needing a connection of its own while its exchange lasts). Last in, first out: the most
+/// recently used connection is the one least likely to have been closed by the upstream.
+#[derive(Debug)]
+pub struct Pool {
+    idle: std::sync::Mutex<std::collections::VecDeque<WireConn>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle connections (the oldest is closed first).
+    pub fn new(max_idle: usize) -> Pool {
+        Pool {
+            idle: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            max_idle,
+        }
+    }
+
+    /// How many idle connections it holds.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Where a connection goes back to once its exchange ended cleanly.
+#[derive(Debug, Clone)]
+pub enum Home {
+    /// A downstream HTTP/1 connection's one kept connection.
+    Slot(Slot),
+    /// A worker's pool (HTTP/2 clients).
+    Pool(std::sync::Arc<Pool>),
+}
+
+impl Home {
+    /// A kept connection to `authority` that can carry another request; unusable ones found on
+    /// the way are closed.
+    fn take(&self, authority: &str) -> Option<WireConn> {
+        match self {
+            Home::Slot(slot) => {
+                let kept = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                kept.filter(|c| c.authority() == authority)
+                    .and_then(|mut c| c.still_usable().then_some(c))
+            }
+            Home::Pool(pool) => {
+                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some(i) = idle.iter().rposition(|c| c.authority() == authority) {
+                    if let Some(mut c) = idle.remove(i) {
+                        if c.still_usable() {
+                            return Some(c);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn put(&self, conn: WireConn) {
+        match self {
+            Home::Slot(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn),
+            Home::Pool(pool) => {
+                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() >= pool.max_idle {
+                    idle.pop_front();
+                }
+                if pool.max_idle > 0 {
+                    idle.push_back(conn);
+                }
+            }
+        }
+    }
+}
+
+/// Sends a bodyless request (origin-form `target`, prepared `headers`) to `authority` on a kept
+/// connection from `home`, or a new one, and returns the answer with its body streaming from
+/// the connection (which goes back to `home` when the body has been read to its end). A kept
+/// connection that closed before it answered is replaced once for an idempotent request.
 pub async fn send(
-    slot: &Slot,
+    home: Home,
     authority: &str,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
 ) -> Result<Response<WireBody>, WireError> {
-    let kept = {
-        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
-        g.take()
-    };
-    let kept = kept.filter(|c| c.authority() == authority);
     let mut reused = false;
-    let mut conn = match kept.and_then(|mut c| c.still_usable().then_some(c)) {
+    let mut conn = match home.take(authority) {
         Some(c) => {
             reused = true;
             c
@@ -581,7 +655,7 @@ pub async fn send(
             }
         }
     };
-    let body = WireBody::new(conn, head.framing, head.keep_alive, slot.clone());
+    let body = WireBody::new(conn, head.framing, head.keep_alive, home);
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -605,17 +679,17 @@ enum BodyState {
 
 /// An answer's body, read from the upstream connection as the downstream side asks for it.
 /// Once it has been read to its end and the exchange was clean (keep-alive, nothing left over),
-/// the connection goes back to the slot for the downstream connection's next request.
+/// the connection goes back home (the downstream connection's slot, or the worker's pool).
 #[derive(Debug)]
 pub struct WireBody {
     conn: Option<WireConn>,
     state: BodyState,
     keep_alive: bool,
-    slot: Slot,
+    home: Home,
 }
 
 impl WireBody {
-    fn new(conn: WireConn, framing: Framing, keep_alive: bool, slot: Slot) -> WireBody {
+    fn new(conn: WireConn, framing: Framing, keep_alive: bool, home: Home) -> WireBody {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
@@ -626,7 +700,7 @@ impl WireBody {
             conn: Some(conn),
             state,
             keep_alive,
-            slot,
+            home,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
@@ -634,13 +708,12 @@ impl WireBody {
         body
     }
 
-    /// The body is complete: the connection goes back to the slot if it may be used again.
+    /// The body is complete: the connection goes home if it may be used again.
     fn finish(&mut self) {
         self.state = BodyState::Done;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
-                let mut g = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-                *g = Some(conn);
+                self.home.put(conn);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! How the gateway must treat what an upstream sends back, as tables over each class, against a
 //! scripted raw-TCP upstream: body framings, bodiless and interim responses, malformed or
 //! ambiguous framing (502), broken bodies, response desynchronisation, idle connections the
-//! upstream closes, and which response headers reach the client.
+//! upstream closes, and which response headers reach the client; for HTTP/2 clients, the
+//! worker's pool of upstream connections.
 //!
 //! Every table runs all its rows, prints each row's verdict (`--nocapture` shows them) and then
 //! fails naming every failing row. (An upstream that never answers: `proxy.rs`,
@@ -1592,4 +1593,141 @@ async fn response_headers_status_and_reason_reach_the_client_as_sent_except_hop_
         v.row(row.name, header_row(&env, &row)).await;
     }
     v.finish();
+}
+
+// =============================================================================================
+// HTTP/2 clients: bodyless requests share the worker's pool of upstream connections
+// =============================================================================================
+
+/// An HTTP/2 (prior knowledge) client to the gateway.
+fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn h2_get(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: String,
+    token: &str,
+) -> (http::StatusCode, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(url)
+        .header("cookie", format!("portcullis_session={token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(HANG, client.request(req))
+        .await
+        .expect("HTTP/2 request hung")
+        .expect("HTTP/2 request failed");
+    let status = resp.status();
+    let body = tokio::time::timeout(HANG, resp.into_body().collect())
+        .await
+        .expect("HTTP/2 body hung")
+        .expect("HTTP/2 body failed")
+        .to_bytes();
+    (status, body.to_vec())
+}
+
+/// Many concurrent streams of one HTTP/2 connection each get the answer to their own request
+/// (an upstream that answers with the request's path), and the upstream connections opened for
+/// the first round are reused by the next ones: never more connections than streams at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_get_their_own_answers_over_pooled_upstream_connections() {
+    const STREAMS: usize = 8;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(head) = read_head(&mut s, &mut buf).await {
+                    let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+                    // A little later, so the streams overlap.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = TestGateway::builder()
+        .set("upstream", format!("http://{addr}"))
+        .start()
+        .await;
+    let token = gw.sign_in("h2pool@example.com").await;
+    let client = h2_client();
+    for round in 0..3 {
+        let answers = futures_util::future::join_all((0..STREAMS).map(|i| {
+            let path = format!("/r{round}/s{i}");
+            let fut = h2_get(&client, gw.url(&path), &token);
+            async move { (path, fut.await) }
+        }))
+        .await;
+        for (path, (status, body)) in answers {
+            assert_eq!(status, http::StatusCode::OK, "{path}");
+            assert_eq!(String::from_utf8_lossy(&body), path, "round {round}");
+        }
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=STREAMS).contains(&opened),
+        "{opened} upstream connections for {STREAMS} concurrent streams over 3 rounds"
+    );
+}
+
+/// The desynchronisation rule holds for pooled connections too: bytes an upstream sent after a
+/// complete answer never answer another HTTP/2 stream's request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_never_get_bytes_an_upstream_sent_unasked() {
+    for (name, first) in [
+        (
+            "same write",
+            Reply::keep(format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello{FORGED}"
+            )),
+        ),
+        (
+            "later write",
+            Reply::keep("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").then(ms(100), FORGED),
+        ),
+    ] {
+        // A gateway per row: the pool starts empty, so the connection count is the row's own.
+        let env = Env::start().await;
+        let client = h2_client();
+        env.up.script(vec![first, ok_reply("second")]);
+        let (status, body) = h2_get(&client, env.gw.url("/one"), &env.token).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (http::StatusCode::OK, b"hello".as_slice()),
+            "{name}"
+        );
+        tokio::time::sleep(ms(300)).await;
+        let (status, body) = h2_get(&client, env.gw.url("/two"), &env.token).await;
+        assert_eq!(status, http::StatusCode::OK, "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "second",
+            "{name}: answered with unasked bytes"
+        );
+        assert_eq!(
+            env.up.connections(),
+            2,
+            "{name}: the connection that sent unasked bytes was reused"
+        );
+    }
 }
