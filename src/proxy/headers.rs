@@ -190,15 +190,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
-            .collect();
-        for n in &named {
-            headers.remove(n);
+        // The values are cloned (a shared reference, no copy) so the names they list can be
+        // removed by borrowed name: no allocation for the usual `keep-alive`/`close`.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for v in first.iter().chain(&rest) {
+            // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
+            for token in v.as_bytes().split(|b| *b == b',') {
+                if let Ok(name) = std::str::from_utf8(token.trim_ascii()) {
+                    headers.remove(name);
+                }
+            }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -269,13 +272,14 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
         headers.remove(header::AUTHORIZATION);
     }
     // Hot path: most requests either carry no cookie of ours (bearer clients) or carry it once;
-    // only rebuild the header when our name appears at all.
+    // only rebuild the header when our name appears at all, or when there are several `Cookie`
+    // fields (HTTP/2 clients split them; an HTTP/1.1 upstream expects one, RFC 9113 §8.2.3).
     let ours = headers.get_all(header::COOKIE).iter().any(|v| {
         v.as_bytes()
             .windows(cookie_name.len())
             .any(|w| w == cookie_name.as_bytes())
     });
-    if !ours {
+    if !ours && headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
     // The usual case: one `Cookie` header holding only our cookie.
@@ -290,26 +294,26 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
             return;
         }
     }
-    let mut kept = String::new();
+    // Rebuilt from the raw bytes: an app's cookie that is not ASCII text passes too.
+    let mut kept: Vec<u8> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
-        let Ok(t) = v.to_str() else { continue };
-        for pair in t.split(';') {
-            let pair = pair.trim();
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
             if pair.is_empty() {
                 continue;
             }
-            let name = pair.split_once('=').map(|(n, _)| n).unwrap_or(pair);
-            if name.trim() != cookie_name {
+            let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+            if name.trim_ascii() != cookie_name.as_bytes() {
                 if !kept.is_empty() {
-                    kept.push_str("; ");
+                    kept.extend_from_slice(b"; ");
                 }
-                kept.push_str(pair);
+                kept.extend_from_slice(pair);
             }
         }
     }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Some(v) = owned_value(kept) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -526,6 +530,8 @@ mod tests {
             &["a=1", "portcullis_session=tok"],
             &["portcullis_session=tok", "b=2"],
             &["portcullis_session=a=b"],
+            &["a=1", "b=2"],
+            &["a=1;  ;c=3", "portculli\u{f3}_session=x"],
         ];
         for values in cases {
             let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("cookie", *v)).collect();
@@ -542,10 +548,18 @@ mod tests {
             let got: Vec<String> = h
                 .get_all("cookie")
                 .iter()
-                .flat_map(|v| v.to_str().unwrap().split("; ").map(str::to_string))
+                .flat_map(|v| {
+                    String::from_utf8(v.as_bytes().to_vec())
+                        .unwrap()
+                        .split("; ")
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
                 .filter(|p| !p.is_empty())
                 .collect();
             assert_eq!(got, want, "{values:?}");
+            // Several fields (HTTP/2 crumbs) always reach an HTTP/1.1 upstream as one.
+            assert!(h.get_all("cookie").iter().count() <= 1, "{values:?}");
         }
     }
 }
