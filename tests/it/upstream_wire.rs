@@ -291,6 +291,20 @@ struct Client {
 }
 
 impl Client {
+    /// GET `path`: the response must be complete, 200, with exactly `body` (`what` names the
+    /// request in the error).
+    async fn get_ok(&mut self, path: &str, body: &[u8], what: &str) -> Result<Resp, String> {
+        let r = self.exchange("GET", path).await?.complete(what)?;
+        ensure(r.status == 200 && r.body == body, || {
+            format!(
+                "{what}: got {}, want 200 with {}",
+                r.describe(),
+                preview(body)
+            )
+        })?;
+        Ok(r)
+    }
+
     /// Sends one request (no body) and reads its response.
     async fn exchange(&mut self, method: &str, path: &str) -> Result<Outcome, String> {
         let req = format!(
@@ -545,6 +559,19 @@ impl Verdicts {
 }
 
 /// Fails with `msg` unless `ok`.
+/// Runs every row of a table against one gateway (`$run(&env, &row)`), then fails naming every
+/// failing row.
+macro_rules! run_table {
+    ($name:expr, $rows:expr, $run:ident) => {{
+        let env = Env::start().await;
+        let mut v = Verdicts::new($name);
+        for row in $rows {
+            v.row(&row.name, $run(&env, &row)).await;
+        }
+        v.finish();
+    }};
+}
+
 fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if ok {
         Ok(())
@@ -839,12 +866,7 @@ async fn framing_row(env: &Env, row: &Framing) -> Result<(), String> {
 /// usable, and keep-alive framings keep one upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_framings_pass_intact_and_keep_alive_framings_reuse_the_upstream_connection() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("framings");
-    for row in framing_rows() {
-        v.row(row.name, framing_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("framings", framing_rows(), framing_row);
 }
 
 // =============================================================================================
@@ -912,10 +934,7 @@ async fn bodiless_row(env: &Env, row: &Bodiless) -> Result<(), String> {
             row.status
         )
     })?;
-    let r = c.exchange("GET", "/next").await?.complete("next request")?;
-    ensure(r.status == 200 && r.body == b"next", || {
-        format!("next request: got {}, want 200 \"next\"", r.describe())
-    })?;
+    c.get_ok("/next", b"next", "next request").await?;
     let conns = env.up.connections();
     ensure(conns == 1, || {
         format!("{conns} upstream connections, want 1 (the bodiless answer's connection reused)")
@@ -926,12 +945,7 @@ async fn bodiless_row(env: &Env, row: &Bodiless) -> Result<(), String> {
 /// connection and the upstream connection usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_responses_reach_the_client_without_a_body_and_the_connections_stay_usable() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("bodiless");
-    for row in BODILESS {
-        v.row(row.name, bodiless_row(&env, row)).await;
-    }
-    v.finish();
+    run_table!("bodiless", BODILESS, bodiless_row);
 }
 
 // =============================================================================================
@@ -969,17 +983,8 @@ fn interim_rows() -> Vec<Interim> {
 async fn interim_row(env: &Env, row: &Interim) -> Result<(), String> {
     env.up.script(vec![row.reply.clone(), ok_reply("next")]);
     let mut c = env.client().await?;
-    let r = c
-        .exchange("GET", "/first")
-        .await?
-        .complete("first request")?;
-    ensure(r.status == 200 && r.body == b"final", || {
-        format!("first request: got {}, want 200 \"final\"", r.describe())
-    })?;
-    let r = c.exchange("GET", "/next").await?.complete("next request")?;
-    ensure(r.status == 200 && r.body == b"next", || {
-        format!("next request: got {}, want 200 \"next\"", r.describe())
-    })?;
+    c.get_ok("/first", b"final", "first request").await?;
+    c.get_ok("/next", b"next", "next request").await?;
     let conns = env.up.connections();
     ensure(conns == 1, || {
         format!("{conns} upstream connections, want 1")
@@ -990,12 +995,7 @@ async fn interim_row(env: &Env, row: &Interim) -> Result<(), String> {
 /// response and its body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_responses_are_followed_by_the_final_response_and_its_body() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("interim");
-    for row in interim_rows() {
-        v.row(row.name, interim_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("interim", interim_rows(), interim_row);
 }
 
 // =============================================================================================
@@ -1145,12 +1145,7 @@ async fn malformed_row(env: &Env, row: &Malformed) -> Result<(), String> {
 /// response built from a guess, and the upstream connection it came on is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_or_malformed_framing_gives_502_and_the_upstream_connection_is_dropped() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("malformed");
-    for row in malformed_rows() {
-        v.row(row.name, malformed_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("malformed", malformed_rows(), malformed_row);
 }
 
 // =============================================================================================
@@ -1225,28 +1220,21 @@ async fn broken_row(env: &Env, row: &Broken) -> Result<(), String> {
         }
     }
     let mut fresh = env.client().await?;
-    let r = fresh
-        .exchange("GET", "/after")
-        .await?
-        .complete("the request after, on a new client connection")?;
-    ensure(r.status == 200 && r.body == b"good", || {
-        format!(
-            "the request after, on a new client connection: got {}, want 200 \"good\"",
-            r.describe()
+    fresh
+        .get_ok(
+            "/after",
+            b"good",
+            "the request after, on a new client connection",
         )
-    })
+        .await
+        .map(drop)
 }
 
 /// A body the upstream breaks off or garbles never reaches the client as a complete response:
 /// the client's connection ends before its framing says the body is complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_bodies_never_look_complete_to_the_client() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("broken bodies");
-    for row in broken_rows() {
-        v.row(row.name, broken_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("broken bodies", broken_rows(), broken_row);
 }
 
 // =============================================================================================
@@ -1347,12 +1335,7 @@ async fn desync_row(env: &Env, row: &Desync) -> Result<(), String> {
 /// the next request: the next request goes to a fresh upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_an_upstream_sends_unasked_never_answer_the_next_request() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("desync");
-    for row in desync_rows() {
-        v.row(&row.name, desync_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("desync", desync_rows(), desync_row);
 }
 
 // =============================================================================================
@@ -1397,28 +1380,16 @@ async fn idle_close_row(env: &Env, row: &IdleClose) -> Result<(), String> {
         format!("first request: got {}", r.describe())
     })?;
     tokio::time::sleep(ms(400)).await;
-    let r = c
-        .exchange("GET", "/second")
-        .await?
-        .complete("second request")?;
-    ensure(r.status == 200 && r.body == b"second", || {
-        format!(
-            "second request, 400 ms later: got {}, want 200 \"second\"",
-            r.describe()
-        )
-    })
+    c.get_ok("/second", b"second", "second request")
+        .await
+        .map(drop)
 }
 
 /// A kept upstream connection the upstream closed while idle is not used for the next request:
 /// that request succeeds on a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_upstream_connection_the_upstream_closed_does_not_fail_the_next_request() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("idle close");
-    for row in idle_close_rows() {
-        v.row(row.name, idle_close_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("idle close", idle_close_rows(), idle_close_row);
 }
 
 // =============================================================================================
@@ -1587,12 +1558,7 @@ async fn header_row(env: &Env, row: &Headers) -> Result<(), String> {
 /// obs-text values, status codes and reason phrases reach the client as the upstream sent them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_headers_status_and_reason_reach_the_client_as_sent_except_hop_by_hop() {
-    let env = Env::start().await;
-    let mut v = Verdicts::new("headers");
-    for row in header_rows() {
-        v.row(row.name, header_row(&env, &row)).await;
-    }
-    v.finish();
+    run_table!("headers", header_rows(), header_row);
 }
 
 // =============================================================================================
