@@ -242,12 +242,15 @@ pub async fn forward(
             }
         };
         started = std::time::Instant::now();
+        let method = req.method().clone();
         let exchange = async {
-            let resp = if own {
+            let mut resp = if own {
                 conn.upstream.send(authority, req).await?
             } else {
                 state.client(conn.worker).request(req).await?
             };
+            let (status, version) = (resp.status(), resp.version());
+            wire::vet_answer(resp.headers_mut(), status, version, &method)?;
             Ok::<_, ForwardError>(resp.map(UpstreamBody::Left))
         };
         tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await

@@ -233,6 +233,22 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
     ))
 }
 
+/// The same framing rules for an answer hyper's client read (requests with a body, upgrades,
+/// https upstreams): hyper takes `Transfer-Encoding` over `Content-Length` and forwards both,
+/// and passes a `Content-Length` list and other transfer codings on. Repeated equal
+/// `Content-Length`s are folded into one value, as here.
+pub fn vet_answer(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    version: Version,
+    method: &Method,
+) -> Result<(), WireError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(());
+    }
+    framing(headers, status, version, method).map(drop)
+}
+
 /// How the body after this head is delimited; an answer that two readers could delimit
 /// differently is an error.
 fn framing(

@@ -251,6 +251,7 @@ impl Resp {
 }
 
 /// How reading one response ended.
+#[derive(Debug)]
 enum Outcome {
     Complete(Resp),
     /// The connection closed before the response was complete; `got` is what had arrived of it.
@@ -307,8 +308,23 @@ impl Client {
 
     /// Sends one request (no body) and reads its response.
     async fn exchange(&mut self, method: &str, path: &str) -> Result<Outcome, String> {
+        self.exchange_body(method, path, "").await
+    }
+
+    /// Sends one request with `body` (a `Content-Length` one, unless empty) and reads its response.
+    async fn exchange_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Outcome, String> {
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: portcullis_session={}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: portcullis_session={}\r\n{length}\r\n{body}",
             self.port, self.token
         );
         self.s
@@ -1696,4 +1712,57 @@ async fn http2_requests_never_get_bytes_an_upstream_sent_unasked() {
             "{name}: the connection that sent unasked bytes was reused"
         );
     }
+}
+
+// =============================================================================================
+// 9. Answers to requests with a body (still read by hyper's client) follow the same rules
+// =============================================================================================
+
+/// A POST with a body goes through hyper's client; the answer's framing is held to the same
+/// rules afterwards: ambiguous framing gives the gateway's 502, a repeated equal
+/// `Content-Length` reaches the client as one value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_requests_with_a_body_are_held_to_the_same_framing_rules() {
+    let env = Env::start().await;
+    let refused = [
+        (
+            "chunked and Content-Length",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunked and a smaller Content-Length (a truncated body looked complete)",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding: gzip",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nnot really gzip",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (name, reply) in refused {
+        env.up.script(vec![Reply::close(reply)]);
+        let mut c = env.client().await.unwrap();
+        match c.exchange_body("POST", "/submit", "ping").await {
+            Ok(Outcome::Complete(r)) if r.is_gateway_502() => {}
+            Ok(other) => problems.push(format!("{name}: got {other:?}, want the gateway's 502")),
+            Err(e) => problems.push(format!("{name}: {e}")),
+        }
+    }
+    env.up.script(vec![Reply::close(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+    )]);
+    let mut c = env.client().await.unwrap();
+    match c.exchange_body("POST", "/submit", "ping").await {
+        Ok(Outcome::Complete(r)) => {
+            let lengths: Vec<&[u8]> = r.all("content-length");
+            if r.status != 200 || r.body != b"hello" || lengths != [b"5".as_slice()] {
+                problems.push(format!(
+                    "Content-Length: 5, 5: got {}, lengths {lengths:?}",
+                    r.describe()
+                ));
+            }
+        }
+        other => problems.push(format!("Content-Length: 5, 5: got {other:?}")),
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
