@@ -17,8 +17,8 @@ use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
 use crate::proxy::headers::{
-    drop_our_set_cookies, inject, owned_value, push_forwarded_element, push_ip, remove_hop_by_hop,
-    strip_credentials, strip_identity, strip_proxy_headers,
+    drop_our_set_cookies, inject, lists_token, owned_value, push_forwarded_element, push_ip,
+    remove_hop_by_hop, strip_credentials, strip_identity, strip_proxy_headers,
 };
 use crate::proxy::upstream::{ForwardBody, ForwardError, UpstreamBody};
 use crate::proxy::wire;
@@ -28,14 +28,7 @@ use crate::state::AppState;
 
 /// The `Upgrade` value when the client asks for a protocol switch (`Connection: upgrade`).
 fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let wants = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
+    if lists_token(req.headers(), &header::CONNECTION, "upgrade") {
         req.headers().get(header::UPGRADE).cloned()
     } else {
         None

@@ -319,6 +319,16 @@ pub fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, bearer_used
     }
 }
 
+/// Whether a comma-separated header (`Connection`, …) lists `token`, case-insensitively. The
+/// raw bytes are split, so a non-ASCII element does not hide its ASCII neighbours.
+pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// A header value that takes over `s`'s buffer (no copy); `None` if it is not a valid value.
 pub fn owned_value(s: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
@@ -489,6 +499,27 @@ mod tests {
             forwarded_element("::1".parse().unwrap(), "https", "a.com:8443"),
             "for=\"[::1]\";proto=https;host=\"a.com:8443\""
         );
+    }
+
+    #[test]
+    fn listed_tokens_are_found_in_any_spelling() {
+        let c = header::CONNECTION;
+        for (values, found) in [
+            (&["upgrade"][..], true),
+            (&["keep-alive, Upgrade"][..], true),
+            (&["close", " UPGRADE "][..], true),
+            (&["\u{e9}t\u{e9}, upgrade"][..], true),
+            (&["upgrades"][..], false),
+            (&["up grade"][..], false),
+            (&[][..], false),
+        ] {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("connection", *v)).collect();
+            assert_eq!(
+                lists_token(&map(&pairs), &c, "upgrade"),
+                found,
+                "{values:?}"
+            );
+        }
     }
 
     #[test]

@@ -63,19 +63,9 @@ impl UpstreamSlot {
     async fn connect(
         authority: &str,
     ) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ForwardError> {
-        let stream = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            tokio::net::TcpStream::connect(authority),
-        )
-        .await
-        .map_err(|_| {
-            ForwardError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })?
-        .map_err(ForwardError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = wire::connect_tcp(authority)
+            .await
+            .map_err(ForwardError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;

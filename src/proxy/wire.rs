@@ -27,6 +27,8 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::proxy::headers::lists_token;
+
 /// The most header lines an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
 /// The most bytes an answer's head (status line and header section) may take.
@@ -77,13 +79,7 @@ pub struct WireConn {
 impl WireConn {
     /// Connects to `authority` (`host:port`).
     pub async fn connect(authority: &str) -> Result<WireConn, std::io::Error> {
-        let stream = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            TcpStream::connect(authority),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(authority).await?;
         Ok(WireConn {
             authority: authority.into(),
             stream,
@@ -117,6 +113,20 @@ impl WireConn {
             }
         }
     }
+}
+
+/// A TCP connection to an upstream (`host:port`) within 5 s, with Nagle off: the own client's
+/// connections and a downstream connection's own hyper connection are opened here (the pooled
+/// hyper client has its own connector).
+pub async fn connect_tcp(authority: &str) -> Result<TcpStream, std::io::Error> {
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -219,7 +229,7 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
     let framing = framing(&mut headers, status, version, method)?;
     let keep_alive = framing != Framing::Close
         && version == Version::HTTP_11
-        && !has_token(&headers, &header::CONNECTION, "close");
+        && !lists_token(&headers, &header::CONNECTION, "close");
     Ok(Parsed::Final(
         Head {
             status,
@@ -324,15 +334,6 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Where a chunked body's decoder is.
@@ -582,11 +583,6 @@ impl Pool {
             idle: std::sync::Mutex::new(std::collections::VecDeque::new()),
             max_idle,
         }
-    }
-
-    /// How many idle connections it holds.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
