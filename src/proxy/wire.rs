@@ -351,12 +351,16 @@ enum ChunkState {
 #[derive(Debug, Clone)]
 pub struct ChunkDecoder {
     state: ChunkState,
+    /// How many bytes at the front of the buffer are known to hold no line end: a line that
+    /// trickles in byte by byte is searched once, not once per byte.
+    scanned: usize,
 }
 
 impl Default for ChunkDecoder {
     fn default() -> Self {
         ChunkDecoder {
             state: ChunkState::Size,
+            scanned: 0,
         }
     }
 }
@@ -374,7 +378,12 @@ impl ChunkDecoder {
             match self.state {
                 ChunkState::Done => return Ok(None),
                 ChunkState::Size => {
-                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, "chunk-size line too long")?
+                    let Some(line) = take_line(
+                        buf,
+                        &mut self.scanned,
+                        MAX_CHUNK_LINE,
+                        "chunk-size line too long",
+                    )?
                     else {
                         return Ok(None);
                     };
@@ -411,7 +420,9 @@ impl ChunkDecoder {
                 }
                 ChunkState::Trailers(seen) => {
                     let room = MAX_TRAILERS.saturating_sub(seen);
-                    let Some(line) = take_line(buf, room, "trailer section too long")? else {
+                    let Some(line) =
+                        take_line(buf, &mut self.scanned, room, "trailer section too long")?
+                    else {
                         return Ok(None);
                     };
                     self.state = if line.len() == 2 {
@@ -426,21 +437,29 @@ impl ChunkDecoder {
 }
 
 /// Splits one CRLF-terminated line (with its CRLF) off `buf`; `None` until it is complete.
+/// The search starts after the `scanned` bytes already searched, and resets once a line is taken.
 fn take_line(
     buf: &mut BytesMut,
+    scanned: &mut usize,
     max: usize,
     too_long: &'static str,
 ) -> Result<Option<BytesMut>, WireError> {
     let window = &buf[..buf.len().min(max)];
-    match window.iter().position(|b| *b == b'\n') {
-        Some(i) => {
+    let from = (*scanned).min(window.len());
+    match window[from..].iter().position(|b| *b == b'\n') {
+        Some(at) => {
+            let i = from + at;
             if i == 0 || buf[i - 1] != b'\r' {
                 return Err(WireError::Chunk("line not ended by CRLF"));
             }
+            *scanned = 0;
             Ok(Some(buf.split_to(i + 1)))
         }
         None if buf.len() >= max => Err(WireError::Chunk(too_long)),
-        None => Ok(None),
+        None => {
+            *scanned = window.len();
+            Ok(None)
+        }
     }
 }
 
@@ -481,15 +500,33 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
     Ok(size)
 }
 
-/// Writes a bodyless request on `conn` and reads its answer's head. `Err((error, sent))`:
-/// `sent` is false when the upstream cannot have seen the request or closed without a byte of
-/// answer (a kept connection's close racing the request), so it may be retried elsewhere.
+/// Whether a request whose exchange failed may be sent again on a fresh connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// It never reached the upstream (writing it failed).
+    Safe,
+    /// The connection closed before a byte of answer: the upstream may or may not have acted
+    /// on it (a kept connection's close racing the request); only an idempotent one is resent.
+    IfIdempotent,
+    /// An answer had begun.
+    No,
+}
+
+/// Whether the bytes from `from` on end a line: only then can a parse of the head get further
+/// than the last one did (complete it, or find it malformed).
+fn ends_a_line(buf: &[u8], from: usize) -> bool {
+    buf[from.min(buf.len())..].contains(&b'\n')
+}
+
+/// Writes a bodyless request on `conn` and reads its answer's head. A head that trickles in is
+/// parsed again only when a read completed a line: at most about one parse per header line
+/// (100 at most), not one per read.
 async fn exchange(
     conn: &mut WireConn,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-) -> Result<Head, (WireError, bool)> {
+) -> Result<Head, (WireError, Resend)> {
     let out = &mut conn.out;
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -504,22 +541,34 @@ async fn exchange(
     }
     out.extend_from_slice(b"\r\n");
     if let Err(e) = conn.stream.write_all(&conn.out).await {
-        return Err((e.into(), false));
+        return Err((e.into(), Resend::Safe));
     }
     let mut interim = 0usize;
     let mut answered = false;
+    // Bytes at the front of the buffer already parsed or searched for a line end.
+    let mut scanned = 0usize;
     loop {
-        if !conn.buf.is_empty() {
+        if !conn.buf.is_empty() && !ends_a_line(&conn.buf, scanned) {
+            answered = true;
+            if conn.buf.len() >= MAX_HEAD {
+                return Err((WireError::HeadTooLarge, Resend::No));
+            }
+            scanned = conn.buf.len();
+        } else if !conn.buf.is_empty() {
             answered = true;
             // Parse over a frozen view; what the head took is split off and kept by its values.
             let view = conn.buf.split().freeze();
             match parse_head(&view, method) {
-                Ok(Parsed::Partial) => conn.buf = reclaim(view),
+                Ok(Parsed::Partial) => {
+                    scanned = view.len();
+                    conn.buf = reclaim(view);
+                }
                 Ok(Parsed::Interim(len)) => {
                     interim += 1;
                     if interim > MAX_INTERIM {
-                        return Err((WireError::Head("too many interim answers"), true));
+                        return Err((WireError::Head("too many interim answers"), Resend::No));
                     }
+                    scanned = 0;
                     conn.buf = reclaim(view.slice(len..));
                     continue;
                 }
@@ -527,17 +576,18 @@ async fn exchange(
                     conn.buf = reclaim(view.slice(len..));
                     return Ok(head);
                 }
-                Err(e) => return Err((e, true)),
+                Err(e) => return Err((e, Resend::No)),
             }
         }
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(READ_CHUNK);
         }
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if answered => return Err((WireError::ClosedInHead, true)),
-            Ok(0) => return Err((WireError::ClosedBeforeAnswer, false)),
+            Ok(0) if answered => return Err((WireError::ClosedInHead, Resend::No)),
+            Ok(0) => return Err((WireError::ClosedBeforeAnswer, Resend::IfIdempotent)),
             Ok(_) => {}
-            Err(e) => return Err((e.into(), answered)),
+            Err(e) if answered => return Err((e.into(), Resend::No)),
+            Err(e) => return Err((e.into(), Resend::IfIdempotent)),
         }
     }
 }
@@ -657,8 +707,13 @@ pub async fn send(
     let head = loop {
         match exchange(&mut conn, method, target, headers).await {
             Ok(head) => break head,
-            Err((e, sent)) => {
-                if reused && !sent && idempotent(method) {
+            Err((e, resend)) => {
+                let again = match resend {
+                    Resend::Safe => true,
+                    Resend::IfIdempotent => idempotent(method),
+                    Resend::No => false,
+                };
+                if reused && again {
                     reused = false;
                     conn = WireConn::connect(authority).await?;
                     continue;
@@ -1069,9 +1124,14 @@ mod tests {
             let trailers = ["", "X-T: 1\r\n", "A: 1\r\nB: 2\r\n"][round % 3];
             let mut wire = chunked(&body, &sizes, ext, trailers);
             wire.extend_from_slice(b"NEXT");
-            let cuts: Vec<usize> = (0..(next() % 8))
-                .map(|_| (next() % (wire.len() as u64 + 1)) as usize)
-                .collect();
+            // Every tenth round byte by byte (a trickling upstream): the line searches resume.
+            let cuts: Vec<usize> = if round % 10 == 0 {
+                (0..wire.len()).collect()
+            } else {
+                (0..(next() % 8))
+                    .map(|_| (next() % (wire.len() as u64 + 1)) as usize)
+                    .collect()
+            };
             let (out, done, left) = decode_in_pieces(&wire, &cuts).unwrap();
             assert!(done, "round {round}");
             assert_eq!(out, body, "round {round}");
@@ -1109,5 +1169,64 @@ mod tests {
         // Cut short: not an error by itself, but never done.
         let (_, done, _) = decode_in_pieces(b"5\r\nhel", &[]).unwrap();
         assert!(!done);
+    }
+    /// An upstream that writes its answer one byte at a time: every spelling of line ends, a
+    /// leading empty line and an interim answer still give the right answer (the head is parsed
+    /// only when a line ended), and a malformed status line is refused as soon as it ends, not
+    /// when the upstream gives up.
+    #[tokio::test]
+    async fn a_trickled_answer_is_read_the_same() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cases: &[(&str, Option<&str>)] = &[
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello", Some("hello")),
+            ("HTTP/1.1 200 OK\nContent-Length: 5\n\nhello", Some("hello")),
+            ("\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Some("hello")),
+            (
+                "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nhe\r\n3\r\nllo\r\n0\r\nT: 1\r\n\r\n",
+                Some("hello"),
+            ),
+            ("HTTTP/1.1 200 OK\r\n", None),
+        ];
+        for (reply, want) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let reply = reply.as_bytes().to_vec();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).await.unwrap();
+                    head.extend_from_slice(&b[..n]);
+                }
+                for byte in reply {
+                    if s.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+                // Keep the connection open: a malformed head must be refused without a close.
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            });
+            let home = Home::Slot(Slot::default());
+            let got = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                send(home, &addr, &Method::GET, "/", &HeaderMap::new()),
+            )
+            .await
+            .expect("hung on a trickled answer");
+            match (got, want) {
+                (Ok(resp), Some(body)) => {
+                    use http_body_util::BodyExt;
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    let b = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(&b[..], body.as_bytes());
+                }
+                (Err(_), None) => {}
+                (got, want) => panic!("{want:?}: got {:?}", got.map(|r| r.status())),
+            }
+            server.abort();
+        }
     }
 }
