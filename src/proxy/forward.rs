@@ -1,9 +1,8 @@
 //! Forwarding an authenticated request to the upstream: header preparation, streaming both ways, upgrades (re-checked against their session and access while open), errors.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use http_body_util::BodyExt;
@@ -16,10 +15,8 @@ use crate::auth::session::{Identity, Via};
 use crate::config::{is_trusted, Config, Upstream};
 use crate::http::response::{html, json, Body};
 use crate::http::ConnInfo;
-use crate::proxy::headers::{
-    drop_our_set_cookies, inject, lists_token, owned_value, push_forwarded_element, push_ip,
-    remove_hop_by_hop, strip_credentials, strip_identity, strip_proxy_headers,
-};
+use crate::proxy::headers::{drop_our_set_cookies, lists_token, remove_hop_by_hop};
+use crate::proxy::outgoing::{self, to_header_map, Outgoing};
 use crate::proxy::upstream::{ForwardBody, ForwardError, UpstreamBody};
 use crate::proxy::wire;
 use crate::request::RequestView;
@@ -35,111 +32,13 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-/// Rewrites the request headers for the upstream. Order matters: hop-by-hop headers (and those
-/// named in `Connection`) go first, then client-sent identity and proxy headers, then our
-/// credentials; the gateway's own `Host`, `X-Forwarded-*`, `Forwarded` and identity come last.
-pub fn prepare(
-    state: &AppState,
-    cfg: &Config,
-    req: &mut Request<Incoming>,
-    id: Option<&Identity>,
-    conn: &ConnInfo,
-    view: &RequestView,
-) -> Option<HeaderValue> {
-    let upgrade = requested_upgrade(req);
-    let trusted = is_trusted(&cfg.trusted_proxies, conn.peer.ip());
-    let h = req.headers_mut();
-    remove_hop_by_hop(h);
-    strip_identity(h, &cfg.identity_headers());
-    strip_proxy_headers(h, trusted);
-    strip_credentials(
-        h,
-        &cfg.session.cookie_name,
-        id.is_some_and(|i| i.via == Via::Bearer),
-    );
-    // `host[:port]` once: Host, X-Forwarded-Host and Forwarded all carry it (one value, shared).
-    let authority = view.authority();
-    let host_value = match HeaderValue::from_str(&authority) {
-        Ok(v) if !view.host.is_empty() => Some(v),
-        _ => None,
-    };
-    set_forwarded(h, conn.peer, view, &authority, host_value.clone(), trusted);
-    if let Some(id) = id {
-        // One value for both headers (a clone shares it).
-        if let Ok(v) = HeaderValue::from_str(id.email()) {
-            inject(h, &cfg.headers.email, v.clone());
-            inject(h, &cfg.headers.user, v);
-        }
-        if let Some((name, value)) = state.assertion(cfg, id.email(), &view.host) {
-            h.insert(name, value);
-        }
-    }
-    if let Some(u) = &upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, u.clone());
-    }
-    // The upstream gets the host the decision was made for, in its one canonical spelling.
-    if let Some(v) = host_value {
-        h.insert(header::HOST, v);
-    }
-    upgrade
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239). From a trusted proxy the chain is
-/// appended to and its `-Proto` kept; from anyone else all are written afresh.
-/// `X-Forwarded-Host` is always the host the decision was made for.
-fn set_forwarded(
-    h: &mut http::HeaderMap,
-    peer: SocketAddr,
-    view: &RequestView,
-    authority: &str,
-    host_value: Option<HeaderValue>,
-    trusted: bool,
-) {
-    let ip = peer.ip().to_canonical();
-    let proto = view.scheme;
-    // Each value is built in one buffer that becomes the header value without a copy.
-    let append = |h: &mut http::HeaderMap, name: HeaderName, own: &dyn Fn(&mut String)| {
-        let mut value = String::with_capacity(64);
-        if trusted {
-            for prev in h.get_all(&name).iter().filter_map(|v| v.to_str().ok()) {
-                let prev = prev.trim();
-                if !prev.is_empty() {
-                    value.push_str(prev);
-                    value.push_str(", ");
-                }
-            }
-        }
-        own(&mut value);
-        match owned_value(value) {
-            Some(v) => {
-                h.insert(name, v);
-            }
-            None => {
-                h.remove(name);
-            }
-        }
-    };
-    append(h, X_FORWARDED_FOR, &|s| push_ip(s, ip));
-    append(h, header::FORWARDED, &|s| {
-        push_forwarded_element(s, ip, proto, authority)
-    });
-    let keep_proto = trusted && h.contains_key(X_FORWARDED_PROTO);
-    if !keep_proto {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    match host_value {
-        Some(v) => {
-            h.insert(X_FORWARDED_HOST, v);
-        }
-        None => {
-            h.remove(X_FORWARDED_HOST);
-        }
-    }
+/// Replaces the request's headers with the upstream's (see [`Outgoing::write`]), for hyper's
+/// client and the `whoami` page.
+fn replace_headers(req: &mut Request<Incoming>, fields: &Outgoing<'_>) -> Result<(), ()> {
+    let mut block = Vec::with_capacity(512);
+    fields.write(req.headers(), &mut block);
+    *req.headers_mut() = to_header_map(bytes::Bytes::from(block)).ok_or(())?;
+    Ok(())
 }
 
 /// Sends the prepared request upstream and streams the answer back.
@@ -156,9 +55,42 @@ pub async fn forward(
     let navigation = is_navigation(req.method(), req.headers());
     let downstream_version = req.version();
     let downstream_h1 = downstream_version < Version::HTTP_2;
-    let upgrade = prepare(state, cfg, &mut req, id, conn, view);
+    let upgrade = requested_upgrade(&req);
+    let identity_names = cfg.identity_headers();
+    let assertion = id.and_then(|i| state.assertion(cfg, i.email(), &view.host));
+    // What the upstream's headers are made of; written straight into the request the own
+    // client sends, or into a header map for hyper's.
+    let fields = Outgoing {
+        trusted: is_trusted(&cfg.trusted_proxies, conn.peer.ip()),
+        identity_names: &identity_names,
+        cookie_name: &cfg.session.cookie_name,
+        bearer_used: id.is_some_and(|i| i.via == Via::Bearer),
+        peer: conn.peer.ip(),
+        scheme: view.scheme,
+        host: &view.host,
+        port: view.port,
+        identity: id.map(|i| outgoing::Identity {
+            email: i.email(),
+            email_header: &cfg.headers.email,
+            user_header: &cfg.headers.user,
+        }),
+        assertion: assertion.as_ref(),
+        upgrade: upgrade.as_ref(),
+    };
+    let cannot_forward = || {
+        upstream_error(
+            StatusCode::BAD_REQUEST,
+            "the request target cannot be forwarded",
+            navigation,
+        )
+    };
     let (scheme, authority) = match &route.upstream {
-        Upstream::Whoami => return whoami(state, &req, id),
+        Upstream::Whoami => {
+            if replace_headers(&mut req, &fields).is_err() {
+                return cannot_forward();
+            }
+            return whoami(state, &req, id);
+        }
         Upstream::Http { scheme, authority } => (scheme, authority),
     };
     // HTTP/1 clients send one request at a time per connection: give each its own plain-HTTP
@@ -176,7 +108,7 @@ pub async fn forward(
     let mut client_upgrade = None;
     let started;
     let sent = if direct {
-        // Origin-form (RFC 9112 §3.2.1); Host was set by `prepare`.
+        // Origin-form (RFC 9112 §3.2.1); Host is written with the other fields.
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         started = std::time::Instant::now();
         let home = if downstream_h1 {
@@ -184,7 +116,10 @@ pub async fn forward(
         } else {
             wire::Home::Pool(state.wire_pool(conn.worker).clone())
         };
-        let exchange = wire::send(home, authority, req.method(), target, req.headers());
+        let client = req.headers();
+        let exchange = wire::send(home, authority, req.method(), target, |out| {
+            fields.write(client, out)
+        });
         tokio::time::timeout(cfg.limits.upstream_timeout, async {
             let resp = exchange.await?;
             Ok::<_, ForwardError>(resp.map(UpstreamBody::Right))
@@ -192,7 +127,7 @@ pub async fn forward(
         .await
     } else {
         let uri = if own {
-            // Origin-form on a direct connection (RFC 9112 §3.2.1); Host was kept by `prepare`.
+            // Origin-form on a direct connection (RFC 9112 §3.2.1); Host is among the fields.
             Ok(Uri::from(
                 req.uri()
                     .path_and_query()
@@ -213,14 +148,11 @@ pub async fn forward(
         };
         let uri = match uri {
             Ok(u) => u,
-            Err(_) => {
-                return upstream_error(
-                    StatusCode::BAD_REQUEST,
-                    "the request target cannot be forwarded",
-                    navigation,
-                )
-            }
+            Err(_) => return cannot_forward(),
         };
+        if replace_headers(&mut req, &fields).is_err() {
+            return cannot_forward();
+        }
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));

@@ -2,5 +2,6 @@
 
 pub mod forward;
 pub mod headers;
+pub mod outgoing;
 pub mod upstream;
 pub mod wire;

@@ -525,7 +525,7 @@ async fn exchange(
     conn: &mut WireConn,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: &impl Fn(&mut Vec<u8>),
 ) -> Result<Head, (WireError, Resend)> {
     let out = &mut conn.out;
     out.clear();
@@ -533,12 +533,7 @@ async fn exchange(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    fields(out);
     out.extend_from_slice(b"\r\n");
     if let Err(e) = conn.stream.write_all(&conn.out).await {
         return Err((e.into(), Resend::Safe));
@@ -685,7 +680,8 @@ impl Home {
     }
 }
 
-/// Sends a bodyless request (origin-form `target`, prepared `headers`) to `authority` on a kept
+/// Sends a bodyless request (origin-form `target`, its header fields written by `fields` as
+/// `name: value\r\n` lines, valid ones only) to `authority` on a kept
 /// connection from `home`, or a new one, and returns the answer with its body streaming from
 /// the connection (which goes back to `home` when the body has been read to its end). A kept
 /// connection that closed before it answered is replaced once for an idempotent request.
@@ -694,7 +690,7 @@ pub async fn send(
     authority: &str,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: impl Fn(&mut Vec<u8>),
 ) -> Result<Response<WireBody>, WireError> {
     let mut reused = false;
     let mut conn = match home.take(authority) {
@@ -705,7 +701,7 @@ pub async fn send(
         None => WireConn::connect(authority).await?,
     };
     let head = loop {
-        match exchange(&mut conn, method, target, headers).await {
+        match exchange(&mut conn, method, target, &fields).await {
             Ok(head) => break head,
             Err((e, resend)) => {
                 let again = match resend {
@@ -1212,7 +1208,7 @@ mod tests {
             let home = Home::Slot(Slot::default());
             let got = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                send(home, &addr, &Method::GET, "/", &HeaderMap::new()),
+                send(home, &addr, &Method::GET, "/", |_: &mut Vec<u8>| {}),
             )
             .await
             .expect("hung on a trickled answer");
