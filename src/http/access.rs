@@ -103,7 +103,7 @@ fn push_timestamp(b: &mut String, now: SystemTime) {
         if c.0 != secs {
             *c = (secs, civil(secs));
         }
-        b.extend(c.1.iter().map(|d| char::from(*d)));
+        b.push_str(std::str::from_utf8(&c.1).unwrap_or_default());
     });
     b.push('.');
     let micros = since.subsec_micros();
@@ -113,7 +113,7 @@ fn push_timestamp(b: &mut String, now: SystemTime) {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    b.extend(tmp.iter().map(|d| char::from(*d)));
+    b.push_str(std::str::from_utf8(&tmp).unwrap_or_default());
     b.push('Z');
 }
 
@@ -166,6 +166,14 @@ fn push_json_str(b: &mut String, s: &str) {
 fn push_quoted(b: &mut String, s: &str, json: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     b.push('"');
+    // The usual path: printable ASCII with nothing to escape goes in as it is.
+    if s.bytes()
+        .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    {
+        b.push_str(s);
+        b.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => b.push_str("\\\""),

@@ -123,11 +123,12 @@ async fn protected(
     conn: &ConnInfo,
     view: &RequestView,
 ) -> Response<Body> {
-    let navigation = is_navigation(req.method(), req.headers());
+    // Only answers made here need it (forwarding works it out for its own errors).
+    let navigation = |r: &Request<Incoming>| is_navigation(r.method(), r.headers());
     let decision = match cfg.decide(view) {
         Ok(Some(d)) => d,
-        Ok(None) => return handlers::no_route(state, &view.host, navigation),
-        Err(a) => return refuse(state, &Refusal::Path(a), navigation),
+        Ok(None) => return handlers::no_route(state, &view.host, navigation(&req)),
+        Err(a) => return refuse(state, &Refusal::Path(a), navigation(&req)),
     };
     let route = decision.route;
     let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)).await {
@@ -135,11 +136,11 @@ async fn protected(
         Ok(_) if decision.public => forward(state, &cfg, route, req, None, conn, view).await,
         Ok(Some(id)) => {
             state.metrics.requests_denied();
-            handlers::forbidden(state, id.email(), navigation)
+            handlers::forbidden(state, id.email(), navigation(&req))
         }
         Ok(None) => {
             state.metrics.requests_unauthenticated();
-            if navigation {
+            if navigation(&req) {
                 let pq = req
                     .uri()
                     .path_and_query()

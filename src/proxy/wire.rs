@@ -27,7 +27,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::headers::lists_token;
+use crate::proxy::headers::hop_index;
 
 /// The most header lines an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -218,18 +218,35 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
         }
         _ => None,
     };
+    let fields = read_fields(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)))?;
+    let framing = framing(&fields, status, version, method)?;
+    let keep_alive =
+        framing != Framing::Close && version == Version::HTTP_11 && !fields.connection_close;
+    // Hop-by-hop fields (and those named in `Connection`) are not the client's: left out here
+    // rather than removed from the map afterwards. A repeated `Content-Length` becomes one.
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let mut length_written = false;
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Head("header name"))?;
+        if hop_index(name.as_str()).is_some()
+            || (fields.connection && connection_lists(&resp.headers, name.as_str()))
+        {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            if let (Some(n), true) = (fields.content_length, fields.content_lengths > 1) {
+                if !length_written {
+                    headers.append(name, HeaderValue::from(n));
+                    length_written = true;
+                }
+                continue;
+            }
+        }
         let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
             .map_err(|_| WireError::Head("header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(&mut headers, status, version, method)?;
-    let keep_alive = framing != Framing::Close
-        && version == Version::HTTP_11
-        && !lists_token(&headers, &header::CONNECTION, "close");
     Ok(Parsed::Final(
         Head {
             status,
@@ -241,6 +258,14 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
         },
         len,
     ))
+}
+
+/// Whether a raw `Connection` field lists `name` (any case).
+fn connection_lists(raw: &[httparse::Header<'_>], name: &str) -> bool {
+    raw.iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The same framing rules for an answer hyper's client read (requests with a body, upgrades,
@@ -256,20 +281,80 @@ pub fn vet_answer(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(());
     }
-    framing(headers, status, version, method).map(drop)
+    let fields = read_fields(
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    )?;
+    framing(&fields, status, version, method)?;
+    if let (Some(n), true) = (fields.content_length, fields.content_lengths > 1) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(())
+}
+
+/// What an answer's head says about its framing and its connection, read from its fields (names
+/// in any case).
+#[derive(Debug, Default)]
+struct FramingFields {
+    /// A `Transfer-Encoding` field is present.
+    transfer_encoding: bool,
+    /// Its codings are exactly one `chunked`.
+    chunked_only: bool,
+    /// The one `Content-Length` (repeats must agree), and how many values were given.
+    content_length: Option<u64>,
+    content_lengths: usize,
+    /// A `Connection` field is present, and whether one lists `close`.
+    connection: bool,
+    connection_close: bool,
+}
+
+/// Reads [`FramingFields`] from `(name, value)` pairs. Differing or malformed `Content-Length`
+/// values are an error here (a list is never forwarded, RFC 9110 §8.6).
+fn read_fields<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<FramingFields, WireError> {
+    let mut f = FramingFields::default();
+    let mut codings = 0usize;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|b| *b == b',') {
+                f.content_lengths += 1;
+                let n = parse_decimal(part.trim_ascii())
+                    .ok_or(WireError::Framing("malformed Content-Length"))?;
+                match f.content_length {
+                    Some(prev) if prev != n => {
+                        return Err(WireError::Framing("differing Content-Length values"))
+                    }
+                    _ => f.content_length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            f.transfer_encoding = true;
+            for c in value.split(|b| *b == b',') {
+                codings += 1;
+                f.chunked_only = codings == 1 && c.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            f.connection = true;
+            f.connection_close |= value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+    Ok(f)
 }
 
 /// How the body after this head is delimited; an answer that two readers could delimit
 /// differently is an error.
 fn framing(
-    headers: &mut HeaderMap,
+    fields: &FramingFields,
     status: StatusCode,
     version: Version,
     method: &Method,
 ) -> Result<Framing, WireError> {
-    let te = headers.contains_key(header::TRANSFER_ENCODING);
-    let cl = content_length(headers)?;
-    if te && cl.is_some() {
+    let te = fields.transfer_encoding;
+    if te && fields.content_length.is_some() {
         return Err(WireError::Framing(
             "both Transfer-Encoding and Content-Length",
         ));
@@ -288,44 +373,16 @@ fn framing(
     if te {
         // Exactly `chunked`: another coding could not be undone here, and Transfer-Encoding is
         // hop-by-hop, so its bytes would reach the client unlabelled.
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii);
-        return match (codings.next(), codings.next()) {
-            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-            _ => Err(WireError::Framing("a transfer coding other than chunked")),
+        return if fields.chunked_only {
+            Ok(Framing::Chunked)
+        } else {
+            Err(WireError::Framing("a transfer coding other than chunked"))
         };
     }
-    Ok(match cl {
+    Ok(match fields.content_length {
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-/// The one `Content-Length` of the head (repeats must agree), `None` when there is none.
-/// Repeats are folded into one header with one value: a list is not forwarded (RFC 9110 §8.6).
-fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, WireError> {
-    let mut found: Option<u64> = None;
-    let mut values = 0usize;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            values += 1;
-            let n = parse_decimal(part.trim_ascii())
-                .ok_or(WireError::Framing("malformed Content-Length"))?;
-            match found {
-                Some(prev) if prev != n => {
-                    return Err(WireError::Framing("differing Content-Length values"))
-                }
-                _ => found = Some(n),
-            }
-        }
-    }
-    if let (Some(n), true) = (found, values > 1) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    Ok(found)
 }
 
 /// 1 to 18 ASCII digits (well below `u64::MAX`), nothing else.
