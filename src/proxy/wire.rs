@@ -230,7 +230,7 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Head("header name"))?;
         if hop_index(name.as_str()).is_some()
-            || (fields.connection && connection_lists(&resp.headers, name.as_str()))
+            || (fields.connection && connection_lists(resp.headers, name.as_str()))
         {
             continue;
         }
