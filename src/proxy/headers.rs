@@ -94,37 +94,53 @@ pub fn proxy_header_kind(name: &[u8]) -> ProxyHeader {
     }
 }
 
-/// An IPv4 address in dotted decimal, without the formatting machinery (hot path), passed to `f`.
-pub fn with_ip_text<R>(ip: std::net::IpAddr, f: impl FnOnce(&str) -> R) -> R {
+/// An IP address as `Display` prints it, appended to `out` (IPv4 without the formatting
+/// machinery: hot path).
+pub fn push_ip_bytes(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut buf = [0u8; 15];
-            let mut len = 0;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
+                    out.push(b'.');
                 }
                 if o >= 100 {
-                    buf[len] = b'0' + o / 100;
-                    len += 1;
+                    out.push(b'0' + o / 100);
                 }
                 if o >= 10 {
-                    buf[len] = b'0' + o / 10 % 10;
-                    len += 1;
+                    out.push(b'0' + o / 10 % 10);
                 }
-                buf[len] = b'0' + o % 10;
-                len += 1;
+                out.push(b'0' + o % 10);
             }
-            f(std::str::from_utf8(&buf[..len]).unwrap_or_default())
         }
-        std::net::IpAddr::V6(v6) => f(&v6.to_string()),
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
 /// An IP address as `Display` prints it (IPv4 without the formatting machinery).
 pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
-    with_ip_text(ip, |t| s.push_str(t));
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    s.push(char::from(b'0' + o / 10 % 10));
+                }
+                s.push(char::from(b'0' + o % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
+    }
 }
 
 /// Drops every upstream `Set-Cookie` that would set one of the gateway's own cookies (session
@@ -292,12 +308,18 @@ mod tests {
             let mut s = String::new();
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string());
+            let mut b = Vec::new();
+            push_ip_bytes(&mut b, ip);
+            assert_eq!(b, ip.to_string().as_bytes());
         }
         for n in 0..=255u8 {
             let ip = std::net::Ipv4Addr::new(n, 0, n, 9);
             let mut s = String::new();
             push_ip(&mut s, ip.into());
             assert_eq!(s, ip.to_string());
+            let mut b = Vec::new();
+            push_ip_bytes(&mut b, ip.into());
+            assert_eq!(b, ip.to_string().as_bytes());
         }
     }
 

@@ -7,7 +7,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::proxy::headers::{
-    hop_index, is_identity_name, lists_token, proxy_header_kind, with_ip_text, ProxyHeader,
+    hop_index, is_identity_name, lists_token, proxy_header_kind, push_ip_bytes as push_ip,
+    ProxyHeader,
 };
 
 /// Everything besides the client's headers that decides the upstream request's headers.
@@ -169,7 +170,7 @@ impl Outgoing<'_> {
             return;
         }
         out.extend_from_slice(b";host=");
-        let quote = self.port.is_some() || self.host.contains(':');
+        let quote = self.port.is_some() || self.host.as_bytes().contains(&b':');
         if quote {
             out.push(b'"');
         }
@@ -246,10 +247,6 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    with_ip_text(ip, |t| out.extend_from_slice(t.as_bytes()));
 }
 
 /// A header block written by [`Outgoing::write`] as a header map (for hyper's client, and to

@@ -167,8 +167,9 @@ pub enum Parsed {
 }
 
 /// Parses an answer's head at the start of `buf` (the answer to a request with `method`).
-/// The header values share `buf`'s memory when it is split off by the caller.
-pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
+/// A final head is copied into one buffer of its own that its header values share: the
+/// connection's read buffer stays unshared and is reused without a new allocation.
+pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
     // Uninitialised slots: zeroing 100 of them cost more than parsing a typical head.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -212,9 +213,16 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
         Some(0) => Version::HTTP_10,
         _ => return Err(WireError::Head("protocol version")),
     };
+    // The head's own bytes; a part of `buf` is the same part of `own` (offsets from the start).
+    let own = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let part = |b: &[u8]| {
+        let at = (b.as_ptr() as usize).saturating_sub(base).min(len);
+        own.slice(at..(at + b.len()).min(len))
+    };
     let reason = match resp.reason {
         Some(r) if !r.is_empty() && status.canonical_reason() != Some(r) => {
-            Some(buf.slice_ref(r.as_bytes()))
+            Some(part(r.as_bytes()))
         }
         _ => None,
     };
@@ -243,7 +251,7 @@ pub fn parse_head(buf: &Bytes, method: &Method) -> Result<Parsed, WireError> {
                 continue;
             }
         }
-        let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
+        let value = HeaderValue::from_maybe_shared(part(h.value))
             .map_err(|_| WireError::Head("header value"))?;
         headers.append(name, value);
     }
@@ -608,24 +616,19 @@ async fn exchange(
             scanned = conn.buf.len();
         } else if !conn.buf.is_empty() {
             answered = true;
-            // Parse over a frozen view; what the head took is split off and kept by its values.
-            let view = conn.buf.split().freeze();
-            match parse_head(&view, method) {
-                Ok(Parsed::Partial) => {
-                    scanned = view.len();
-                    conn.buf = reclaim(view);
-                }
+            match parse_head(&conn.buf, method) {
+                Ok(Parsed::Partial) => scanned = conn.buf.len(),
                 Ok(Parsed::Interim(len)) => {
                     interim += 1;
                     if interim > MAX_INTERIM {
                         return Err((WireError::Head("too many interim answers"), Resend::No));
                     }
                     scanned = 0;
-                    conn.buf = reclaim(view.slice(len..));
+                    conn.buf.advance(len);
                     continue;
                 }
                 Ok(Parsed::Final(head, len)) => {
-                    conn.buf = reclaim(view.slice(len..));
+                    conn.buf.advance(len);
                     return Ok(head);
                 }
                 Err(e) => return Err((e, Resend::No)),
@@ -640,19 +643,6 @@ async fn exchange(
             Ok(_) => {}
             Err(e) if answered => return Err((e.into(), Resend::No)),
             Err(e) => return Err((e.into(), Resend::IfIdempotent)),
-        }
-    }
-}
-
-/// Back to a growable buffer: free when nothing else shares the bytes (the usual case: no
-/// header value was taken from them), otherwise a copy of what is left (usually nothing).
-fn reclaim(rest: Bytes) -> BytesMut {
-    match rest.try_into_mut() {
-        Ok(b) => b,
-        Err(shared) => {
-            let mut b = BytesMut::with_capacity(READ_CHUNK.max(shared.len()));
-            b.extend_from_slice(&shared);
-            b
         }
     }
 }
@@ -945,7 +935,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: Method) -> Result<Parsed, WireError> {
-        parse_head(&Bytes::copy_from_slice(raw.as_bytes()), &method)
+        parse_head(raw.as_bytes(), &method)
     }
 
     fn framing_of(raw: &str) -> Result<Framing, WireError> {
