@@ -1,11 +1,13 @@
 //! The gateway's own upstream client reading an answer (`proxy::wire`): head parsing and
 //! chunked decoding must not depend on how the bytes were split into reads, and what is accepted
-//! is unambiguous. A reader whose result depends on TCP segmentation could be made to see two
-//! different answers in one byte stream (response desynchronisation).
+//! is unambiguous (checked against the raw head, read here with `httparse` on its own), and no
+//! hop-by-hop field (or one named in `Connection`) is handed on. A reader whose result depends
+//! on TCP segmentation could be made to see two different answers in one byte stream (response
+//! desynchronisation).
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use portcullis::proxy::wire::{parse_head, ChunkDecoder, Framing, Parsed, MAX_HEAD};
@@ -65,21 +67,41 @@ fuzz_target!(|data: &[u8]| {
             }
             other => panic!("the head alone parses differently: {other:?}"),
         }
-        // Accepted framing is unambiguous.
-        let cl: Vec<_> = head.headers.get_all(CONTENT_LENGTH).iter().collect();
-        let te = head.headers.contains_key(TRANSFER_ENCODING);
-        assert!(cl.len() <= 1, "Content-Length forwarded more than once");
-        assert!(!(te && !cl.is_empty()), "both Transfer-Encoding and Content-Length");
-        if let Some(v) = cl.first() {
-            assert!(v.as_bytes().iter().all(u8::is_ascii_digit), "Content-Length {v:?}");
-        }
+        // Accepted framing is unambiguous, judged on the raw head.
+        let mut slots = [httparse::EMPTY_HEADER; 100];
+        let mut raw = httparse::Response::new(&mut slots);
+        assert!(matches!(raw.parse(&data[..*len]), Ok(httparse::Status::Complete(_))));
+        let fields: &[httparse::Header<'_>] = raw.headers;
+        let named = |n: &'static str| fields.iter().filter(move |h| h.name.eq_ignore_ascii_case(n));
+        let raw_te = named("transfer-encoding").next().is_some();
+        let raw_cl: Vec<u64> = named("content-length")
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .map(|v| std::str::from_utf8(v.trim_ascii()).unwrap().parse::<u64>().unwrap())
+            .collect();
+        assert!(!(raw_te && !raw_cl.is_empty()), "both Transfer-Encoding and Content-Length");
+        assert!(raw_cl.windows(2).all(|w| w[0] == w[1]), "differing Content-Length values");
         match head.framing {
-            Framing::Length(n) => {
-                assert_eq!(cl.first().and_then(|v| v.to_str().ok()?.parse::<u64>().ok()), Some(n))
-            }
-            Framing::Chunked => assert!(te),
+            Framing::Length(n) => assert!(!raw_te && raw_cl.first() == Some(&n)),
+            Framing::Chunked => assert!(raw_te),
             Framing::Empty => assert!(method == Method::HEAD || [204, 304].contains(&head.status.as_u16())),
-            Framing::Close => assert!(cl.is_empty() && !te),
+            Framing::Close => assert!(raw_cl.is_empty() && !raw_te),
+        }
+        // What is handed on: one Content-Length at most, the raw one; nothing hop-by-hop.
+        let cl: Vec<_> = head.headers.get_all(CONTENT_LENGTH).iter().collect();
+        assert!(cl.len() <= 1, "Content-Length forwarded more than once");
+        if let Some(v) = cl.first() {
+            assert_eq!(v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).as_ref(), raw_cl.first());
+        }
+        for hop in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
+            assert!(!head.headers.contains_key(hop), "{hop} handed on");
+        }
+        assert!(!head.headers.contains_key(TRANSFER_ENCODING) && !head.headers.contains_key(CONNECTION));
+        for token in named("connection").flat_map(|h| h.value.split(|b| *b == b',')) {
+            if let Ok(t) = std::str::from_utf8(token.trim_ascii()) {
+                if !t.is_empty() {
+                    assert!(!head.headers.contains_key(t.to_ascii_lowercase().as_str()), "{t} named in Connection handed on");
+                }
+            }
         }
         if head.keep_alive {
             assert!(head.framing != Framing::Close);

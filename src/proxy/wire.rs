@@ -238,7 +238,7 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| WireError::Head("header name"))?;
         if hop_index(name.as_str()).is_some()
-            || (fields.connection && connection_lists(resp.headers, name.as_str()))
+            || (fields.connection_names && connection_lists(resp.headers, name.as_str()))
         {
             continue;
         }
@@ -312,8 +312,9 @@ struct FramingFields {
     /// The one `Content-Length` (repeats must agree), and how many values were given.
     content_length: Option<u64>,
     content_lengths: usize,
-    /// A `Connection` field is present, and whether one lists `close`.
-    connection: bool,
+    /// A `Connection` field names a field other than the usual `keep-alive` (which is
+    /// hop-by-hop anyway), and whether one lists `close`.
+    connection_names: bool,
     connection_close: bool,
 }
 
@@ -344,10 +345,13 @@ fn read_fields<'a>(
                 f.chunked_only = codings == 1 && c.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            f.connection = true;
-            f.connection_close |= value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    f.connection_close = true;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    f.connection_names = true;
+                }
+            }
         }
     }
     Ok(f)
