@@ -39,7 +39,9 @@ const PROXY: &[&str] = &[
 /// What a trusted proxy may send (exact spelling); the chains and the host are rewritten.
 const FAMILY: &[&str] = &["x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
 /// What the gateway always writes itself.
-const OURS: &[&str] = &["host", "x-forwarded-for", "forwarded", "x-forwarded-host", "x-forwarded-email", "x-forwarded-user"];
+const OURS: &[&str] = &[
+    "host", "x-forwarded-for", "forwarded", "x-forwarded-host", "x-forwarded-email", "x-forwarded-user", "x-request-id",
+];
 
 fn spelled(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
@@ -88,6 +90,7 @@ fuzz_target!(|data: &[u8]| {
     let email_h = HeaderName::from_static("x-forwarded-email");
     let user_h = HeaderName::from_static("x-forwarded-user");
     let configured = [&email_h, &user_h];
+    let request_id = HeaderValue::from_static("pc-0000000001");
     let fields = Outgoing {
         trusted,
         identity_names: &configured,
@@ -100,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
         identity: Some(Identity { email: EMAIL, email_header: &email_h, user_header: &user_h }),
         assertion: None,
         upgrade: None,
+        request_id: Some(&request_id),
     };
     let mut block = Vec::new();
     fields.write(&before, &mut block);
@@ -128,6 +132,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(all("x-forwarded-email"), [EMAIL.as_bytes()], "{h:?}");
     assert_eq!(all("x-forwarded-user"), [EMAIL.as_bytes()], "{h:?}");
     assert_eq!(all(HOST.as_str()), [HOST_NAME.as_bytes()], "{h:?}");
+    assert_eq!(all("x-request-id"), [b"pc-0000000001".as_slice()], "{h:?}");
     assert_eq!(all("x-forwarded-host"), [HOST_NAME.as_bytes()], "{h:?}");
     let xff = all("x-forwarded-for");
     assert_eq!(xff.len(), 1, "{h:?}");

@@ -97,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
         identity: None,
         assertion: None,
         upgrade: None,
+        request_id: None,
     };
     let mut block = Vec::new();
     fields.write(&h, &mut block);

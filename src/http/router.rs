@@ -15,14 +15,14 @@ use crate::config::{is_trusted, Config};
 use crate::http::access;
 use crate::http::response::{html, json, login_url, redirect, unauthenticated, Body};
 use crate::http::ConnInfo;
-use crate::proxy::forward::forward;
+use crate::proxy::forward::{forward, Caller};
 use crate::request::{Refusal, RequestView, ALLOWED_METHODS};
 use crate::state::AppState;
 
 /// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
 pub async fn handle(
     state: Arc<AppState>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -31,14 +31,14 @@ pub async fn handle(
     let uri = req.uri().clone();
     // One config snapshot per request (each load touches a shared reference count).
     let cfg = state.config();
-    let request_id = request_id(&state, &cfg, &mut req, &conn);
+    let request_id = request_id(&state, &cfg, &req, &conn);
     // The one canonical view: every decision below and what is forwarded come from it.
     let resp = match RequestView::of(&req, conn.tls) {
         Err(refusal) => refuse(&state, &refusal, is_navigation(req.method(), req.headers())),
         Ok(view) if is_auth_path(&view.path.primary) => {
             handlers::dispatch(&state, req, &conn, &view).await
         }
-        Ok(view) => protected(&state, cfg, req, &conn, &view).await,
+        Ok(view) => protected(&state, cfg, req, &conn, &view, &request_id).await,
     };
     access::log(&access::Entry {
         method: method.as_str(),
@@ -58,7 +58,7 @@ static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 fn request_id(
     state: &AppState,
     cfg: &Config,
-    req: &mut Request<Incoming>,
+    req: &Request<Incoming>,
     conn: &ConnInfo,
 ) -> HeaderValue {
     if let Some(v) = req.headers().get(X_REQUEST_ID) {
@@ -76,9 +76,8 @@ fn request_id(
     for (i, b) in buf[p..p + 10].iter_mut().enumerate() {
         *b = HEX[((n >> (4 * (9 - i))) & 0xf) as usize];
     }
-    let v = HeaderValue::from_bytes(&buf[..p + 10]).unwrap_or(HeaderValue::from_static("0"));
-    req.headers_mut().insert(X_REQUEST_ID, v.clone());
-    v
+    // Passed upstream with the other headers the gateway writes (`proxy::outgoing`).
+    HeaderValue::from_bytes(&buf[..p + 10]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -122,6 +121,7 @@ async fn protected(
     req: Request<Incoming>,
     conn: &ConnInfo,
     view: &RequestView,
+    request_id: &HeaderValue,
 ) -> Response<Body> {
     // Only answers made here need it (forwarding works it out for its own errors).
     let navigation = |r: &Request<Incoming>| is_navigation(r.method(), r.headers());
@@ -132,8 +132,20 @@ async fn protected(
     };
     let route = decision.route;
     let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)).await {
-        Ok(Some(id)) if id.allowed => forward(state, &cfg, route, req, Some(&id), conn, view).await,
-        Ok(_) if decision.public => forward(state, &cfg, route, req, None, conn, view).await,
+        Ok(Some(id)) if id.allowed => {
+            let caller = Caller {
+                identity: Some(&id),
+                request_id,
+            };
+            forward(state, &cfg, route, req, caller, conn, view).await
+        }
+        Ok(_) if decision.public => {
+            let caller = Caller {
+                identity: None,
+                request_id,
+            };
+            forward(state, &cfg, route, req, caller, conn, view).await
+        }
         Ok(Some(id)) => {
             state.metrics.requests_denied();
             handlers::forbidden(state, id.email(), navigation(&req))

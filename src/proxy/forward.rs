@@ -41,17 +41,26 @@ fn replace_headers(req: &mut Request<Incoming>, fields: &Outgoing<'_>) -> Result
     Ok(())
 }
 
+/// Who a request is forwarded for.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The session it was let through with; `None` on public routes and paths.
+    pub identity: Option<&'a Identity>,
+    /// Its `X-Request-Id` (a trusted proxy's, or made by the gateway), passed upstream.
+    pub request_id: &'a HeaderValue,
+}
+
 /// Sends the prepared request upstream and streams the answer back.
-/// `id` is `None` on public routes and paths.
 pub async fn forward(
     state: &Arc<AppState>,
     cfg: &Config,
     route: &Route,
     mut req: Request<Incoming>,
-    id: Option<&Identity>,
+    caller: Caller<'_>,
     conn: &ConnInfo,
     view: &RequestView,
 ) -> Response<Body> {
+    let id = caller.identity;
     let navigation = is_navigation(req.method(), req.headers());
     let downstream_version = req.version();
     let downstream_h1 = downstream_version < Version::HTTP_2;
@@ -76,6 +85,7 @@ pub async fn forward(
         }),
         assertion: assertion.as_ref(),
         upgrade: upgrade.as_ref(),
+        request_id: Some(caller.request_id),
     };
     let cannot_forward = || {
         upstream_error(

@@ -37,6 +37,8 @@ pub struct Outgoing<'a> {
     pub assertion: Option<&'a (HeaderName, HeaderValue)>,
     /// The protocol the client asked to switch to: `Connection: upgrade` and `Upgrade` are sent.
     pub upgrade: Option<&'a HeaderValue>,
+    /// The request's `X-Request-Id` (replacing any the client sent).
+    pub request_id: Option<&'a HeaderValue>,
 }
 
 /// The identity headers of a signed-in request.
@@ -50,6 +52,7 @@ pub struct Identity<'a> {
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_REQUEST_ID: &str = "x-request-id";
 
 impl Outgoing<'_> {
     /// Appends the upstream request's header fields to `out`, one `name: value\r\n` each (no
@@ -75,10 +78,11 @@ impl Outgoing<'_> {
                 cookies = true;
                 continue;
             }
-            if hop_index(n).is_some()
+            if (host_known && *name == header::HOST)
+                || hop_index(n).is_some()
                 || is_identity_name(n.as_bytes(), self.identity_names)
-                || (host_known && *name == header::HOST)
                 || (self.bearer_used && *name == header::AUTHORIZATION)
+                || (self.request_id.is_some() && n == X_REQUEST_ID)
             {
                 continue;
             }
@@ -137,6 +141,9 @@ impl Outgoing<'_> {
         }
         if let Some((name, value)) = self.assertion {
             push_field(out, name.as_str(), value.as_bytes());
+        }
+        if let Some(id) = self.request_id {
+            push_field(out, X_REQUEST_ID, id.as_bytes());
         }
         if let Some(u) = self.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
@@ -297,6 +304,7 @@ mod tests {
     fn fields(client: &[(&str, &str)], trusted: bool, bearer: bool) -> Vec<(String, String)> {
         let (email, user) = names();
         let configured = [&email, &user];
+        let request_id = HeaderValue::from_static("rid-1");
         let o = Outgoing {
             trusted,
             identity_names: &configured,
@@ -313,6 +321,7 @@ mod tests {
             }),
             assertion: None,
             upgrade: None,
+            request_id: Some(&request_id),
         };
         let mut out = Vec::new();
         o.write(&map(client), &mut out);
@@ -363,7 +372,8 @@ mod tests {
                 "x-forwarded-proto",
                 "x-forwarded-host",
                 "x-forwarded-email",
-                "x-forwarded-user"
+                "x-forwarded-user",
+                "x-request-id"
             ]
         );
     }
@@ -414,6 +424,7 @@ mod tests {
             ("X-Real-IP", "1.1.1.1"),
             ("x_real_ip", "6.6.6.6"),
             ("X-Host", "a"),
+            ("X-Request-Id", "forged"),
             ("accept", "*/*"),
         ];
         let ours = [
@@ -425,6 +436,7 @@ mod tests {
             ("x-forwarded-host", "app.example.com"),
             ("x-forwarded-email", "alice@example.com"),
             ("x-forwarded-user", "alice@example.com"),
+            ("x-request-id", "rid-1"),
         ];
         let owned = |p: &[(&str, &str)]| -> Vec<(String, String)> {
             p.iter()
@@ -450,6 +462,7 @@ mod tests {
                 ("x-forwarded-host", "app.example.com"),
                 ("x-forwarded-email", "alice@example.com"),
                 ("x-forwarded-user", "alice@example.com"),
+                ("x-request-id", "rid-1"),
             ])
         );
         // A trusted proxy's X-Forwarded-Proto named in Connection is gone: ours is written.
@@ -501,6 +514,7 @@ mod tests {
                 identity: None,
                 assertion: None,
                 upgrade: None,
+                request_id: None,
             };
             let mut out = Vec::new();
             o.write(&HeaderMap::new(), &mut out);
@@ -533,6 +547,7 @@ mod tests {
             identity: None,
             assertion: None,
             upgrade: Some(&ws),
+            request_id: None,
         };
         let mut out = Vec::new();
         o.write(
