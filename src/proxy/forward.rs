@@ -41,6 +41,9 @@ fn replace_headers(req: &mut Request<Incoming>, fields: &Outgoing<'_>) -> Result
     Ok(())
 }
 
+/// The upstream did not answer within `limits.upstream_timeout`.
+struct TimedOut;
+
 /// Who a request is forwarded for.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
@@ -127,14 +130,14 @@ pub async fn forward(
             wire::Home::Pool(state.wire_pool(conn.worker).clone())
         };
         let client = req.headers();
-        let exchange = wire::send(home, authority, req.method(), target, |out| {
-            fields.write(client, out)
-        });
-        tokio::time::timeout(cfg.limits.upstream_timeout, async {
-            let resp = exchange.await?;
-            Ok::<_, ForwardError>(resp.map(UpstreamBody::Right))
-        })
-        .await
+        // Bounded inside (`limits.upstream_timeout`, on a timer the connection keeps).
+        let fill = |out: &mut Vec<u8>| fields.write(client, out);
+        let limit = cfg.limits.upstream_timeout;
+        match wire::send(home, authority, req.method(), target, fill, limit).await {
+            Ok(resp) => Ok(Ok(resp.map(UpstreamBody::Right))),
+            Err(wire::WireError::TimedOut) => Err(TimedOut),
+            Err(e) => Ok(Err(ForwardError::from(e))),
+        }
     } else {
         let uri = if own {
             // Origin-form on a direct connection (RFC 9112 §3.2.1); Host is among the fields.
@@ -188,7 +191,9 @@ pub async fn forward(
             wire::vet_answer(resp.headers_mut(), status, version, &method)?;
             Ok::<_, ForwardError>(resp.map(UpstreamBody::Left))
         };
-        tokio::time::timeout(cfg.limits.upstream_timeout, exchange).await
+        tokio::time::timeout(cfg.limits.upstream_timeout, exchange)
+            .await
+            .map_err(|_| TimedOut)
     };
     let mut resp = match sent {
         Ok(Ok(r)) => r,

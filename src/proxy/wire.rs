@@ -64,6 +64,8 @@ pub enum WireError {
     Truncated,
     #[error("the upstream's chunked body is malformed: {0}")]
     Chunk(&'static str),
+    #[error("the upstream did not answer within limits.upstream_timeout")]
+    TimedOut,
 }
 
 /// One kept HTTP/1.1 connection to an upstream, between exchanges (its buffer is then empty).
@@ -74,6 +76,10 @@ pub struct WireConn {
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     out: Vec<u8>,
+    /// The deadline of the exchange under way, reused from one exchange to the next: moving a
+    /// timer that has not fired to a later deadline is one atomic update, where a new timer per
+    /// request is registered in the runtime's timer wheel and removed again (a lock each).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl WireConn {
@@ -85,6 +91,7 @@ impl WireConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
+            timer: None,
         })
     }
 
@@ -742,19 +749,42 @@ pub async fn send(
     method: &Method,
     target: &str,
     fields: impl Fn(&mut Vec<u8>),
+    limit: std::time::Duration,
 ) -> Result<Response<WireBody>, WireError> {
+    // `limit` bounds connecting, writing and reading the head (not the body).
+    let deadline = tokio::time::Instant::now() + limit;
+    let connect = |authority| async move {
+        tokio::time::timeout_at(deadline, WireConn::connect(authority))
+            .await
+            .map_err(|_| WireError::TimedOut)?
+            .map_err(WireError::from)
+    };
     let mut reused = false;
     let mut conn = match home.take(authority) {
         Some(c) => {
             reused = true;
             c
         }
-        None => WireConn::connect(authority).await?,
+        None => connect(authority).await?,
     };
     let head = loop {
-        match exchange(&mut conn, method, target, &fields).await {
-            Ok(head) => break head,
-            Err((e, resend)) => {
+        let mut timer = match conn.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let done = tokio::select! {
+            biased;
+            r = exchange(&mut conn, method, target, &fields) => Some(r),
+            () = timer.as_mut() => None,
+        };
+        conn.timer = Some(timer);
+        match done {
+            None => return Err(WireError::TimedOut),
+            Some(Ok(head)) => break head,
+            Some(Err((e, resend))) => {
                 let again = match resend {
                     Resend::Safe => true,
                     Resend::IfIdempotent => idempotent(method),
@@ -762,7 +792,7 @@ pub async fn send(
                 };
                 if reused && again {
                     reused = false;
-                    conn = WireConn::connect(authority).await?;
+                    conn = connect(authority).await?;
                     continue;
                 }
                 return Err(e);
@@ -1259,7 +1289,14 @@ mod tests {
             let home = Home::Slot(Slot::default());
             let got = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                send(home, &addr, &Method::GET, "/", |_: &mut Vec<u8>| {}),
+                send(
+                    home,
+                    &addr,
+                    &Method::GET,
+                    "/",
+                    |_: &mut Vec<u8>| {},
+                    std::time::Duration::from_secs(30),
+                ),
             )
             .await
             .expect("hung on a trickled answer");

@@ -308,9 +308,21 @@ async fn slow_upstream_gives_504_instead_of_hanging() {
     let token = gw.sign_in("slow@example.com").await;
     let c = gw.http();
     c.set_cookie("portcullis_session", &token);
+    // Quick exchanges first: the kept upstream connection's timer is moved on by each of them,
+    // and must still fire for the slow one (at 1 s, well before the 5 s bound here).
+    for i in 0..5 {
+        let r = c.send(Req::get(&format!("/delay/{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let t = std::time::Instant::now();
     let r = c.send(Req::get("/slow")).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.error_code(), "upstream_timeout");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
     let r = c.send(Req::get("/slow").navigate()).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
