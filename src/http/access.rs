@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::logsink;
-use crate::proxy::headers::push_ip;
+use crate::proxy::headers::{decimal, push_ip};
 
 /// What one access line says.
 pub struct Entry<'a> {
@@ -80,18 +80,9 @@ fn push_millis(b: &mut String, d: Duration) {
     b.push(char::from(b'0' + frac % 10));
 }
 
-fn push_u64(b: &mut String, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    b.extend(tmp[i..].iter().map(|d| char::from(*d)));
+fn push_u64(b: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    b.push_str(std::str::from_utf8(decimal(n, &mut buf)).unwrap_or_default());
 }
 
 /// `2026-12-02T06:39:10.931721Z` (UTC, microseconds), as `tracing_subscriber` prints it.

@@ -94,6 +94,20 @@ pub fn proxy_header_kind(name: &[u8]) -> ProxyHeader {
     }
 }
 
+/// `n` in decimal digits, written at the end of `buf` (no formatting machinery: hot path).
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// An IP address as `Display` prints it, appended to `out` (IPv4 without the formatting
 /// machinery: hot path).
 pub fn push_ip_bytes(out: &mut Vec<u8>, ip: std::net::IpAddr) {

@@ -7,7 +7,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::proxy::headers::{
-    hop_index, is_identity_name, lists_token, proxy_header_kind, push_ip_bytes as push_ip,
+    decimal, hop_index, is_identity_name, lists_token, proxy_header_kind, push_ip_bytes as push_ip,
     ProxyHeader,
 };
 
@@ -156,7 +156,7 @@ impl Outgoing<'_> {
         out.extend_from_slice(self.host.as_bytes());
         if let Some(p) = self.port {
             out.push(b':');
-            push_decimal(out, u64::from(p));
+            out.extend_from_slice(decimal(u64::from(p), &mut [0u8; 20]));
         }
     }
 
@@ -240,20 +240,6 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// A header block written by [`Outgoing::write`] as a header map (for hyper's client, and to
