@@ -206,8 +206,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         let rest: Vec<HeaderValue> = values.cloned().collect();
         for v in first.iter().chain(&rest) {
             // Split the raw bytes: a non-ASCII token must not hide its ASCII neighbours (RFC 9110 §7.6.1).
-            for token in v.as_bytes().split(|b| *b == b',') {
-                if let Ok(name) = std::str::from_utf8(token.trim_ascii()) {
+            for token in tokens(v.as_bytes()) {
+                if let Ok(name) = std::str::from_utf8(token) {
                     headers.remove(name);
                 }
             }
@@ -270,8 +270,24 @@ pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool 
     headers
         .get_all(name)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+}
+
+/// The elements of a comma-separated field value, trimmed (empty ones included), as raw bytes.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether a `Connection` value names a field besides the usual `keep-alive`, `close` and
+/// `upgrade` (the first and last are hop-by-hop fields anyway): only then must each field be
+/// checked against it.
+pub fn names_fields(connection_value: &[u8]) -> bool {
+    tokens(connection_value).any(|t| {
+        !t.is_empty()
+            && !t.eq_ignore_ascii_case(b"keep-alive")
+            && !t.eq_ignore_ascii_case(b"close")
+            && !t.eq_ignore_ascii_case(b"upgrade")
+    })
 }
 
 #[cfg(test)]
@@ -401,6 +417,22 @@ mod tests {
             ("accept", ProxyHeader::No),
         ] {
             assert_eq!(proxy_header_kind(name.as_bytes()), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_values_that_name_fields() {
+        for (value, names) in [
+            ("keep-alive", false),
+            ("Keep-Alive, close", false),
+            ("Upgrade", false),
+            ("", false),
+            (" , ", false),
+            ("keep-alive, X-Secret", true),
+            ("cookie", true),
+            ("\u{e9}t\u{e9}", true),
+        ] {
+            assert_eq!(names_fields(value.as_bytes()), names, "{value:?}");
         }
     }
 }

@@ -7,8 +7,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::proxy::headers::{
-    decimal, hop_index, is_identity_name, lists_token, proxy_header_kind, push_ip_bytes as push_ip,
-    ProxyHeader,
+    decimal, hop_index, is_identity_name, lists_token, names_fields, proxy_header_kind,
+    push_ip_bytes as push_ip, ProxyHeader,
 };
 
 /// Everything besides the client's headers that decides the upstream request's headers.
@@ -60,8 +60,12 @@ impl Outgoing<'_> {
     /// repeated names together), one merged `Cookie` without ours, then the gateway's own.
     /// Every value written is a valid field value (no CR, LF or NUL can be injected).
     pub fn write(&self, client: &HeaderMap, out: &mut Vec<u8>) {
-        let connection = client.contains_key(header::CONNECTION);
-        // A name listed in `Connection` (RFC 9110 §7.6.1) is dropped like a hop-by-hop one.
+        // A name listed in `Connection` (RFC 9110 §7.6.1) is dropped like a hop-by-hop one. The
+        // usual `keep-alive` names no other field: then no field needs the check.
+        let connection = client
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| names_fields(v.as_bytes()));
         let named = |name: &str| connection && lists_token(client, &header::CONNECTION, name);
         let host_known = !self.host.is_empty() && visible_ascii(self.host.as_bytes());
         let keep_proto =
@@ -362,6 +366,26 @@ mod tests {
                 "x-request-id"
             ]
         );
+    }
+
+    /// The usual `Connection: keep-alive` skips the per-field check; any other name in any
+    /// `Connection` field still drops that field.
+    #[test]
+    fn fields_named_next_to_keep_alive_are_dropped() {
+        let f = fields(
+            &[
+                ("connection", "keep-alive"),
+                ("x-a", "1"),
+                ("Connection", "X-A"),
+                ("x-b", "2"),
+            ],
+            false,
+            false,
+        );
+        assert!(get(&f, "x-a").is_empty(), "{f:?}");
+        assert_eq!(get(&f, "x-b"), ["2"]);
+        let f = fields(&[("connection", "keep-alive"), ("x-a", "1")], false, false);
+        assert_eq!(get(&f, "x-a"), ["1"]);
     }
 
     #[test]

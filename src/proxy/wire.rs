@@ -27,7 +27,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::headers::hop_index;
+use crate::proxy::headers::{hop_index, names_fields, tokens};
 
 /// The most header lines an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -279,8 +279,7 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
 fn connection_lists(raw: &[httparse::Header<'_>], name: &str) -> bool {
     raw.iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| h.value.split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 /// The same framing rules for an answer hyper's client read (requests with a body, upgrades,
@@ -319,8 +318,8 @@ struct FramingFields {
     /// The one `Content-Length` (repeats must agree), and how many values were given.
     content_length: Option<u64>,
     content_lengths: usize,
-    /// A `Connection` field names a field other than the usual `keep-alive` (which is
-    /// hop-by-hop anyway), and whether one lists `close`.
+    /// A `Connection` field names a field besides `keep-alive`/`close`/`upgrade` (see
+    /// [`names_fields`]), and whether one lists `close`.
     connection_names: bool,
     connection_close: bool,
 }
@@ -334,10 +333,10 @@ fn read_fields<'a>(
     let mut codings = 0usize;
     for (name, value) in fields {
         if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|b| *b == b',') {
+            for part in tokens(value) {
                 f.content_lengths += 1;
-                let n = parse_decimal(part.trim_ascii())
-                    .ok_or(WireError::Framing("malformed Content-Length"))?;
+                let n =
+                    parse_decimal(part).ok_or(WireError::Framing("malformed Content-Length"))?;
                 match f.content_length {
                     Some(prev) if prev != n => {
                         return Err(WireError::Framing("differing Content-Length values"))
@@ -347,18 +346,13 @@ fn read_fields<'a>(
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             f.transfer_encoding = true;
-            for c in value.split(|b| *b == b',') {
+            for c in tokens(value) {
                 codings += 1;
-                f.chunked_only = codings == 1 && c.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                f.chunked_only = codings == 1 && c.eq_ignore_ascii_case(b"chunked");
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    f.connection_close = true;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    f.connection_names = true;
-                }
-            }
+            f.connection_close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            f.connection_names |= names_fields(value);
         }
     }
     Ok(f)

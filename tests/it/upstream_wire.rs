@@ -184,11 +184,17 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(&[]).await
+    }
+
+    /// With extra configuration settings (`key`, `value`).
+    async fn start_with(settings: &[(&str, &str)]) -> Env {
         let up = Upstream::start().await;
-        let gw = TestGateway::builder()
-            .set("upstream", format!("http://{}", up.addr))
-            .start()
-            .await;
+        let mut b = TestGateway::builder().set("upstream", format!("http://{}", up.addr));
+        for (k, v) in settings {
+            b = b.set(k, *v);
+        }
+        let gw = b.start().await;
         let token = gw.sign_in("wire@example.com").await;
         Env { gw, up, token }
     }
@@ -1765,4 +1771,79 @@ async fn answers_to_requests_with_a_body_are_held_to_the_same_framing_rules() {
         other => problems.push(format!("Content-Length: 5, 5: got {other:?}")),
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// `limits.upstream_timeout` on a kept upstream connection, whose timer is moved on from one
+/// exchange to the next: quick answers never trip it, a stalled one still gets 504 at the
+/// limit, and a timer that fired while its connection sat idle gives the next exchange a fresh
+/// deadline (no spurious 504). One client connection throughout, so one kept upstream
+/// connection at a time (counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_timeout_holds_on_a_kept_connection_across_exchanges_and_idle_time() {
+    let env = Env::start_with(&[("limits.upstream_timeout", "1s")]).await;
+    {
+        let mut script = env.up.script.lock().unwrap();
+        for i in 0..3 {
+            script.push_back(ok_reply(&format!("q{i}")));
+        }
+        script.push_back(Reply::keep("").then(
+            Duration::from_secs(4),
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate",
+        ));
+        for i in 3..6 {
+            script.push_back(ok_reply(&format!("q{i}")));
+        }
+    }
+    let mut c = env.client().await.unwrap();
+    for i in 0..3 {
+        c.get_ok(
+            &format!("/q{i}"),
+            format!("q{i}").as_bytes(),
+            "a quick answer",
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        env.up.accepted.load(Ordering::SeqCst),
+        1,
+        "the upstream connection was not kept"
+    );
+    let t = std::time::Instant::now();
+    let r = c
+        .exchange("GET", "/stalled")
+        .await
+        .unwrap()
+        .complete("the stalled answer")
+        .unwrap();
+    assert_eq!(r.status, 504, "{}", r.describe());
+    assert!(
+        t.elapsed() < Duration::from_millis(3500),
+        "504 after {:?}",
+        t.elapsed()
+    );
+    c.get_ok("/q3", b"q3", "the answer after a 504")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.up.accepted.load(Ordering::SeqCst),
+        2,
+        "a timed-out connection was reused"
+    );
+    // Past the kept timer's deadline: it fires while the connection is idle.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for i in 4..6 {
+        c.get_ok(
+            &format!("/q{i}"),
+            format!("q{i}").as_bytes(),
+            "a quick answer after idling",
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        env.up.accepted.load(Ordering::SeqCst),
+        2,
+        "the idle connection was not reused"
+    );
 }
