@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::request::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use minijinja::context;
 use serde::Serialize;
 
@@ -57,7 +57,7 @@ fn row(s: &Session, current: bool) -> Row {
 async fn signed_in(
     state: &AppState,
     cfg: &Config,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     back: &str,
 ) -> Result<Identity, Box<Response<Body>>> {
     match authenticate(state, cfg, req.headers(), None).await {
@@ -71,7 +71,11 @@ async fn signed_in(
 }
 
 /// `GET /.auth/sessions`.
-pub async fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
+pub async fn sessions_page(
+    state: &Arc<AppState>,
+    cfg: &Config,
+    req: &Request<ClientBody>,
+) -> Reply {
     let id = match signed_in(state, cfg, req, "/.auth/sessions").await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
@@ -94,7 +98,7 @@ pub async fn sessions_page(state: &Arc<AppState>, cfg: &Config, req: &Request<In
 pub async fn revoke_own(
     state: &Arc<AppState>,
     cfg: &Config,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     who: &Requester,
 ) -> Reply {
     if !same_origin(cfg, req.headers()) {
@@ -144,7 +148,7 @@ pub async fn revoke_own(
 async fn admin(
     state: &AppState,
     cfg: &Config,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Result<Identity, Box<Response<Body>>> {
     let id = signed_in(state, cfg, req, "/.auth/admin").await?;
     if cfg.admins.contains(id.email()) {
@@ -157,7 +161,7 @@ async fn admin(
 }
 
 /// `GET /.auth/admin`: every session, revoke by user, recent security events.
-pub async fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incoming>) -> Reply {
+pub async fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<ClientBody>) -> Reply {
     let id = match admin(state, cfg, req).await {
         Ok(id) => id,
         Err(r) => return Ok(*r),
@@ -196,7 +200,7 @@ pub async fn admin_page(state: &Arc<AppState>, cfg: &Config, req: &Request<Incom
 pub async fn admin_revoke(
     state: &Arc<AppState>,
     cfg: &Config,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     who: &Requester,
 ) -> Reply {
     if !same_origin(cfg, req.headers()) {

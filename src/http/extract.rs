@@ -2,19 +2,19 @@
 
 use std::collections::HashMap;
 
+use crate::request::ClientBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::error::AuthError;
 
 /// One query parameter.
-pub(crate) fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub(crate) fn query_param(req: &Request<ClientBody>, name: &str) -> Option<String> {
     query(req).remove(name)
 }
 
-pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query(req: &Request<ClientBody>) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
@@ -23,7 +23,7 @@ pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 /// Reads a `/.auth/` request body: at most `limits.max_auth_body_bytes` (else 413, after draining),
 /// and within `limits.header_read_timeout` (else 408: a trickling client cannot hold a task).
 pub(crate) async fn read_body(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     limits: &crate::config::Limits,
 ) -> Result<(HeaderMap, Bytes), AuthError> {
     let limit = limits.max_auth_body_bytes;
@@ -64,7 +64,7 @@ pub(crate) async fn read_body(
 
 /// Reads and discards what is left of an oversized body (at most 1 MiB, at most 2 s), so the
 /// client gets to read the 413 instead of a reset connection.
-async fn drain(mut body: Incoming) {
+async fn drain(mut body: ClientBody) {
     let mut left: usize = 1 << 20;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         while let Some(Ok(frame)) = body.frame().await {

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::request::ClientBody;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::auth::handlers;
 use crate::auth::policy::is_navigation;
@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
 pub async fn handle(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -58,7 +58,7 @@ static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 fn request_id(
     state: &AppState,
     cfg: &Config,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     conn: &ConnInfo,
 ) -> HeaderValue {
     if let Some(v) = req.headers().get(X_REQUEST_ID) {
@@ -118,13 +118,13 @@ pub fn refuse(state: &AppState, refusal: &Refusal, navigation: bool) -> Response
 async fn protected(
     state: &Arc<AppState>,
     cfg: Arc<Config>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     view: &RequestView,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     // Only answers made here need it (forwarding works it out for its own errors).
-    let navigation = |r: &Request<Incoming>| is_navigation(r.method(), r.headers());
+    let navigation = |r: &Request<ClientBody>| is_navigation(r.method(), r.headers());
     let decision = match cfg.decide(view) {
         Ok(Some(d)) => d,
         Ok(None) => return handlers::no_route(state, &view.host, navigation(&req)),

@@ -6,7 +6,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Incoming};
+use hyper::body::Body as HttpBody;
+
+use crate::request::ClientBody;
 use hyper_util::rt::TokioIo;
 use minijinja::context;
 
@@ -34,7 +36,7 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Replaces the request's headers with the upstream's (see [`Outgoing::write`]), for hyper's
 /// client and the `whoami` page.
-fn replace_headers(req: &mut Request<Incoming>, fields: &Outgoing<'_>) -> Result<(), ()> {
+fn replace_headers(req: &mut Request<ClientBody>, fields: &Outgoing<'_>) -> Result<(), ()> {
     let mut block = Vec::with_capacity(512);
     fields.write(req.headers(), &mut block);
     *req.headers_mut() = to_header_map(bytes::Bytes::from(block)).ok_or(())?;
@@ -58,7 +60,7 @@ pub async fn forward(
     state: &Arc<AppState>,
     cfg: &Config,
     route: &Route,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     caller: Caller<'_>,
     conn: &ConnInfo,
     view: &RequestView,
@@ -386,7 +388,7 @@ where
 /// Reads the first body frame before anything is sent upstream, so a body that is malformed from
 /// its first byte (bad chunk size, early EOF) gets a 400 and never reaches the upstream.
 async fn with_first_frame(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     wait: std::time::Duration,
 ) -> Result<Request<ForwardBody>, StatusCode> {
     let (parts, mut body) = req.into_parts();
@@ -443,7 +445,7 @@ fn upstream_error(status: StatusCode, message: &str, navigation: bool) -> Respon
 }
 
 /// The built-in `whoami` upstream: shows the identity and exactly the headers an upstream would get.
-fn whoami(state: &AppState, req: &Request<Incoming>, id: Option<&Identity>) -> Response<Body> {
+fn whoami(state: &AppState, req: &Request<ClientBody>, id: Option<&Identity>) -> Response<Body> {
     let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()

@@ -6,6 +6,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+use crate::request::ClientBody;
 use hyper_util::rt::TokioIo;
 
 use crate::proxy::wire;
@@ -120,12 +122,12 @@ impl UpstreamSlot {
 /// The request body sent upstream: the frame already read, then the rest, streamed.
 pub struct ForwardBody {
     first: Option<Frame<Bytes>>,
-    rest: Incoming,
+    rest: ClientBody,
 }
 
 impl ForwardBody {
     /// A body whose first frame (if any) was read already.
-    pub fn new(first: Option<Frame<Bytes>>, rest: Incoming) -> ForwardBody {
+    pub fn new(first: Option<Frame<Bytes>>, rest: ClientBody) -> ForwardBody {
         ForwardBody { first, rest }
     }
 }

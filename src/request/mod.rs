@@ -9,11 +9,13 @@
 //! that disagrees with it, a host that is not a host name) are `400`; `CONNECT` and `TRACE` are
 //! `405`. Nothing here does I/O or knows about configuration.
 
+pub mod body;
 pub mod host;
 pub mod path;
 
 use http::{header, Method, Request, Version};
 
+pub use body::ClientBody;
 pub use host::{canonical_authority, Authority, BadHost};
 pub use path::{canonicalize, Ambiguity, CanonicalPath};
 

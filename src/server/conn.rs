@@ -269,9 +269,9 @@ impl AsyncWrite for Metered {
 
 /// How a supervised connection ended.
 #[derive(Debug)]
-pub enum Outcome<E> {
-    /// hyper finished it (client closed, error, graceful close, or handed over to an upgrade).
-    Finished(Result<(), E>),
+pub enum Outcome<T, E> {
+    /// It finished (client closed, error, graceful close, handed over to hyper or to an upgrade).
+    Finished(Result<T, E>),
     /// Cut: the phase's time ran out.
     TimedOut(Phase),
     /// Closed because the server is stopping and no request had arrived.
@@ -284,15 +284,15 @@ pub enum Outcome<E> {
 /// `drain` turns true (server stopping) the connection is closed gracefully, at once if no
 /// request ever came. Once hyper hands the socket to an upgrade, `conn` finishes and nothing
 /// here times the upgraded stream.
-pub async fn supervise<C, E>(
+pub async fn supervise<C, T, E>(
     mut conn: Pin<&mut C>,
     mut graceful: impl FnMut(Pin<&mut C>),
     phases: &Phases,
     t: Timeouts,
     drain: &mut watch::Receiver<bool>,
-) -> Outcome<E>
+) -> Outcome<T, E>
 where
-    C: Future<Output = Result<(), E>>,
+    C: Future<Output = Result<T, E>>,
 {
     let mut closing: Option<Instant> = None;
     let mut draining = false;

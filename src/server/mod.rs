@@ -2,6 +2,7 @@
 
 mod conn;
 pub mod control;
+pub mod h1;
 pub mod limits;
 pub mod metrics;
 pub mod recovery;
@@ -382,18 +383,49 @@ async fn serve_connection(
         worker,
         upstream: Arc::default(),
     };
+    let io = Metered::new(stream, phases.clone(), slot);
+    // HTTP/1.1 requests without a body are served by the own loop; it hands anything else over.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let max_head = state.config().limits.max_header_bytes;
+    let outcome = {
+        let own = std::pin::pin!(h1::serve(io, &state, &conn_info, &phases, &stop, max_head));
+        conn::supervise(
+            own,
+            |_| stop.store(true, std::sync::atomic::Ordering::Relaxed),
+            &phases,
+            timeouts,
+            &mut drain,
+        )
+        .await
+    };
+    let (io, pre) = match outcome {
+        Outcome::Finished(Ok(h1::Next::HandOver(io, pre))) => (io, pre),
+        Outcome::Finished(Ok(h1::Next::Done)) | Outcome::Stopping => return,
+        Outcome::Finished(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection error");
+            return;
+        }
+        Outcome::TimedOut(phase) => {
+            tracing::debug!(%peer, requests = phases.requests(), "connection closed: {}", phase.describe());
+            return;
+        }
+    };
     let ph = phases.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = ph.request_started(req.version());
         let st = state.clone();
         let conn_info = conn_info.clone();
         async move {
+            let req = req.map(crate::request::ClientBody::Hyper);
             let resp = handle(st, req, conn_info).await;
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
         }
     });
-    let io = TokioIo::new(Metered::new(stream, phases.clone(), slot));
-    let conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+    let io = TokioIo::new(h1::Rewind::new(io, pre));
+    let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+    if *drain.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
     match conn::supervise(
         conn,
         |c| c.graceful_shutdown(),

@@ -1,7 +1,7 @@
 //! The JSON API: `/.auth/api/login`, `resend`, `challenge/{id}`, `verify`, `session`, `logout`.
 
+use crate::request::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::auth::challenge;
@@ -47,7 +47,7 @@ struct ApiVerify {
 impl Ctx<'_> {
     async fn api_body<T: serde::de::DeserializeOwned>(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<T, AuthError> {
         if !is_json(req.headers()) {
             return Err(AuthError::UnsupportedMediaType);
@@ -69,7 +69,7 @@ impl Ctx<'_> {
         )
     }
 
-    pub(super) async fn api_login(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn api_login(&self, req: Request<ClientBody>) -> Reply {
         let b: ApiLogin = self.api_body(req).await?;
         let issued = challenge::start(
             self.state,
@@ -83,7 +83,7 @@ impl Ctx<'_> {
         Ok(self.challenge_json(&issued.challenge))
     }
 
-    pub(super) async fn api_resend(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn api_resend(&self, req: Request<ClientBody>) -> Reply {
         let b: ApiResend = self.api_body(req).await?;
         let c = challenge::resend(self.state, self.cfg, &b.challenge_id, self.who).await?;
         Ok(self.challenge_json(&c))
@@ -103,7 +103,7 @@ impl Ctx<'_> {
         ))
     }
 
-    pub(super) async fn api_verify(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn api_verify(&self, req: Request<ClientBody>) -> Reply {
         let b: ApiVerify = self.api_body(req).await?;
         let done = match (&b.challenge_id, &b.code, &b.link_token) {
             (Some(id), Some(code), None) => {
@@ -135,7 +135,7 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    pub(super) async fn api_session(&self, req: &Request<Incoming>, view: &RequestView) -> Reply {
+    pub(super) async fn api_session(&self, req: &Request<ClientBody>, view: &RequestView) -> Reply {
         let decision = self.cfg.decide_for(&view.host, &canonicalize("/"));
         match authenticate(self.state, self.cfg, req.headers(), decision.as_ref()).await? {
             Some(id) if id.allowed => Ok(json(
@@ -147,7 +147,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) async fn api_logout(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn api_logout(&self, req: Request<ClientBody>) -> Reply {
         if !is_json(req.headers()) && !same_origin(self.cfg, req.headers()) {
             return Err(AuthError::CrossOrigin);
         }

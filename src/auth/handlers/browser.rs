@@ -6,8 +6,8 @@
 //! the sign-in this browser is bound to (binding cookie) from the store, and what the post had to
 //! say from a one-shot signed cookie ([`crate::auth::flash`]).
 
+use crate::request::ClientBody;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use minijinja::context;
 
 use crate::auth::challenge::{self, Liveness};
@@ -59,7 +59,7 @@ impl Ctx<'_> {
 
     /// `GET /.auth/login?rd=[&email=]`: the email form, or, for a browser that is signed in,
     /// who it is signed in as, with "Continue" and "Use another account".
-    pub(super) async fn login_page(&self, req: &Request<Incoming>) -> Reply {
+    pub(super) async fn login_page(&self, req: &Request<ClientBody>) -> Reply {
         let mut q = query(req);
         let rd = q.remove("rd").unwrap_or_default();
         let flash = self.take_flash(req.headers());
@@ -101,7 +101,7 @@ impl Ctx<'_> {
     /// `POST /.auth/login`: starts a sign-in and binds this browser to it; `303` to the
     /// check-email page. A refused address or a rate limit goes back to the form with the message
     /// and the address typed.
-    pub(super) async fn login_submit(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn login_submit(&self, req: Request<ClientBody>) -> Reply {
         self.check_origin(req.headers())?;
         let (_, body) = read_body(req, &self.cfg.limits).await?;
         let f = form(&body);
@@ -160,7 +160,7 @@ impl Ctx<'_> {
     /// `GET /.auth/check-email`: the sign-in this browser is bound to, as it stands: the code
     /// form and resend while it is live (with the message of the post before, if any), its own
     /// page once it is locked, used or expired. Reads only; a reload changes nothing.
-    pub(super) async fn check_email_page(&self, req: &Request<Incoming>) -> Reply {
+    pub(super) async fn check_email_page(&self, req: &Request<ClientBody>) -> Reply {
         let flash = self.take_flash(req.headers());
         let had = flash.is_some();
         let Some(c) = self.bound(req.headers()).await? else {
@@ -210,7 +210,7 @@ impl Ctx<'_> {
 
     /// `POST /.auth/code`: signs in with the right code; anything else goes back to the
     /// check-email page with what was wrong (a malformed code costs no attempt).
-    pub(super) async fn code_submit(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn code_submit(&self, req: Request<ClientBody>) -> Reply {
         self.check_origin(req.headers())?;
         let (headers, body) = read_body(req, &self.cfg.limits).await?;
         let c = self.bound_challenge(&headers).await?;
@@ -229,7 +229,7 @@ impl Ctx<'_> {
     }
 
     /// `POST /.auth/resend`: a new mail for this browser's sign-in; `303` to the check-email page.
-    pub(super) async fn resend_submit(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn resend_submit(&self, req: Request<ClientBody>) -> Reply {
         self.check_origin(req.headers())?;
         let (headers, _) = read_body(req, &self.cfg.limits).await?;
         let c = self.bound_challenge(&headers).await?;
@@ -255,7 +255,7 @@ impl Ctx<'_> {
 
     /// Opening a mailed link. Never spends the token (scanners prefetch links), unless this is
     /// the browser that asked for it (binding cookie), which signs in at once.
-    pub(super) async fn verify_page(&self, req: &Request<Incoming>) -> Reply {
+    pub(super) async fn verify_page(&self, req: &Request<ClientBody>) -> Reply {
         let token = query(req).remove("token").unwrap_or_default();
         let c = match challenge::peek_link(self.state, self.cfg, &token).await {
             Ok(c) => c,
@@ -288,7 +288,7 @@ impl Ctx<'_> {
 
     /// `POST /.auth/verify` (the confirm page's button): spends the token and signs in; a link
     /// that cannot sign in goes to the check-email page, which says why.
-    pub(super) async fn verify_submit(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn verify_submit(&self, req: Request<ClientBody>) -> Reply {
         self.check_origin(req.headers())?;
         let (_, body) = read_body(req, &self.cfg.limits).await?;
         let token = form(&body).remove("token").unwrap_or_default();
@@ -305,7 +305,7 @@ impl Ctx<'_> {
     /// another origin (see [`after_form`]). A page, not a redirect, so the browser leaves by a
     /// navigation of its own (refresh, or the link), which the form page's `form-action` does
     /// not govern. The target is validated again; anything else leads to the public root.
-    pub(super) fn continue_page(&self, req: &Request<Incoming>) -> Response<Body> {
+    pub(super) fn continue_page(&self, req: &Request<ClientBody>) -> Response<Body> {
         let target = safe_redirect(self.cfg, &query(req).remove("to").unwrap_or_default());
         let host = url::Url::parse(&target)
             .ok()
@@ -340,7 +340,7 @@ impl Ctx<'_> {
 
     /// `GET /.auth/logout`: a page with a "Sign out" button (apps can link to it; signing out
     /// takes the button's POST, so a link or an image cannot sign anyone out).
-    pub(super) async fn logout_page(&self, req: &Request<Incoming>) -> Reply {
+    pub(super) async fn logout_page(&self, req: &Request<ClientBody>) -> Reply {
         let id = authenticate(self.state, self.cfg, req.headers(), None).await?;
         let page = self.state.pages.render(
             "logout.html",
@@ -351,7 +351,7 @@ impl Ctx<'_> {
 
     /// `POST /.auth/logout`: ends the session; `303` to the login page, which says so (and keeps
     /// the `rd` of "Use another account").
-    pub(super) async fn logout(&self, req: Request<Incoming>) -> Reply {
+    pub(super) async fn logout(&self, req: Request<ClientBody>) -> Reply {
         self.check_origin(req.headers())?;
         let (headers, body) = read_body(req, &self.cfg.limits).await?;
         self.revoke_presented(&headers).await?;

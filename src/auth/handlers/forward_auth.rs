@@ -2,8 +2,8 @@
 //! Caddy) and `/.auth/check` (kept for older set-ups). Each reads the original request from its
 //! own header family only, and makes the same decision as the proxy.
 
+use crate::request::ClientBody;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
-use hyper::body::Incoming;
 
 use crate::auth::policy::is_navigation;
 use crate::auth::session::authenticate;
@@ -92,7 +92,7 @@ fn split_url(url: &str) -> Result<(&'static str, &str, &str), &'static str> {
 /// trusted proxies. `Err` (a reason for the log) fails closed.
 fn original_request(
     cfg: &Config,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     conn: &ConnInfo,
     view: &RequestView,
     family: Family,
@@ -176,7 +176,7 @@ impl Ctx<'_> {
     /// 401 otherwise, 403 when signed in but not allowed. Anything unparsable fails closed (401).
     pub(super) async fn check(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         conn: &ConnInfo,
         view: &RequestView,
         family: Family,

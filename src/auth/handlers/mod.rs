@@ -11,8 +11,8 @@ mod ops;
 
 use std::sync::Arc;
 
+use crate::request::ClientBody;
 use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::auth::account;
 use crate::auth::challenge::Requester;
@@ -57,7 +57,7 @@ const KNOWN: [&str; 23] = [
 /// Routes one `/.auth/` request and renders its error the way its caller expects (page or JSON).
 pub async fn dispatch(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     view: &RequestView,
 ) -> Response<Body> {
