@@ -18,6 +18,7 @@ mod flow;
 mod forward_auth;
 mod jwt;
 mod ops;
+mod own_loop;
 mod pages;
 mod proxy;
 mod replicas;
