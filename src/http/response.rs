@@ -10,6 +10,24 @@ use crate::http::pages::Page;
 /// A response body: either produced here or streamed from the upstream.
 pub type Body = Either<Full<Bytes>, crate::proxy::upstream::UpstreamBody>;
 
+/// Takes an upstream answer's fields out of its body (see [`crate::proxy::wire::RawFields`]):
+/// the gateway's own HTTP/1 loop writes them as they are.
+pub fn take_raw_fields(body: &mut Body) -> Option<crate::proxy::wire::RawFields> {
+    match body {
+        Either::Right(Either::Right(w)) => w.take_fields(),
+        _ => None,
+    }
+}
+
+/// Moves an upstream answer's fields still held by its body into the response's header map:
+/// what every way out except the own HTTP/1 loop needs (hyper's HTTP/1 and HTTP/2 servers), and
+/// what the gateway's checks on answer fields read.
+pub fn settle_fields(resp: &mut Response<Body>) {
+    if let Some(raw) = take_raw_fields(resp.body_mut()) {
+        raw.append_to(resp.headers_mut());
+    }
+}
+
 /// Wraps bytes as a body.
 pub fn full(b: impl Into<Bytes>) -> Body {
     Either::Left(Full::new(b.into()))

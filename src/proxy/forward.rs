@@ -136,7 +136,16 @@ pub async fn forward(
         let fill = |out: &mut Vec<u8>| fields.write(client, out);
         let limit = cfg.limits.upstream_timeout;
         match wire::send(home, authority, req.method(), target, fill, limit).await {
-            Ok(resp) => Ok(Ok(resp.map(UpstreamBody::Right))),
+            Ok(mut resp) => {
+                // The app's cookies are checked in a header map (below); other answers keep
+                // their fields as lines for the own HTTP/1 loop.
+                if resp.body().holds_set_cookie() {
+                    if let Some(raw) = resp.body_mut().take_fields() {
+                        raw.append_to(resp.headers_mut());
+                    }
+                }
+                Ok(Ok(resp.map(UpstreamBody::Right)))
+            }
             Err(wire::WireError::TimedOut) => Err(TimedOut),
             Err(e) => Ok(Err(ForwardError::from(e))),
         }

@@ -83,7 +83,7 @@ impl Outgoing<'_> {
                 continue;
             }
             if (host_known && *name == header::HOST)
-                || hop_index(n).is_some()
+                || hop_index(n.as_bytes()).is_some()
                 || is_identity_name(n.as_bytes(), self.identity_names)
                 || (self.bearer_used && *name == header::AUTHORIZATION)
                 || (self.request_id.is_some() && n == X_REQUEST_ID)

@@ -27,7 +27,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::headers::{hop_index, names_fields, tokens};
+use crate::proxy::headers::{decimal, hop_index, names_fields, tokens};
 
 /// The most header lines an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -154,12 +154,67 @@ pub enum Framing {
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    /// The fields the client gets, as lines.
+    pub fields: RawFields,
     /// The reason phrase, when it is not the status code's usual one.
     pub reason: Option<Bytes>,
     pub framing: Framing,
     /// Whether the connection may carry another request after this answer.
     pub keep_alive: bool,
+}
+
+/// An answer's end-to-end fields as the client gets them: `name: value\r\n` lines, names in
+/// lower case (as hyper writes them), hop-by-hop fields and those named in `Connection` left
+/// out, a repeated `Content-Length` folded into one, none on a 204 or 304. The gateway's own
+/// HTTP/1 loop writes the block as it is; every other way out turns it into a header map
+/// ([`RawFields::append_to`]).
+#[derive(Debug, Clone, Default)]
+pub struct RawFields {
+    pub block: Bytes,
+    /// A `Content-Length` line is in the block.
+    pub length: bool,
+    /// A `Date` line is in the block.
+    pub date: bool,
+    /// A `Set-Cookie` line is in the block (the gateway filters those in a header map).
+    pub set_cookie: bool,
+}
+
+impl RawFields {
+    /// Appends the block's fields to `headers`, in order. Each line was checked when the block
+    /// was made (an `http` header name and value), so none is refused here.
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        let mut rest = &self.block[..];
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let line = &rest[..end];
+            rest = &rest[end + 2..];
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let at = self.block.len() - rest.len() - 2 - line.len();
+            let (v0, v1) = (at + colon + 2, at + line.len());
+            match (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_maybe_shared(self.block.slice(v0.min(v1)..v1)),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => tracing::warn!("an answer field checked before was refused; left out"),
+            }
+        }
+    }
+
+    /// The fields as a header map.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        self.append_to(&mut m);
+        m
+    }
+}
+
+/// What `http::HeaderValue` accepts: visible ASCII, obs-text, space and tab.
+fn is_field_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// What [`parse_head`] found at the start of the buffer.
@@ -220,16 +275,9 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
         Some(0) => Version::HTTP_10,
         _ => return Err(WireError::Head("protocol version")),
     };
-    // The head's own bytes; a part of `buf` is the same part of `own` (offsets from the start).
-    let own = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let part = |b: &[u8]| {
-        let at = (b.as_ptr() as usize).saturating_sub(base).min(len);
-        own.slice(at..(at + b.len()).min(len))
-    };
     let reason = match resp.reason {
         Some(r) if !r.is_empty() && status.canonical_reason() != Some(r) => {
-            Some(part(r.as_bytes()))
+            Some(Bytes::copy_from_slice(r.as_bytes()))
         }
         _ => None,
     };
@@ -237,36 +285,53 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
     let framing = framing(&fields, status, version, method)?;
     let keep_alive =
         framing != Framing::Close && version == Version::HTTP_11 && !fields.connection_close;
-    // Hop-by-hop fields (and those named in `Connection`) are not the client's: left out here
-    // rather than removed from the map afterwards. A repeated `Content-Length` becomes one.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    let mut length_written = false;
+    // Hop-by-hop fields (and those named in `Connection`) are not the client's: left out here.
+    // A repeated `Content-Length` becomes one; a 204 or 304 gets none (as hyper writes them).
+    let no_length = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let mut block = Vec::with_capacity(len);
+    let mut raw = RawFields::default();
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| WireError::Head("header name"))?;
-        if hop_index(name.as_str()).is_some()
-            || (fields.connection_names && connection_lists(resp.headers, name.as_str()))
+        // httparse let only RFC 9110 token characters into a name: what `HeaderName` accepts.
+        let start = block.len();
+        block.extend_from_slice(h.name.as_bytes());
+        block[start..].make_ascii_lowercase();
+        let lower = &block[start..];
+        if hop_index(lower).is_some()
+            || (fields.connection_names && connection_lists(resp.headers, lower))
         {
+            block.truncate(start);
             continue;
         }
-        if name == header::CONTENT_LENGTH {
-            if let (Some(n), true) = (fields.content_length, fields.content_lengths > 1) {
-                if !length_written {
-                    headers.append(name, HeaderValue::from(n));
-                    length_written = true;
+        let mut value = h.value;
+        let mut folded = [0u8; 20];
+        match lower {
+            b"content-length" => {
+                if no_length || raw.length {
+                    block.truncate(start);
+                    continue;
                 }
-                continue;
+                raw.length = true;
+                if let (Some(n), true) = (fields.content_length, fields.content_lengths > 1) {
+                    value = decimal(n, &mut folded);
+                }
             }
+            b"date" => raw.date = true,
+            b"set-cookie" => raw.set_cookie = true,
+            _ => {}
         }
-        let value = HeaderValue::from_maybe_shared(part(h.value))
-            .map_err(|_| WireError::Head("header value"))?;
-        headers.append(name, value);
+        if !is_field_value(value) {
+            return Err(WireError::Head("header value"));
+        }
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value);
+        block.extend_from_slice(b"\r\n");
     }
+    raw.block = Bytes::from(block);
     Ok(Parsed::Final(
         Head {
             status,
             version,
-            headers,
+            fields: raw,
             reason,
             framing,
             keep_alive,
@@ -276,10 +341,10 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
 }
 
 /// Whether a raw `Connection` field lists `name` (any case).
-fn connection_lists(raw: &[httparse::Header<'_>], name: &str) -> bool {
+fn connection_lists(raw: &[httparse::Header<'_>], name: &[u8]) -> bool {
     raw.iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name)))
 }
 
 /// The same framing rules for an answer hyper's client read (requests with a body, upgrades,
@@ -793,11 +858,11 @@ pub async fn send(
             }
         }
     };
-    let body = WireBody::new(conn, head.framing, head.keep_alive, home);
+    let mut body = WireBody::new(conn, head.framing, head.keep_alive, home);
+    body.fields = Some(head.fields);
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
     if let Some(r) = head.reason {
         if let Ok(r) = hyper::ext::ReasonPhrase::try_from(r) {
             resp.extensions_mut().insert(r);
@@ -824,6 +889,8 @@ pub struct WireBody {
     state: BodyState,
     keep_alive: bool,
     home: Home,
+    /// The answer's fields, until they are written or moved into the response's header map.
+    fields: Option<RawFields>,
 }
 
 impl WireBody {
@@ -839,11 +906,22 @@ impl WireBody {
             state,
             keep_alive,
             home,
+            fields: None,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
         }
         body
+    }
+
+    /// The answer's fields, taken out (once) to be written or put into a header map.
+    pub fn take_fields(&mut self) -> Option<RawFields> {
+        self.fields.take()
+    }
+
+    /// Whether the fields still held here include a `Set-Cookie`.
+    pub fn holds_set_cookie(&self) -> bool {
+        self.fields.as_ref().is_some_and(|f| f.set_cookie)
     }
 
     /// The body is complete: the connection goes home if it may be used again.
@@ -1053,7 +1131,8 @@ mod tests {
         ] {
             match head(raw, Method::GET).unwrap() {
                 Parsed::Final(h, _) => {
-                    let all: Vec<_> = h.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+                    let map = h.fields.to_map();
+                    let all: Vec<_> = map.get_all(header::CONTENT_LENGTH).iter().collect();
                     assert_eq!(all, [HeaderValue::from_static("5")], "{raw:?}");
                 }
                 other => panic!("{other:?}"),

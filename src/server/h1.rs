@@ -28,7 +28,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::conn::{Metered, Phases};
-use crate::http::response::Body as AnswerBody;
+use crate::http::response::{take_raw_fields, Body as AnswerBody};
 use crate::http::router::handle;
 use crate::http::ConnInfo;
 use crate::proxy::headers::{decimal, tokens};
@@ -242,6 +242,7 @@ async fn write_answer(
     out: &mut Vec<u8>,
 ) -> Result<bool, BoxError> {
     let (parts, mut body) = resp.into_parts();
+    let raw = take_raw_fields(&mut body);
     let status = parts.status;
     if status.is_informational() {
         return Err("informational status as a final answer".into());
@@ -296,6 +297,13 @@ async fn write_answer(
         }
         push_field(out, name.as_str(), value.as_bytes());
     }
+    if let Some(raw) = &raw {
+        // An upstream answer's own fields, checked and filtered when its head was read. Its
+        // `Content-Length` (if any) is the body's exact length, or on a HEAD what a GET would get.
+        out.extend_from_slice(&raw.block);
+        wrote_date |= raw.date;
+        wrote_length |= raw.length;
+    }
     let mut digits = [0u8; 20];
     let framing = if is_head {
         if !wrote_length {
@@ -312,12 +320,17 @@ async fn write_answer(
                 if header_length.is_some_and(|h| h != n) {
                     return Err("Content-Length disagrees with the answer body".into());
                 }
-                push_field(out, "content-length", decimal(n, &mut digits));
+                if !wrote_length {
+                    push_field(out, "content-length", decimal(n, &mut digits));
+                }
                 if n == 0 {
                     Framing::None
                 } else {
                     Framing::Length(n)
                 }
+            }
+            None if wrote_length => {
+                return Err("an answer field states a length its body does not know".into())
             }
             None => {
                 push_field(out, "transfer-encoding", b"chunked");

@@ -417,7 +417,8 @@ async fn serve_connection(
         let conn_info = conn_info.clone();
         async move {
             let req = req.map(crate::request::ClientBody::Hyper);
-            let resp = handle(st, req, conn_info).await;
+            let mut resp = handle(st, req, conn_info).await;
+            crate::http::response::settle_fields(&mut resp);
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
         }
     });
