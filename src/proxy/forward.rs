@@ -66,7 +66,8 @@ pub async fn forward(
     view: &RequestView,
 ) -> Response<Body> {
     let id = caller.identity;
-    let navigation = is_navigation(req.method(), req.headers());
+    // Whether an error answer is an HTML page or JSON: worked out only where one can be made.
+    let navigation_of = |r: &Request<ClientBody>| is_navigation(r.method(), r.headers());
     let downstream_version = req.version();
     let downstream_h1 = downstream_version < Version::HTTP_2;
     let upgrade = requested_upgrade(&req);
@@ -92,7 +93,7 @@ pub async fn forward(
         upgrade: upgrade.as_ref(),
         request_id: Some(caller.request_id),
     };
-    let cannot_forward = || {
+    let cannot_forward = |navigation| {
         upstream_error(
             StatusCode::BAD_REQUEST,
             "the request target cannot be forwarded",
@@ -102,7 +103,7 @@ pub async fn forward(
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => {
             if replace_headers(&mut req, &fields).is_err() {
-                return cannot_forward();
+                return cannot_forward(navigation_of(&req));
             }
             return whoami(state, &req, id);
         }
@@ -122,6 +123,7 @@ pub async fn forward(
         && req.body().is_end_stream();
     let mut client_upgrade = None;
     let started;
+    let navigation;
     let sent = if direct {
         // Origin-form (RFC 9112 §3.2.1); Host is written with the other fields.
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -135,7 +137,7 @@ pub async fn forward(
         // Bounded inside (`limits.upstream_timeout`, on a timer the connection keeps).
         let fill = |out: &mut Vec<u8>| fields.write(client, out);
         let limit = cfg.limits.upstream_timeout;
-        match wire::send(home, authority, req.method(), target, fill, limit).await {
+        let sent = match wire::send(home, authority, req.method(), target, fill, limit).await {
             Ok(mut resp) => {
                 // The app's cookies are checked in a header map (below); other answers keep
                 // their fields as lines for the own HTTP/1 loop.
@@ -148,8 +150,11 @@ pub async fn forward(
             }
             Err(wire::WireError::TimedOut) => Err(TimedOut),
             Err(e) => Ok(Err(ForwardError::from(e))),
-        }
+        };
+        navigation = !matches!(sent, Ok(Ok(_))) && navigation_of(&req);
+        sent
     } else {
+        navigation = navigation_of(&req);
         let uri = if own {
             // Origin-form on a direct connection (RFC 9112 §3.2.1); Host is among the fields.
             Ok(Uri::from(
@@ -172,10 +177,10 @@ pub async fn forward(
         };
         let uri = match uri {
             Ok(u) => u,
-            Err(_) => return cannot_forward(),
+            Err(_) => return cannot_forward(navigation),
         };
         if replace_headers(&mut req, &fields).is_err() {
-            return cannot_forward();
+            return cannot_forward(navigation);
         }
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
