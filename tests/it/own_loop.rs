@@ -198,27 +198,20 @@ const BODIES: &[&str] = &[
     "\r\n",
 ];
 
+/// `usual` with probability `p`, else any entry of `list`.
+fn pick(rng: &mut impl Rng, p: f64, usual: &'static str, list: &[&'static str]) -> &'static str {
+    if rng.gen_bool(p) {
+        usual
+    } else {
+        list[rng.gen_range(0..list.len())]
+    }
+}
+
 fn random_request(rng: &mut impl Rng) -> String {
-    let eol = if rng.gen_bool(0.85) {
-        "\r\n"
-    } else {
-        EOLS[rng.gen_range(0..EOLS.len())]
-    };
-    let method = if rng.gen_bool(0.6) {
-        "GET"
-    } else {
-        METHODS[rng.gen_range(0..METHODS.len())]
-    };
-    let target = if rng.gen_bool(0.6) {
-        "/"
-    } else {
-        TARGETS[rng.gen_range(0..TARGETS.len())]
-    };
-    let version = if rng.gen_bool(0.7) {
-        "HTTP/1.1"
-    } else {
-        VERSIONS[rng.gen_range(0..VERSIONS.len())]
-    };
+    let eol = pick(rng, 0.85, "\r\n", EOLS);
+    let method = pick(rng, 0.6, "GET", METHODS);
+    let target = pick(rng, 0.6, "/", TARGETS);
+    let version = pick(rng, 0.7, "HTTP/1.1", VERSIONS);
     let mut s = format!("{method} {target} {version}{eol}");
     for _ in 0..rng.gen_range(0..5) {
         s.push_str(FIELDS[rng.gen_range(0..FIELDS.len())]);
