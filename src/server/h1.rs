@@ -1,7 +1,8 @@
 //! The gateway's own HTTP/1.1 loop for requests without a body: reads heads with httparse,
 //! answers through the router and writes the answer itself. Anything else (a body, an upgrade,
-//! `Expect`, HTTP/1.0, HTTP/2, a head it cannot read or that is too large) hands the connection,
-//! with every byte already read, to hyper for the rest of its life.
+//! `Expect`, HTTP/1.0, HTTP/2, a head it cannot read) hands the connection, with every byte
+//! already read, to hyper for the rest of its life. A head over `limits.max_header_bytes` gets
+//! 431 here, whatever its kind.
 //!
 //! Only requests whose framing cannot be read two ways are taken: HTTP/1.1, a head httparse
 //! reads completely, no `Content-Length`, `Transfer-Encoding`, `Upgrade` or `Expect` field, no
@@ -178,10 +179,15 @@ pub async fn serve(
         let (len, fields, close) = loop {
             if !buf.is_empty() {
                 match parse(&buf, &mut head) {
+                    // `limits.max_header_bytes` holds exactly, however the head was split into
+                    // reads (hyper's own check depends on how much it read at once).
+                    Parse::Head { len, .. } if len > max_head => {
+                        return too_large(io, &mut out).await
+                    }
                     Parse::Head { len, fields, close } => break (len, fields, close),
                     Parse::HandOver => return Ok(Next::HandOver(io, buf.freeze())),
                     Parse::Partial if buf.len() >= max_head => {
-                        return Ok(Next::HandOver(io, buf.freeze()))
+                        return too_large(io, &mut out).await
                     }
                     Parse::Partial => {}
                 }
@@ -224,6 +230,20 @@ pub async fn serve(
             return Ok(Next::Done);
         }
     }
+}
+
+/// Answers a request head over `limits.max_header_bytes` with 431 (as hyper words it) and
+/// closes the connection.
+async fn too_large(mut io: Metered, out: &mut Vec<u8>) -> Result<Next, BoxError> {
+    out.clear();
+    out.extend_from_slice(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n",
+    );
+    date(out);
+    out.extend_from_slice(b"\r\n");
+    io.write_all(out).await?;
+    let _ = io.shutdown().await;
+    Ok(Next::Done)
 }
 
 /// How the answer's body is framed on the wire.

@@ -407,3 +407,39 @@ async fn a_streamed_answer_is_chunked_part_by_part_and_the_connection_is_kept() 
         "{second}"
     );
 }
+
+/// A head over `limits.max_header_bytes` gets 431 however it arrives: in one write, or complete
+/// only after the gateway's buffer had room for more than the limit (the first part just under
+/// the limit, then the rest); one just under the limit is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_gets_431_however_it_is_split() {
+    let gw = TestGateway::builder()
+        .set("limits.max_header_bytes", 10000)
+        .start()
+        .await;
+    for (total, split, want) in [
+        (9_500, 9_000, "200"),
+        (10_500, 9_000, "431"),
+        (12_000, 9_000, "431"),
+        (10_001, 10_001, "431"),
+        (30_000, 30_000, "431"),
+    ] {
+        let start = "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ";
+        let pad = "a".repeat(total - start.len() - 4);
+        let raw = format!("{start}{pad}\r\n\r\n");
+        assert_eq!(raw.len(), total);
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(&raw.as_bytes()[..split]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The gateway may have answered and closed already.
+        let _ = s.write_all(&raw.as_bytes()[split..]).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {want}")),
+            "{total}-byte head split at {split}: {:.120}",
+            out
+        );
+    }
+}
