@@ -265,6 +265,8 @@ async fn in_flight_requests_finish_during_a_graceful_stop() {
     let r = pending.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["delayed_ms"], 1000);
+    // The answer tells the client the connection ends with it.
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
