@@ -108,6 +108,22 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// 1 to 18 ASCII digits (well below `u64::MAX`), nothing else: a `Content-Length` value.
+pub fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 18 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Appends one `name: value\r\n` field line.
+pub fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// An IP address as `Display` prints it, appended to `out` (IPv4 without the formatting
 /// machinery: hot path).
 pub fn push_ip_bytes(out: &mut Vec<u8>, ip: std::net::IpAddr) {

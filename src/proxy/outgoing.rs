@@ -7,7 +7,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::proxy::headers::{
-    decimal, hop_index, is_identity_name, lists_token, names_fields, proxy_header_kind,
+    decimal, hop_index, is_identity_name, lists_token, names_fields, proxy_header_kind, push_field,
     push_ip_bytes as push_ip, ProxyHeader,
 };
 
@@ -237,13 +237,6 @@ impl Outgoing<'_> {
 /// Visible ASCII and tabs: what `HeaderValue::from_str` accepts.
 fn visible_ascii(b: &[u8]) -> bool {
     b.iter().all(|c| *c == b'\t' || (0x20..0x7f).contains(c))
-}
-
-fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A header block written by [`Outgoing::write`] as a header map (for hyper's client, and to

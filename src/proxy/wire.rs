@@ -27,7 +27,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::headers::{decimal, hop_index, names_fields, tokens};
+use crate::proxy::headers::{decimal, hop_index, names_fields, parse_decimal, tokens};
 
 /// The most header lines an answer may have (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -461,14 +461,6 @@ fn framing(
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-/// 1 to 18 ASCII digits (well below `u64::MAX`), nothing else.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 18 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Where a chunked body's decoder is.

@@ -32,7 +32,7 @@ use super::conn::{Metered, Phases};
 use crate::http::response::{take_raw_fields, Body as AnswerBody};
 use crate::http::router::handle;
 use crate::http::ConnInfo;
-use crate::proxy::headers::{decimal, tokens};
+use crate::proxy::headers::{decimal, parse_decimal, push_field, tokens};
 use crate::request::ClientBody;
 use crate::state::AppState;
 
@@ -296,7 +296,7 @@ async fn write_answer(
                 wrote_length = true;
                 continue;
             }
-            let n = parse_length(value.as_bytes()).ok_or("invalid Content-Length in answer")?;
+            let n = parse_decimal(value.as_bytes()).ok_or("invalid Content-Length in answer")?;
             if header_length.is_some_and(|h| h != n) {
                 return Err("conflicting Content-Length in answer".into());
             }
@@ -450,21 +450,6 @@ async fn put(io: &mut Metered, out: &mut Vec<u8>, mut data: Bytes) -> io::Result
         data.advance(n);
     }
     Ok(())
-}
-
-fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only (RFC 9110 §8.6).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
@@ -658,8 +643,8 @@ mod tests {
 
     #[test]
     fn content_length_values_and_chunk_sizes() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b"123"), Some(123));
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"123"), Some(123));
         for bad in [
             &b""[..],
             b"+1",
@@ -668,7 +653,7 @@ mod tests {
             b"99999999999999999999",
             b"-1",
         ] {
-            assert_eq!(parse_length(bad), None, "{bad:?}");
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
         }
         let mut b = [0u8; 16];
         assert_eq!(hex_len(0, &mut b), b"0");
