@@ -443,3 +443,42 @@ async fn a_head_over_the_limit_gets_431_however_it_is_split() {
         );
     }
 }
+
+/// A client that goes away in the middle of a streamed answer: the gateway drops that answer
+/// (its upstream connection is not used again with the rest of it in flight) and the next
+/// client on a new connection gets its own answer, not the leftover of the abandoned one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_answer_leaves_nothing_behind_for_the_next() {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let token = gw.sign_in("alice@example.com").await;
+    let host = gw.addr();
+    let req = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: portcullis_session={token}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(req("/drip").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("first chunk") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("the first part never came")
+                .unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(s);
+        // The upstream sends the rest after the client is gone.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gw.upstream().release();
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(req("/after").as_bytes()).await.unwrap();
+        let out = read_to_close(&mut s).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("\"uri\":\"/after\""), "{out}");
+        assert!(!out.contains("second chunk"), "{out}");
+    }
+}

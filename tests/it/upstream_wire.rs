@@ -1795,15 +1795,16 @@ async fn the_upstream_timeout_holds_on_a_kept_connection_across_exchanges_and_id
         }
     }
     let mut c = env.client().await.unwrap();
-    for i in 0..3 {
-        c.get_ok(
-            &format!("/q{i}"),
-            format!("q{i}").as_bytes(),
-            "a quick answer",
-        )
-        .await
-        .unwrap();
+    // `/q{i}` answered `q{i}`, for each i.
+    async fn quick(c: &mut Client, range: std::ops::Range<usize>, what: &str) {
+        for i in range {
+            let q = format!("q{i}");
+            c.get_ok(&format!("/{q}"), q.as_bytes(), what)
+                .await
+                .unwrap();
+        }
     }
+    quick(&mut c, 0..3, "a quick answer").await;
     assert_eq!(
         env.up.accepted.load(Ordering::SeqCst),
         1,
@@ -1832,15 +1833,7 @@ async fn the_upstream_timeout_holds_on_a_kept_connection_across_exchanges_and_id
     );
     // Past the kept timer's deadline: it fires while the connection is idle.
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    for i in 4..6 {
-        c.get_ok(
-            &format!("/q{i}"),
-            format!("q{i}").as_bytes(),
-            "a quick answer after idling",
-        )
-        .await
-        .unwrap();
-    }
+    quick(&mut c, 4..6, "a quick answer after idling").await;
     assert_eq!(
         env.up.accepted.load(Ordering::SeqCst),
         2,
