@@ -35,8 +35,10 @@ pub async fn handle(
     // The one canonical view: every decision below and what is forwarded come from it.
     let resp = match RequestView::of(&req, conn.tls) {
         Err(refusal) => refuse(&state, &refusal, is_navigation(req.method(), req.headers())),
+        // Boxed: the gateway's own endpoints are a large future (mail, store writes) that the
+        // proxied requests should not carry (and copy) inline.
         Ok(view) if is_auth_path(&view.path.primary) => {
-            handlers::dispatch(&state, req, &conn, &view).await
+            Box::pin(handlers::dispatch(&state, req, &conn, &view)).await
         }
         Ok(view) => protected(&state, cfg, req, &conn, &view, &request_id).await,
     };

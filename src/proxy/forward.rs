@@ -207,7 +207,9 @@ pub async fn forward(
             wire::vet_answer(resp.headers_mut(), status, version, &method)?;
             Ok::<_, ForwardError>(resp.map(UpstreamBody::Left))
         };
-        tokio::time::timeout(cfg.limits.upstream_timeout, exchange)
+        // Boxed: hyper's client future is KiBs, and inline it would make every request's future
+        // that large (each `.await` of a fresh future moves it whole), the direct path's too.
+        Box::pin(tokio::time::timeout(cfg.limits.upstream_timeout, exchange))
             .await
             .map_err(|_| TimedOut)
     };

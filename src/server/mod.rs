@@ -415,12 +415,14 @@ async fn serve_connection(
         let in_flight = ph.request_started(req.version());
         let st = state.clone();
         let conn_info = conn_info.clone();
-        async move {
+        // Boxed: hyper's HTTP/2 server spawns this future for each request, and spawning moves
+        // it whole (a few KiB, several times); a box moves as one pointer.
+        Box::pin(async move {
             let req = req.map(crate::request::ClientBody::Hyper);
             let mut resp = handle(st, req, conn_info).await;
             crate::http::response::settle_fields(&mut resp);
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-        }
+        })
     });
     let io = TokioIo::new(h1::Rewind::new(io, pre));
     let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));

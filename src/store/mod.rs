@@ -364,11 +364,15 @@ pub enum Engine {
 }
 
 /// Calls the same [`Backend`] method on whichever backend runs.
+///
+/// Redis' futures are boxed: they are several KiB each (the client's command state), and held
+/// inline they would make every future that reads the store that large, sled or not (the
+/// request future is moved and copied whole on the hot path). Sled's are a few bytes.
 macro_rules! on {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &$self.engine {
             Engine::Sled(b) => Backend::$method(b, $($arg),*).await,
-            Engine::Redis(b) => Backend::$method(&**b, $($arg),*).await,
+            Engine::Redis(b) => Box::pin(Backend::$method(&**b, $($arg),*)).await,
         }
     };
 }

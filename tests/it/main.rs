@@ -15,6 +15,7 @@ mod disk_full;
 mod durability;
 mod floods;
 mod flow;
+mod footprint;
 mod forward_auth;
 mod jwt;
 mod ops;
