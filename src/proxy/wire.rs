@@ -183,18 +183,24 @@ impl RawFields {
     /// Appends the block's fields to `headers`, in order. Each line was checked when the block
     /// was made (an `http` header name and value), so none is refused here.
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        let mut rest = &self.block[..];
-        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-            let line = &rest[..end];
-            rest = &rest[end + 2..];
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let block = &self.block[..];
+        // Every line ends in CRLF, and neither a name nor a value holds LF (checked when made).
+        let mut at = 0;
+        while let Some(n) = memchr::memchr(b'\n', &block[at..]) {
+            let (line, end) = (
+                &block[at..at + n.saturating_sub(1)],
+                at + n.saturating_sub(1),
+            );
+            let start = at;
+            at += n + 1;
+            let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
-            let at = self.block.len() - rest.len() - 2 - line.len();
-            let (v0, v1) = (at + colon + 2, at + line.len());
+            let v0 = (start + colon + 2).min(end);
             match (
-                HeaderName::from_bytes(&line[..colon]),
-                HeaderValue::from_maybe_shared(self.block.slice(v0.min(v1)..v1)),
+                // Names were written in lower case.
+                HeaderName::from_lowercase(&line[..colon]),
+                HeaderValue::from_maybe_shared(self.block.slice(v0..end)),
             ) {
                 (Ok(n), Ok(v)) => {
                     headers.append(n, v);
