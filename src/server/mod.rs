@@ -39,10 +39,26 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+/// Connections the kernel completes and queues for the accept loop. `TcpListener::bind` asks for
+/// 128: a burst of more new connections than that (clients reconnecting after a restart, a load
+/// balancer opening its pool) overflows it, and the kernel drops the extra SYNs, which the
+/// clients resend only after a second or more. The kernel caps it at `net.core.somaxconn`
+/// (4096 by default); nginx asks for 511.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restart can bind while old connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
 }
 
 impl Listeners {

@@ -576,3 +576,47 @@ async fn a_tls_connection_that_goes_silent_after_the_handshake_is_closed() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// A burst of new connections larger than 128 (`TcpListener::bind`'s backlog) while the accept
+/// loop is busy: the kernel completes and queues them all, none waits for a SYN resend (a second
+/// or more). Here nothing accepts at all, so every handshake that completes was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_queued_while_the_accept_loop_is_busy() {
+    // The kernel caps the backlog at net.core.somaxconn (4096 since Linux 5.4, 128 before).
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let burst = 600.min(somaxconn);
+    if burst <= 256 {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED a_burst_of_connections_is_queued_while_the_accept_loop_is_busy: \
+             net.core.somaxconn is {somaxconn} (raise it to 4096 to run this test)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\npublic_url: \"http://gw.example.com\"\ndata_dir: \"{}\"\nupstream: \"builtin:whoami\"\naccess:\n  allowed_domains: [\"example.com\"]\nemail:\n  from: \"a@example.com\"\n  transport: file\n  dir: \"{}\"\n",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let cfg = portcullis::Config::parse(&yaml, Path::new("test.yaml")).unwrap();
+    let listeners = portcullis::Listeners::bind(&cfg).await.unwrap();
+    let addr = listeners.http.local_addr().unwrap();
+    let connects = (0..burst).map(|_| async move {
+        tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    });
+    let done = futures_util::future::join_all(connects).await;
+    let queued = done.iter().filter(|ok| **ok).count();
+    assert_eq!(
+        queued, burst,
+        "only {queued} of {burst} simultaneous connections completed within 800 ms on a listener \
+         nobody accepts from (the rest wait for a SYN resend): the listen backlog is too small"
+    );
+    drop(listeners);
+}
