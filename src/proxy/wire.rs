@@ -187,11 +187,8 @@ impl RawFields {
         // Every line ends in CRLF, and neither a name nor a value holds LF (checked when made).
         let mut at = 0;
         while let Some(n) = memchr::memchr(b'\n', &block[at..]) {
-            let (line, end) = (
-                &block[at..at + n.saturating_sub(1)],
-                at + n.saturating_sub(1),
-            );
-            let start = at;
+            let (start, end) = (at, at + n.saturating_sub(1));
+            let line = &block[start..end];
             at += n + 1;
             let Some(colon) = memchr::memchr(b':', line) else {
                 continue;

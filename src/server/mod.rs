@@ -46,7 +46,7 @@ pub struct Listeners {
 /// (4096 by default); nginx asks for 511.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-async fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListener> {
+fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListener> {
     let listen = || {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -64,13 +64,13 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> std::io::Result<TcpListe
 impl Listeners {
     /// Binds the addresses of the configuration.
     pub async fn bind(cfg: &crate::config::Config) -> std::io::Result<Listeners> {
-        let http = bind(cfg.listen, "listen").await?;
+        let http = bind(cfg.listen, "listen")?;
         let tls = match &cfg.tls {
-            Some(t) => Some(bind(t.listen, "tls.listen").await?),
+            Some(t) => Some(bind(t.listen, "tls.listen")?),
             None => None,
         };
         let metrics = match cfg.metrics_listen {
-            Some(m) => Some(bind(m, "metrics_listen").await?),
+            Some(m) => Some(bind(m, "metrics_listen")?),
             None => None,
         };
         Ok(Listeners { http, tls, metrics })
