@@ -3,7 +3,6 @@
 //! limit is raised with prlimit(1) the same process recovers by itself. Skipped with a `SKIPPED`
 //! line on stderr when prlimit is missing, unless `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1`.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,22 +19,7 @@ const LIMIT_BLOCKS: u32 = 2048;
 
 /// prlimit(1) from util-linux, or `None` (and a visible `SKIPPED` line) when it is missing.
 fn prlimit() -> Option<PathBuf> {
-    let mut candidates = vec![PathBuf::from("/usr/bin/prlimit")];
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("prlimit")));
-    }
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        let why = "prlimit not installed (apt-get install util-linux)";
-        if std::env::var("PORTCULLIS_REQUIRE_SYSTEM_SERVERS").as_deref() == Ok("1") {
-            panic!("{why}; PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1 forbids skipping");
-        }
-        // Straight to the process's stderr: the test harness captures `eprintln!`.
-        let thread = std::thread::current();
-        let test = thread.name().unwrap_or("test");
-        let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
-    }
-    found
+    crate::support::system_binary("prlimit", &["/usr/bin/prlimit"], "util-linux")
 }
 
 /// A sign-in request for `email`: its status, error code and `Retry-After`.

@@ -852,3 +852,32 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Skips the calling test with a visible `SKIPPED <test>: <why>` line on stderr, unless
+/// `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1` (set by `.ci/run`) makes skipping a failure.
+pub fn skip(why: &str) {
+    use std::io::Write as _;
+    if std::env::var("PORTCULLIS_REQUIRE_SYSTEM_SERVERS").as_deref() == Ok("1") {
+        panic!("{why}; PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1 forbids skipping");
+    }
+    // Straight to the process's stderr: the test harness captures `eprintln!`.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("test");
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// The installed system binary `name` (looked for in `usual`, then on `PATH`). When it is
+/// missing the calling test is skipped ([`skip`], naming `packages` to install) and `None`.
+pub fn system_binary(name: &str, usual: &[&str], packages: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = usual.iter().map(PathBuf::from).collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if found.is_none() {
+        skip(&format!(
+            "{name} not installed (apt-get install {packages}, or run .ci/run to run everything)"
+        ));
+    }
+    found
+}

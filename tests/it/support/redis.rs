@@ -47,27 +47,9 @@ pub fn quiet_port() -> u16 {
     }
 }
 
-/// The installed binary. When it is missing the calling test is skipped (a visible `SKIPPED` line
-/// on stderr, `None`), unless `PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1` (set by CI) makes it a failure.
+/// The installed binary, or the calling test is skipped ([`super::skip`]).
 fn binary(name: &str, usual: &[&str]) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = usual.iter().map(PathBuf::from).collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if found.is_none() {
-        let why = format!(
-            "{name} not installed (apt-get install redis-server redis-sentinel nginx, or run .ci/run to run everything)"
-        );
-        if std::env::var("PORTCULLIS_REQUIRE_SYSTEM_SERVERS").as_deref() == Ok("1") {
-            panic!("{why}; PORTCULLIS_REQUIRE_SYSTEM_SERVERS=1 forbids skipping");
-        }
-        // Straight to the process's stderr: the test harness captures `eprintln!`.
-        let thread = std::thread::current();
-        let test = thread.name().unwrap_or("test");
-        let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
-    }
-    found
+    super::system_binary(name, usual, "redis-server redis-sentinel nginx")
 }
 
 fn redis_server_bin() -> Option<PathBuf> {
