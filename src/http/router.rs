@@ -20,10 +20,15 @@ use crate::request::{Refusal, RequestView, ALLOWED_METHODS};
 use crate::state::AppState;
 
 /// Handles one request. Never fails: every error becomes a response here or in `error.rs`.
+///
+/// The request is borrowed, not moved: an async fn keeps a moved-in argument twice in its
+/// future (as passed, and as the local it becomes when first polled) and copies it between
+/// them, and each layer below (`protected`, `forward`) would do the same. Whoever needs it
+/// whole (the auth handlers, a request with a body) takes it out with [`take_request`](crate::request::take_request).
 pub async fn handle(
-    state: Arc<AppState>,
-    req: Request<ClientBody>,
-    conn: ConnInfo,
+    state: &Arc<AppState>,
+    req: &mut Request<ClientBody>,
+    conn: &ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -31,16 +36,22 @@ pub async fn handle(
     let uri = req.uri().clone();
     // One config snapshot per request (each load touches a shared reference count).
     let cfg = state.config();
-    let request_id = request_id(&state, &cfg, &req, &conn);
+    let request_id = request_id(state, &cfg, req, conn);
     // The one canonical view: every decision below and what is forwarded come from it.
-    let resp = match RequestView::of(&req, conn.tls) {
-        Err(refusal) => refuse(&state, &refusal, is_navigation(req.method(), req.headers())),
+    let resp = match RequestView::of(req, conn.tls) {
+        Err(refusal) => refuse(state, &refusal, is_navigation(req.method(), req.headers())),
         // Boxed: the gateway's own endpoints are a large future (mail, store writes) that the
         // proxied requests should not carry (and copy) inline.
         Ok(view) if is_auth_path(&view.path.primary) => {
-            Box::pin(handlers::dispatch(&state, req, &conn, &view)).await
+            Box::pin(handlers::dispatch(
+                state,
+                crate::request::take_request(req),
+                conn,
+                &view,
+            ))
+            .await
         }
-        Ok(view) => protected(&state, cfg, req, &conn, &view, &request_id).await,
+        Ok(view) => protected(state, cfg, req, conn, &view, &request_id).await,
     };
     access::log(&access::Entry {
         method: method.as_str(),
@@ -120,7 +131,7 @@ pub fn refuse(state: &AppState, refusal: &Refusal, navigation: bool) -> Response
 async fn protected(
     state: &Arc<AppState>,
     cfg: Arc<Config>,
-    req: Request<ClientBody>,
+    req: &mut Request<ClientBody>,
     conn: &ConnInfo,
     view: &RequestView,
     request_id: &HeaderValue,
@@ -129,8 +140,8 @@ async fn protected(
     let navigation = |r: &Request<ClientBody>| is_navigation(r.method(), r.headers());
     let decision = match cfg.decide(view) {
         Ok(Some(d)) => d,
-        Ok(None) => return handlers::no_route(state, &view.host, navigation(&req)),
-        Err(a) => return refuse(state, &Refusal::Path(a), navigation(&req)),
+        Ok(None) => return handlers::no_route(state, &view.host, navigation(req)),
+        Err(a) => return refuse(state, &Refusal::Path(a), navigation(req)),
     };
     let route = decision.route;
     let resp = match authenticate(state, &cfg, req.headers(), Some(&decision)).await {
@@ -150,11 +161,11 @@ async fn protected(
         }
         Ok(Some(id)) => {
             state.metrics.requests_denied();
-            handlers::forbidden(state, id.email(), navigation(&req))
+            handlers::forbidden(state, id.email(), navigation(req))
         }
         Ok(None) => {
             state.metrics.requests_unauthenticated();
-            if navigation(&req) {
+            if navigation(req) {
                 let pq = req
                     .uri()
                     .path_and_query()

@@ -60,7 +60,7 @@ pub async fn forward(
     state: &Arc<AppState>,
     cfg: &Config,
     route: &Route,
-    mut req: Request<ClientBody>,
+    req: &mut Request<ClientBody>,
     caller: Caller<'_>,
     conn: &ConnInfo,
     view: &RequestView,
@@ -70,7 +70,7 @@ pub async fn forward(
     let navigation_of = |r: &Request<ClientBody>| is_navigation(r.method(), r.headers());
     let downstream_version = req.version();
     let downstream_h1 = downstream_version < Version::HTTP_2;
-    let upgrade = requested_upgrade(&req);
+    let upgrade = requested_upgrade(req);
     let identity_names = cfg.identity_headers();
     let assertion = id.and_then(|i| state.assertion(cfg, i.email(), &view.host));
     // What the upstream's headers are made of; written straight into the request the own
@@ -102,10 +102,10 @@ pub async fn forward(
     };
     let (scheme, authority) = match &route.upstream {
         Upstream::Whoami => {
-            if replace_headers(&mut req, &fields).is_err() {
-                return cannot_forward(navigation_of(&req));
+            if replace_headers(req, &fields).is_err() {
+                return cannot_forward(navigation_of(req));
             }
-            return whoami(state, &req, id);
+            return whoami(state, req, id);
         }
         Upstream::Http { scheme, authority } => (scheme, authority),
     };
@@ -151,9 +151,11 @@ pub async fn forward(
             Err(wire::WireError::TimedOut) => Err(TimedOut),
             Err(e) => Ok(Err(ForwardError::from(e))),
         };
-        navigation = !matches!(sent, Ok(Ok(_))) && navigation_of(&req);
+        navigation = !matches!(sent, Ok(Ok(_))) && navigation_of(req);
         sent
     } else {
+        // This request is sent with its body (or upgraded) through hyper's client: it goes whole.
+        let mut req = crate::request::take_request(req);
         navigation = navigation_of(&req);
         let uri = if own {
             // Origin-form on a direct connection (RFC 9112 §3.2.1); Host is among the fields.

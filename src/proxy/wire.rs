@@ -83,16 +83,18 @@ pub struct WireConn {
 }
 
 impl WireConn {
-    /// Connects to `authority` (`host:port`).
-    pub async fn connect(authority: &str) -> Result<WireConn, std::io::Error> {
+    /// Connects to `authority` (`host:port`). Boxed for its whole life: it moves between its
+    /// home and the answers it carries as one pointer (the answer, and so every response on its
+    /// way to the client, stays ~100 bytes smaller).
+    pub async fn connect(authority: &str) -> Result<Box<WireConn>, std::io::Error> {
         let stream = connect_tcp(authority).await?;
-        Ok(WireConn {
+        Ok(Box::new(WireConn {
             authority: authority.into(),
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
             timer: None,
-        })
+        }))
     }
 
     /// The upstream this connection goes to.
@@ -722,14 +724,14 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// The kept connection of one downstream HTTP/1 connection, shared with the body that returns it.
-pub type Slot = std::sync::Arc<std::sync::Mutex<Option<WireConn>>>;
+pub type Slot = std::sync::Arc<std::sync::Mutex<Option<Box<WireConn>>>>;
 
 /// Idle connections of one connection worker, for its HTTP/2 clients (many concurrent streams,
 /// each needing a connection of its own while its exchange lasts). Last in, first out: the most
 /// recently used connection is the one least likely to have been closed by the upstream.
 #[derive(Debug)]
 pub struct Pool {
-    idle: std::sync::Mutex<std::collections::VecDeque<WireConn>>,
+    idle: std::sync::Mutex<std::collections::VecDeque<Box<WireConn>>>,
     max_idle: usize,
 }
 
@@ -755,7 +757,7 @@ pub enum Home {
 impl Home {
     /// A kept connection to `authority` that can carry another request; unusable ones found on
     /// the way are closed.
-    fn take(&self, authority: &str) -> Option<WireConn> {
+    fn take(&self, authority: &str) -> Option<Box<WireConn>> {
         match self {
             Home::Slot(slot) => {
                 let kept = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -776,7 +778,7 @@ impl Home {
         }
     }
 
-    fn put(&self, conn: WireConn) {
+    fn put(&self, conn: Box<WireConn>) {
         match self {
             Home::Slot(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn),
             Home::Pool(pool) => {
@@ -880,7 +882,7 @@ enum BodyState {
 /// the connection goes back home (the downstream connection's slot, or the worker's pool).
 #[derive(Debug)]
 pub struct WireBody {
-    conn: Option<WireConn>,
+    conn: Option<Box<WireConn>>,
     state: BodyState,
     keep_alive: bool,
     home: Home,
@@ -889,7 +891,7 @@ pub struct WireBody {
 }
 
 impl WireBody {
-    fn new(conn: WireConn, framing: Framing, keep_alive: bool, home: Home) -> WireBody {
+    fn new(conn: Box<WireConn>, framing: Framing, keep_alive: bool, home: Home) -> WireBody {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),

@@ -16,6 +16,12 @@ pub enum ClientBody {
     Empty,
 }
 
+/// Moves the request out of `req`, leaving a bodyless `GET /` in its place (nothing is
+/// allocated). For the layers that borrow a request and the few paths that need it whole.
+pub fn take_request(req: &mut http::Request<ClientBody>) -> http::Request<ClientBody> {
+    std::mem::replace(req, http::Request::new(ClientBody::Empty))
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -15,7 +15,7 @@ pub mod path;
 
 use http::{header, Method, Request, Version};
 
-pub use body::ClientBody;
+pub use body::{take_request, ClientBody};
 pub use host::{canonical_authority, Authority, BadHost};
 pub use path::{canonicalize, Ambiguity, CanonicalPath};
 

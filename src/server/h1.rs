@@ -214,7 +214,7 @@ pub async fn serve(
             }
         };
         let bytes = buf.split_to(len).freeze();
-        let Some(req) = request(&bytes, &head, fields) else {
+        let Some(mut req) = request(&bytes, &head, fields) else {
             let mut all = BytesMut::with_capacity(bytes.len() + buf.len());
             all.extend_from_slice(&bytes);
             all.extend_from_slice(&buf);
@@ -223,7 +223,8 @@ pub async fn serve(
         drop(bytes);
         let in_flight = phases.request_started(Version::HTTP_11);
         let is_head = req.method() == Method::HEAD;
-        let resp = handle(state.clone(), req, conn.clone()).await;
+        let resp = handle(state, &mut req, conn).await;
+        drop(req);
         let close = close || stop.load(Ordering::Relaxed);
         let keep = write_answer(&mut io, resp, is_head, close, &mut out).await?;
         drop(in_flight);

@@ -434,8 +434,8 @@ async fn serve_connection(
         // Boxed: hyper's HTTP/2 server spawns this future for each request, and spawning moves
         // it whole (a few KiB, several times); a box moves as one pointer.
         Box::pin(async move {
-            let req = req.map(crate::request::ClientBody::Hyper);
-            let mut resp = handle(st, req, conn_info).await;
+            let mut req = req.map(crate::request::ClientBody::Hyper);
+            let mut resp = handle(&st, &mut req, &conn_info).await;
             crate::http::response::settle_fields(&mut resp);
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
         })
