@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
@@ -296,6 +296,7 @@ where
 {
     let mut closing: Option<Instant> = None;
     let mut draining = false;
+    let side = Sides::new();
     loop {
         let next = match closing {
             Some(hard) => Some((hard, Phase::Idle)),
@@ -312,17 +313,56 @@ where
             (Some((at, _)), None) => at.min(soon),
             (None, _) => soon,
         };
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => return Outcome::Finished(r),
-            _ = tokio::time::sleep_until(wake) => {
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(wake));
+        let mut changed = std::pin::pin!(drain.changed());
+        side.arm();
+        // The connection first; the timer and the drain signal only when their own wakers
+        // fired (or on the first poll): a connection is woken twice per request, and polling
+        // both each time (a timer-wheel check, a lock in the watch) cost as much as parsing a
+        // header line.
+        let mut registered: Option<Waker> = None;
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Conn(r));
+            }
+            // The task's waker does not change from one poll to the next: stored once (and
+            // kept: a side's wake-up does not take it).
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *side.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+                registered = Some(cx.waker().clone());
+            }
+            if side.timer.due()
+                && sleep
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&side.timer_waker))
+                    .is_ready()
+            {
+                return Poll::Ready(Event::Timer);
+            }
+            if !draining
+                && side.drain.due()
+                && changed
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&side.drain_waker))
+                    .is_ready()
+            {
+                return Poll::Ready(Event::Drain);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Conn(r) => return Outcome::Finished(r),
+            Event::Timer => {
                 if closing.is_some() {
                     return Outcome::TimedOut(Phase::Idle);
                 }
                 // The phase may have moved on while sleeping: act only on a deadline still past.
                 match phases.deadline(t) {
                     Some((at, phase)) if at <= Instant::now() => match phase {
-                        Phase::FirstRequest | Phase::RequestHead => return Outcome::TimedOut(phase),
+                        Phase::FirstRequest | Phase::RequestHead => {
+                            return Outcome::TimedOut(phase)
+                        }
                         Phase::Idle => {
                             graceful(conn.as_mut());
                             closing = Some(Instant::now() + t.header_read);
@@ -331,7 +371,7 @@ where
                     _ => {}
                 }
             }
-            _ = drain.changed(), if !draining => {
+            Event::Drain => {
                 draining = true;
                 if phases.requests() == 0 {
                     return Outcome::Stopping;
@@ -339,5 +379,78 @@ where
                 graceful(conn.as_mut());
             }
         }
+    }
+}
+
+/// What ended one wait of [`supervise`].
+enum Event<R> {
+    Conn(R),
+    Timer,
+    Drain,
+}
+
+/// The wakers [`supervise`] polls its timer and the drain signal with: each marks its side as
+/// due and wakes the connection's task, so a wake-up for the connection polls the connection only.
+struct Sides {
+    task: TaskWaker,
+    timer: Arc<Side>,
+    drain: Arc<Side>,
+    timer_waker: Waker,
+    drain_waker: Waker,
+}
+
+/// One side's mark: set by its waker (and when a wait begins), cleared when it is polled.
+struct Side {
+    fired: AtomicBool,
+    task: TaskWaker,
+}
+
+/// The connection task's waker, for the sides to wake it with. Set when it changes (in practice
+/// once); a lock only when a side fires, which is rare.
+type TaskWaker = Arc<std::sync::Mutex<Option<Waker>>>;
+
+impl Side {
+    /// Whether this side is to be polled (its mark is cleared): a plain load when it is not.
+    fn due(&self) -> bool {
+        self.fired.load(Ordering::Acquire) && self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for Side {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(w) = &*self.task.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl Sides {
+    fn new() -> Sides {
+        let task = TaskWaker::default();
+        let side = || {
+            Arc::new(Side {
+                fired: AtomicBool::new(true),
+                task: task.clone(),
+            })
+        };
+        let (timer, drain) = (side(), side());
+        Sides {
+            timer_waker: Waker::from(timer.clone()),
+            drain_waker: Waker::from(drain.clone()),
+            task,
+            timer,
+            drain,
+        }
+    }
+
+    /// A new wait: its timer and drain future are fresh and must be polled once to register.
+    fn arm(&self) {
+        self.timer.fired.store(true, Ordering::Release);
+        self.drain.fired.store(true, Ordering::Release);
     }
 }
