@@ -39,23 +39,17 @@ pub fn log(e: &Entry<'_>) {
         );
         return;
     };
-    LINE.with(|line| {
-        let mut line = line.borrow_mut();
-        line.clear();
+    let now = SystemTime::now();
+    sink.append_with(|line| {
         if json {
-            write_json(&mut line, SystemTime::now(), e);
+            write_json(line, now, e);
         } else {
-            write_text(&mut line, SystemTime::now(), e);
-        }
-        sink.append(line.as_bytes());
-        if line.capacity() > 64 * 1024 {
-            *line = String::with_capacity(512);
+            write_text(line, now, e);
         }
     });
 }
 
 thread_local! {
-    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
     /// The last second formatted (`2026-12-02T06:39:10`), reused for every line in that second.
     static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
 }

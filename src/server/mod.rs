@@ -297,11 +297,15 @@ impl Workers {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // The worker's access lines are gathered and handed to the log writer in
+                // batches; whatever is gathered goes when the worker has nothing left to do.
+                .on_thread_park(crate::logsink::flush_this_thread)
                 .build()?;
             let (state, builder) = (state.clone(), builder.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("portcullis-w{worker}"))
                 .spawn(move || {
+                    crate::logsink::batch_this_thread();
                     rt.block_on(async move {
                         while let Some(job) = rx.recv().await {
                             tokio::spawn(serve_connection(
@@ -312,6 +316,9 @@ impl Workers {
                             ));
                         }
                     });
+                    // The runtime (and any connection it still held) first, then the lines left.
+                    drop(rt);
+                    crate::logsink::flush_this_thread();
                 })?;
             senders.push(tx);
             threads.push(thread);
