@@ -1,4 +1,4 @@
-//! Small network helpers: CIDR ranges for `trusted_proxies`.
+//! Small network helpers: CIDR ranges for `trusted_proxies`, and room in a socket's read buffer.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -66,6 +66,18 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Makes room in `buf` (a read buffer of `size` bytes) before a socket read. With nothing left
+/// in it, the read goes to the front of its allocation again (if nothing else holds part of it):
+/// a connection's next request or answer lands in the same few cache lines as the last one,
+/// where walking on through the buffer would touch fresh ones with every exchange (with hundreds
+/// of connections, that is a cache miss per line). Otherwise, when under 1 KiB is left,
+/// `size` more bytes are reserved.
+pub fn make_room(buf: &mut bytes::BytesMut, size: usize) {
+    if (buf.is_empty() && buf.capacity() < size) || buf.capacity() - buf.len() < 1024 {
+        buf.reserve(size);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +95,32 @@ mod tests {
         assert!(!one.contains("127.0.0.1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nope".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn an_emptied_read_buffer_is_read_into_from_its_front_again() {
+        let mut buf = bytes::BytesMut::with_capacity(8192);
+        let front = buf.as_ptr() as usize;
+        for round in 0..200 {
+            make_room(&mut buf, 8192);
+            assert_eq!(
+                buf.as_ptr() as usize,
+                front,
+                "round {round}: not at the front"
+            );
+            buf.extend_from_slice(&[b'x'; 100]);
+            // A request's bytes, shared while it is handled, then dropped.
+            let taken = buf.split_to(100).freeze();
+            drop(taken);
+        }
+        // Leftover bytes stay where they are; a part still held elsewhere is not overwritten.
+        buf.extend_from_slice(b"abc");
+        let held = buf.split_to(2).freeze();
+        make_room(&mut buf, 8192);
+        assert_eq!(&buf[..], b"c");
+        let _ = buf.split_to(1);
+        make_room(&mut buf, 8192);
+        assert_eq!(&held[..], b"ab");
+        assert!(buf.capacity() >= 1024);
     }
 }

@@ -701,9 +701,7 @@ async fn exchange(
                 Err(e) => return Err((e, Resend::No)),
             }
         }
-        if conn.buf.capacity() - conn.buf.len() < 1024 {
-            conn.buf.reserve(READ_CHUNK);
-        }
+        crate::net::make_room(&mut conn.buf, READ_CHUNK);
         match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) if answered => return Err((WireError::ClosedInHead, Resend::No)),
             Ok(0) => return Err((WireError::ClosedBeforeAnswer, Resend::IfIdempotent)),
@@ -942,9 +940,7 @@ impl WireBody {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            if conn.buf.capacity() - conn.buf.len() < 1024 {
-                conn.buf.reserve(READ_CHUNK);
-            }
+            crate::net::make_room(&mut conn.buf, READ_CHUNK);
             match conn.stream.try_read_buf(&mut conn.buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 other => return Poll::Ready(other),

@@ -194,9 +194,7 @@ pub async fn serve(
                     Parse::Partial => {}
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
-            }
+            crate::net::make_room(&mut buf, 8 * 1024);
             // Between requests a graceful close ends the connection at once; a head half read
             // is dropped with it (hyper does the same).
             let n = {
