@@ -2,8 +2,9 @@
 //!
 //! Nothing is dropped: when more than [`MAX_PENDING`] bytes wait (the output is stuck or slower
 //! than the lines come), writers wait for room. A line reaches the output at most [`LINGER`] after
-//! it was written, or sooner once [`FLUSH_AT`] bytes are waiting. [`LogGuard`] (dropped when the
-//! process ends normally) writes out what is left.
+//! it was appended, or sooner once [`FLUSH_AT`] bytes are waiting; a worker's gathered lines are
+//! appended when [`LOCAL_BATCH`] bytes are gathered or the worker goes idle. [`LogGuard`] (dropped
+//! when the process ends normally) writes out what is left.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};

@@ -51,7 +51,7 @@ pub async fn handle(
             ))
             .await
         }
-        Ok(view) => protected(state, cfg, req, conn, &view, &request_id).await,
+        Ok(view) => protected(state, cfg, req, conn, &view, request_id.as_bytes()).await,
     };
     access::log(&access::Entry {
         method: method.as_str(),
@@ -59,12 +59,37 @@ pub async fn handle(
         status: resp.status().as_u16(),
         peer: conn.peer.ip(),
         elapsed: started.elapsed(),
-        request_id: request_id.to_str().unwrap_or("-"),
+        request_id: request_id.as_str(),
     });
     resp
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A request's id: a trusted proxy's `X-Request-Id`, or one made here (held inline: no
+/// allocation per request).
+enum RequestId {
+    Given(HeaderValue),
+    Made { buf: [u8; 32], len: usize },
+}
+
+impl RequestId {
+    /// As passed upstream with the other headers the gateway writes (`proxy::outgoing`).
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made { buf, len } => &buf[..*len],
+        }
+    }
+
+    /// For the access log (`-` for a given id that is not visible ASCII).
+    fn as_str(&self) -> &str {
+        match self {
+            RequestId::Given(v) => v.to_str().unwrap_or("-"),
+            RequestId::Made { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or("-"),
+        }
+    }
+}
 
 /// The request's id: kept from a trusted proxy's `X-Request-Id`, otherwise made here
 /// (random per-process prefix + counter: unique, and cheap on the hot path). Passed upstream.
@@ -73,24 +98,29 @@ fn request_id(
     cfg: &Config,
     req: &Request<ClientBody>,
     conn: &ConnInfo,
-) -> HeaderValue {
+) -> RequestId {
     if let Some(v) = req.headers().get(X_REQUEST_ID) {
         if is_trusted(&cfg.trusted_proxies, conn.peer.ip()) && v.len() <= 128 {
-            return v.clone();
+            return RequestId::Given(v.clone());
         }
     }
     let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
-    // `{instance_id}{n:010x}` written into a stack buffer: no formatting machinery, one copy.
+    // `{instance_id}{n:010x}` written into a buffer the id holds: no formatting machinery.
     let mut buf = [0u8; 32];
+    // The instance id is hex (`AppState::instance_id`); anything else is left out, so the id is
+    // always a valid header value.
     let prefix = state.instance_id.as_bytes();
-    let p = prefix.len().min(buf.len() - 10);
+    let p = prefix
+        .iter()
+        .take(buf.len() - 10)
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
     buf[..p].copy_from_slice(&prefix[..p]);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in buf[p..p + 10].iter_mut().enumerate() {
         *b = HEX[((n >> (4 * (9 - i))) & 0xf) as usize];
     }
-    // Passed upstream with the other headers the gateway writes (`proxy::outgoing`).
-    HeaderValue::from_bytes(&buf[..p + 10]).unwrap_or(HeaderValue::from_static("0"))
+    RequestId::Made { buf, len: p + 10 }
 }
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -134,7 +164,7 @@ async fn protected(
     req: &mut Request<ClientBody>,
     conn: &ConnInfo,
     view: &RequestView,
-    request_id: &HeaderValue,
+    request_id: &[u8],
 ) -> Response<Body> {
     // Only answers made here need it (forwarding works it out for its own errors).
     let navigation = |r: &Request<ClientBody>| is_navigation(r.method(), r.headers());

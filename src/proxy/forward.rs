@@ -52,7 +52,7 @@ pub struct Caller<'a> {
     /// The session it was let through with; `None` on public routes and paths.
     pub identity: Option<&'a Identity>,
     /// Its `X-Request-Id` (a trusted proxy's, or made by the gateway), passed upstream.
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a [u8],
 }
 
 /// Sends the prepared request upstream and streams the answer back.

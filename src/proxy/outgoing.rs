@@ -38,7 +38,7 @@ pub struct Outgoing<'a> {
     /// The protocol the client asked to switch to: `Connection: upgrade` and `Upgrade` are sent.
     pub upgrade: Option<&'a HeaderValue>,
     /// The request's `X-Request-Id` (replacing any the client sent).
-    pub request_id: Option<&'a HeaderValue>,
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// The identity headers of a signed-in request.
@@ -147,7 +147,7 @@ impl Outgoing<'_> {
             push_field(out, name.as_str(), value.as_bytes());
         }
         if let Some(id) = self.request_id {
-            push_field(out, X_REQUEST_ID, id.as_bytes());
+            push_field(out, X_REQUEST_ID, id);
         }
         if let Some(u) = self.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
@@ -304,7 +304,7 @@ mod tests {
             }),
             assertion: None,
             upgrade: None,
-            request_id: Some(&request_id),
+            request_id: Some(request_id.as_bytes()),
         };
         let mut out = Vec::new();
         o.write(&map(client), &mut out);
