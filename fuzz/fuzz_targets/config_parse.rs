@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;

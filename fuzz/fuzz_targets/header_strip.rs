@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
         identity: Some(Identity { email: EMAIL, email_header: &email_h, user_header: &user_h }),
         assertion: None,
         upgrade: None,
-        request_id: Some(&request_id),
+        request_id: Some(request_id.as_bytes()),
     };
     let mut block = Vec::new();
     fields.write(&before, &mut block);
