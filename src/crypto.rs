@@ -77,10 +77,21 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a presented token has the shape of one of ours (43 base64url characters); cheap pre-filter.
 pub fn looks_like_token(s: &str) -> bool {
-    s.len() == 43
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    // A table and no early exit: one load per byte (this runs on every request).
+    s.len() == 43 && s.bytes().fold(true, |ok, b| ok & BASE64URL[usize::from(b)])
 }
+
+/// The base64url alphabet as a byte table.
+const BASE64URL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        i += 1;
+    }
+    t
+};
 
 /// Shortest master secret accepted, in bytes.
 pub const MASTER_MIN_BYTES: usize = 32;
@@ -187,6 +198,25 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_shape_is_43_base64url_characters_whatever_the_other_characters_are() {
+        let base = "A".repeat(43);
+        assert!(looks_like_token(&base));
+        assert!(!looks_like_token(&base[1..]));
+        assert!(!looks_like_token(&format!("{base}A")));
+        let others = (0u8..=0x7f).map(char::from).chain(['é', '\u{ff}', '€']);
+        for c in others {
+            let want = c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            for at in [0, 21, 42] {
+                let mut t: Vec<char> = base.chars().collect();
+                t[at] = c;
+                let t: String = t.into_iter().collect();
+                // A wider character makes the string longer than 43 bytes: never a token.
+                assert_eq!(looks_like_token(&t), want && t.len() == 43, "{c:?} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn tokens_are_long_and_distinct() {

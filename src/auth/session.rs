@@ -63,9 +63,10 @@ pub fn presented_tokens<'a>(
         }
     }
     for v in headers.get_all(header::COOKIE) {
+        // Visible ASCII, space and tab only (as `to_str` checks): only space and tab are trimmed.
         if let Ok(s) = v.to_str() {
             for pair in s.split(';') {
-                if let Some((name, value)) = pair.trim().split_once('=') {
+                if let Some((name, value)) = pair.trim_ascii().split_once('=') {
                     if name == cookie_name {
                         push((value.trim_matches('"'), Via::Cookie));
                     }
