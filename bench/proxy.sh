@@ -515,6 +515,17 @@ proc_ticks() {
     done
     echo "$total"
 }
+# proc_user_ticks PID...: the user-space part of proc_ticks (the rest is the kernel's).
+proc_user_ticks() {
+    local total=0 pid p t
+    for pid in "$@"; do
+        for p in "$pid" $(pgrep -P "$pid" || true); do
+            t=$(awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+            total=$((total + ${t:-0}))
+        done
+    done
+    echo "$total"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # upstream_accepts: connections the upstream nginx has accepted so far (stub_status), 0 if unknown.
@@ -530,41 +541,44 @@ wrk_hook_before() { :; }
 wrk_hook_after() { :; }
 
 # run_wrk KEY URL [wrk args]: warm-up, then the measured run; result in W[...] and $TMP/wrk-KEY.txt.
-# W[cpu_us] is the CPU time the processes in CPU_PIDS (and their children) spent per request.
+# W[cpu_us] is the CPU time the processes in CPU_PIDS (and their children) spent per request,
+# W[cpu_user_us] its user-space part.
 run_wrk() {
     local key=$1 url=$2
     shift 2
     log "$key: warm-up $WARMUP, then wrk -t$THREADS -c$CONNS -d$DURATION $url (load avg $(cut -d' ' -f1 /proc/loadavg))"
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key-warmup.txt" 2>&1 \
         || die "$key: wrk warm-up failed: $(cat "$TMP/wrk-$key-warmup.txt")"
-    local c0=0 c1=0 a0 a1 warm
+    local c0=0 c1=0 u0=0 u1=0 a0 a1 warm
     warm=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$TMP/wrk-$key-warmup.txt" | tail -n1)
     a0=$(upstream_accepts)
-    [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
+    [ ${#CPU_PIDS[@]} -eq 0 ] || { c0=$(proc_ticks "${CPU_PIDS[@]}"); u0=$(proc_user_ticks "${CPU_PIDS[@]}"); }
     wrk_hook_before
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key.txt" 2>&1 \
         || die "$key: wrk failed: $(cat "$TMP/wrk-$key.txt")"
     wrk_hook_after
-    [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
+    [ ${#CPU_PIDS[@]} -eq 0 ] || { u1=$(proc_user_ticks "${CPU_PIDS[@]}"); c1=$(proc_ticks "${CPU_PIDS[@]}"); }
     a1=$(upstream_accepts)
     parse_bench "$TMP/wrk-$key.txt"
     W[warmup_requests]=${warm:-0}
-    finish_run "$key" $((c1 - c0)) $((a1 - a0))
+    finish_run "$key" $((c1 - c0)) $((a1 - a0)) $((u1 - u0))
 }
 
-# finish_run KEY TICKS UP_CONNS: run_wrk's and run_h2load's derived figures in W[...] (errors,
-# CPU per request and CPU% from TICKS, upstream connections opened) and the log line.
+# finish_run KEY TICKS UP_CONNS USER_TICKS: run_wrk's and run_h2load's derived figures in W[...]
+# (errors, CPU per request and CPU% from TICKS, its user part, upstream connections opened) and the
+# log line.
 finish_run() {
-    local key=$1 ticks=$2
+    local key=$1 ticks=$2 user=${4:-0}
     W[up_conns]=$3
     local errs=$((W[err_connect] + W[err_read] + W[err_write] + W[err_status] + W[err_timeout]))
     W[errors]=$errs
     W[cpu_us]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')
+    W[cpu_user_us]=$(awk -v t="$user" -v hz="$CLK_TCK" -v n="${W[requests]}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')
     W[cpu_pct]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="${W[duration_us]}" 'BEGIN { if (d > 0) printf "%.0f", t / hz * 1e8 / d; else print 0 }')
     if [ "$errs" -gt 0 ]; then
         log "$key: WARNING $errs errors (connect ${W[err_connect]}, read ${W[err_read]}, write ${W[err_write]}, status>=400 ${W[err_status]}, timeout ${W[err_timeout]})"
     fi
-    log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}"), CPU ${W[cpu_pct]}% = ${W[cpu_us]} us/req, upstream conns opened ${W[up_conns]}"
+    log "$key: ${W[rps]} req/s, p50 $(ms "${W[p50_us]}"), p99 $(ms "${W[p99_us]}"), CPU ${W[cpu_pct]}% = ${W[cpu_us]} us/req (user ${W[cpu_user_us]}), upstream conns opened ${W[up_conns]}"
 }
 
 # run_h2load KEY URL [h2load args]: run_wrk for HTTP/2 over TLS. A warm-up h2load run (-D$WARMUP,
@@ -577,19 +591,19 @@ run_h2load() {
     log "$key: warm-up $WARMUP, then h2load -t$THREADS -c$CONNS -m1 -D$DURATION $url (load avg $(cut -d' ' -f1 /proc/loadavg))"
     h2load -t"$THREADS" -c"$CONNS" -m1 -D"$WARMUP" "$@" "$url" >"$TMP/h2load-$key-warmup.txt" 2>&1 \
         || die "$key: h2load warm-up failed: $(tail -n 20 "$TMP/h2load-$key-warmup.txt")"
-    local c0=0 c1=0 a0 a1 warm
+    local c0=0 c1=0 u0=0 u1=0 a0 a1 warm
     warm=$(sed -n 's/^requests: .* \([0-9]*\) done,.*/\1/p' "$TMP/h2load-$key-warmup.txt" | tail -n1)
     a0=$(upstream_accepts)
-    [ ${#CPU_PIDS[@]} -eq 0 ] || c0=$(proc_ticks "${CPU_PIDS[@]}")
+    [ ${#CPU_PIDS[@]} -eq 0 ] || { c0=$(proc_ticks "${CPU_PIDS[@]}"); u0=$(proc_user_ticks "${CPU_PIDS[@]}"); }
     h2load -t"$THREADS" -c"$CONNS" -m1 -D"$DURATION" --log-file "$TMP/h2load-$key.log" "$@" "$url" >"$TMP/h2load-$key.txt" 2>&1 \
         || die "$key: h2load failed: $(tail -n 20 "$TMP/h2load-$key.txt")"
-    [ ${#CPU_PIDS[@]} -eq 0 ] || c1=$(proc_ticks "${CPU_PIDS[@]}")
+    [ ${#CPU_PIDS[@]} -eq 0 ] || { u1=$(proc_user_ticks "${CPU_PIDS[@]}"); c1=$(proc_ticks "${CPU_PIDS[@]}"); }
     a1=$(upstream_accepts)
     python3 "$BENCH_DIR/h2load_stats.py" --expect-proto h2 "$TMP/h2load-$key.txt" "$TMP/h2load-$key.log" >"$TMP/h2load-$key.bench" \
         || die "$key: could not read h2load's results (see above)"
     parse_bench "$TMP/h2load-$key.bench"
     W[warmup_requests]=${warm:-0}
-    finish_run "$key" $((c1 - c0)) $((a1 - a0))
+    finish_run "$key" $((c1 - c0)) $((a1 - a0)) $((u1 - u0))
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2fms", us / 1000 }'; }
@@ -643,7 +657,7 @@ target_line() {
 }
 
 # proxy_run K C ROUND: target K measured at C connections (warm-up included); one line
-# "rps p50 p99 errors cpu_us cpu_pct up_conns" into $TMP/rounds-K-cC. Uses mode_proxy's
+# "rps p50 p99 errors cpu_us cpu_pct up_conns cpu_user_us" into $TMP/rounds-K-cC. Uses mode_proxy's
 # urls/hdr/cpu_pids/sent (bash's dynamic scoping).
 proxy_run() {
     local k=$1 c=$2 round=$3
@@ -658,7 +672,7 @@ proxy_run() {
         *) run_wrk "$k-c$c-$round" "${urls[$k]}" "${args[@]}" ;;
     esac
     CPU_PIDS=()
-    echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[errors]} ${W[cpu_us]} ${W[cpu_pct]} ${W[up_conns]}" >>"$TMP/rounds-$k-c$c"
+    echo "${W[rps]} ${W[p50_us]} ${W[p99_us]} ${W[errors]} ${W[cpu_us]} ${W[cpu_pct]} ${W[up_conns]} ${W[cpu_user_us]}" >>"$TMP/rounds-$k-c$c"
     sent[$k]=$((${sent[$k]:-0} + W[requests] + W[warmup_requests]))
     [ -z "${W[cipher]:-}" ] || h2cipher[$k]="${W[tls]} / ${W[cipher]}"
 }
@@ -943,13 +957,13 @@ EOF
         done
     done
 
-    local -A rps p50 p99 errs cpu cpupct upc
+    local -A rps p50 p99 errs cpu cpupct upc usr
     local kc
     for c in "${conns_list[@]}"; do
         for k in "${keys[@]}" "${diag[@]}" "${tls_keys[@]}"; do
             kc=$k-c$c
             [ -f "$TMP/rounds-$kc" ] || continue
-            read -r "rps[$kc]" "p50[$kc]" "p99[$kc]" "errs[$kc]" "cpu[$kc]" "cpupct[$kc]" "upc[$kc]" \
+            read -r "rps[$kc]" "p50[$kc]" "p99[$kc]" "errs[$kc]" "cpu[$kc]" "cpupct[$kc]" "upc[$kc]" "usr[$kc]" \
                 <<<"$(sort -g "$TMP/rounds-$kc" | sed -n "$(((ROUNDS + 1) / 2))p")"
         done
     done
@@ -977,8 +991,8 @@ EOF
     for k in b e h j; do sent_ngx=$((sent_ngx + ${sent[$k]:-0})); done
     log "access log lines: portcullis ${pc_lines} (requests sent ~${sent_pc}), nginx ${ngx_lines} (~${sent_ngx}), caddy ${caddy_lines} (~${sent_caddy}), portcullis (d0) ${pc0_lines}"
 
-    local row='%-32s %9.0f %9s %9s %7sx %11s %6s %9s %7s\n'
-    local head='%-32s %9s %9s %9s %8s %11s %6s %9s %7s\n'
+    local row='%-32s %9.0f %9s %9s %7sx %11s %8s %6s %9s %7s\n'
+    local head='%-32s %9s %9s %9s %8s %11s %8s %6s %9s %7s\n'
     local -A s_line
     for c in "${conns_list[@]}"; do
         local t=$THREADS
@@ -986,12 +1000,12 @@ EOF
         echo
         echo "== proxy at $c connection(s): same 100-byte upstream response, wrk -t$t -c$c -d$DURATION$([ "$TLS" != 1 ] || echo ", h2load -t$t -c$c -m1 -D$DURATION"), rounds $ROUNDS, nproc $(nproc) =="
         # shellcheck disable=SC2059
-        printf "$head" target "req/s" p50 p99 "vs (b)" "CPU us/req" "CPU%" "up conns" errors
+        printf "$head" target "req/s" p50 p99 "vs (b)" "CPU us/req" "of it usr" "CPU%" "up conns" errors
         for k in "${keys[@]}"; do
             kc=$k-c$c
             # shellcheck disable=SC2059
             printf "$row" "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
-                "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
+                "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${usr[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
         done
         if [ "$TLS" = 1 ]; then
             echo "-- HTTPS, one self-signed ECDSA P-256 certificate; (h, i) wrk https://, (j, k) h2load over ALPN h2 --"
@@ -999,15 +1013,15 @@ EOF
                 kc=$k-c$c
                 # shellcheck disable=SC2059
                 printf "$row" "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
-                    "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
+                    "$(ratio "${rps[$kc]}" "${rps[b-c$c]}")" "${cpu[$kc]}" "${usr[$kc]}" "${cpupct[$kc]}" "${upc[$kc]}" "${errs[$kc]}"
             done
         fi
         if [ -f "$TMP/rounds-f-c$c" ]; then
             echo "-- diagnostics: Portcullis alone, no upstream hop (other responses; not compared) --"
             for k in "${diag[@]}"; do
                 kc=$k-c$c
-                printf '%-32s %9.0f %9s %9s %8s %11s %6s %9s %7s\n' "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
-                    "" "${cpu[$kc]}" "${cpupct[$kc]}" "" "${errs[$kc]}"
+                printf '%-32s %9.0f %9s %9s %8s %11s %8s %6s %9s %7s\n' "${label[$k]}" "${rps[$kc]}" "$(ms "${p50[$kc]}")" "$(ms "${p99[$kc]}")" \
+                    "" "${cpu[$kc]}" "${usr[$kc]}" "${cpupct[$kc]}" "" "${errs[$kc]}"
             done
         fi
 
@@ -1017,7 +1031,7 @@ EOF
             "$(pass_fail ge "${rps[$d]}" "${rps[$b]}" 1.0)"
         target_line "(d) p99 <= nginx proxy_pass p99" "$(ms "${p99[$d]}") vs $(ms "${p99[$b]}") ($(ratio "${p99[$d]}" "${p99[$b]}")x)" \
             "$(pass_fail ge "${p99[$b]}" "${p99[$d]}" 1.0)"
-        target_line "(d) CPU us/req <= nginx proxy_pass's" "${cpu[$d]} vs ${cpu[$b]} us ($(ratio "${cpu[$d]}" "${cpu[$b]}")x)" \
+        target_line "(d) CPU us/req <= nginx proxy_pass's" "${cpu[$d]} vs ${cpu[$b]} us ($(ratio "${cpu[$d]}" "${cpu[$b]}")x; user ${usr[$d]} vs ${usr[$b]})" \
             "$(pass_fail ge "${cpu[$b]}" "${cpu[$d]}" 1.0)"
         target_line "(d) req/s >= 2.5 x caddy reverse_proxy (c)" "$(printf '%.0f vs %.0f (%sx)' "${rps[$d]}" "${rps[$cc]}" "$(ratio "${rps[$d]}" "${rps[$cc]}")")" \
             "$(pass_fail ge "${rps[$d]}" "${rps[$cc]}" 2.5)"
@@ -1030,13 +1044,13 @@ EOF
                 "$(pass_fail ge "${rps[$i]}" "${rps[$h]}" 1.0)"
             target_line "(i) TLS h1 p99 <= nginx TLS h1 p99" "$(ms "${p99[$i]}") vs $(ms "${p99[$h]}") ($(ratio "${p99[$i]}" "${p99[$h]}")x)" \
                 "$(pass_fail ge "${p99[$h]}" "${p99[$i]}" 1.0)"
-            target_line "(i) TLS h1 CPU us/req <= nginx TLS h1's" "${cpu[$i]} vs ${cpu[$h]} us ($(ratio "${cpu[$i]}" "${cpu[$h]}")x)" \
+            target_line "(i) TLS h1 CPU us/req <= nginx TLS h1's" "${cpu[$i]} vs ${cpu[$h]} us ($(ratio "${cpu[$i]}" "${cpu[$h]}")x; user ${usr[$i]} vs ${usr[$h]})" \
                 "$(pass_fail ge "${cpu[$h]}" "${cpu[$i]}" 1.0)"
             target_line "(k) h2 req/s >= 1.0 x nginx h2 (j)" "$(printf '%.0f vs %.0f (%s)' "${rps[$kk]}" "${rps[$j]}" "$h2")" \
                 "$(pass_fail ge "${rps[$kk]}" "${rps[$j]}" 1.0)"
             target_line "(k) h2 p99 <= nginx h2 p99" "$(ms "${p99[$kk]}") vs $(ms "${p99[$j]}") ($(ratio "${p99[$kk]}" "${p99[$j]}")x)" \
                 "$(pass_fail ge "${p99[$j]}" "${p99[$kk]}" 1.0)"
-            target_line "(k) h2 CPU us/req <= nginx h2's" "${cpu[$kk]} vs ${cpu[$j]} us ($(ratio "${cpu[$kk]}" "${cpu[$j]}")x)" \
+            target_line "(k) h2 CPU us/req <= nginx h2's" "${cpu[$kk]} vs ${cpu[$j]} us ($(ratio "${cpu[$kk]}" "${cpu[$j]}")x; user ${usr[$kk]} vs ${usr[$j]})" \
                 "$(pass_fail ge "${cpu[$j]}" "${cpu[$kk]}" 1.0)"
         fi
         if [ "$ACCESS_LOG" = 1 ]; then
@@ -1054,6 +1068,7 @@ EOF
     echo
     echo "Notes:"
     echo "  vs (b): req/s relative to (b) nginx proxy_pass at the same connection count (TLS rows too: what TLS costs)."
+    echo "  of it usr: the user-space part of CPU us/req (the rest is the kernel's: sockets, wake-ups, scheduling)."
     echo "  CPU us/req, CPU%: user+system CPU of the proxy's processes only (for (a) the upstream nginx, for (e) nginx +"
     echo "  portcullis), not the upstream's nor the load generator's; wrk/h2load and the upstream share the same $(nproc) cores,"
     echo "  so req/s is bounded by all three. p50/p99: wrk's latency histogram; for h2load rows from its per-request log."
