@@ -1,8 +1,10 @@
-//! Small network helpers: CIDR ranges for `trusted_proxies`, and room in a socket's read buffer.
+//! Small network helpers: CIDR ranges for `trusted_proxies`, room in a socket's read buffer, and
+//! the kernel's watch on a client that went away.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// An IPv4 or IPv6 network in CIDR notation; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,35 @@ pub fn make_room(buf: &mut bytes::BytesMut, size: usize) {
     }
 }
 
+/// A client connection silent this long gets TCP keep-alive probes.
+pub const PEER_PROBE_AFTER: Duration = Duration::from_secs(30);
+/// Time between two unanswered probes.
+pub const PEER_PROBE_EVERY: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the kernel drops the connection.
+pub const PEER_PROBES: u32 = 3;
+/// Data sent to a client and not acknowledged for this long ends the connection: the probes'
+/// whole span, so a peer is given up on after the same time whether or not data was in flight.
+pub const PEER_GONE_AFTER: Duration = Duration::from_secs(60);
+
+/// Lets the kernel notice a client that vanished (powered off, network gone: nothing closes
+/// the connection). Idle connections are probed ([`PEER_PROBE_AFTER`], then every
+/// [`PEER_PROBE_EVERY`], [`PEER_PROBES`] times) and data left unacknowledged for
+/// [`PEER_GONE_AFTER`] ends the connection; its next read or write then fails and the
+/// connection, with every request on it, is dropped. This covers what the phase timers do not:
+/// a request in progress (an HTTP/1 answer being sent, an HTTP/2 stream open) on a dead peer.
+/// Costs nothing per request (HTTP/2 keep-alive pings did the same for HTTP/2 alone, with a
+/// timer reset on every frame).
+pub fn watch_peer(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(stream);
+    s.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(PEER_PROBE_AFTER)
+            .with_interval(PEER_PROBE_EVERY)
+            .with_retries(PEER_PROBES),
+    )?;
+    s.set_tcp_user_timeout(Some(PEER_GONE_AFTER))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +153,30 @@ mod tests {
         make_room(&mut buf, 8192);
         assert_eq!(&held[..], b"ab");
         assert!(buf.capacity() >= 1024);
+    }
+
+    /// The options are really set on a connected socket, as the kernel reads them back.
+    #[tokio::test]
+    async fn a_watched_connection_has_probes_and_a_user_timeout() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let before = socket2::SockRef::from(&server);
+        assert!(!before.keepalive().unwrap(), "off before");
+        watch_peer(&server).unwrap();
+        let s = socket2::SockRef::from(&server);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), PEER_PROBE_AFTER);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), PEER_PROBE_EVERY);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), PEER_PROBES);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(PEER_GONE_AFTER));
+        assert_eq!(
+            PEER_GONE_AFTER,
+            PEER_PROBE_AFTER + PEER_PROBE_EVERY * PEER_PROBES,
+            "data in flight or not, a peer is given up on after the same time"
+        );
+        drop(client);
     }
 }

@@ -89,8 +89,9 @@ fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(250)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(250);
+    // No HTTP/2 keep-alive pings: the kernel watches every client connection for a vanished
+    // peer (`net::watch_peer`), HTTP/1 and HTTP/2 alike, without a timer reset per frame.
     b
 }
 
@@ -185,6 +186,9 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = crate::net::watch_peer(&stream) {
+            tracing::debug!(%peer, error = %e, "cannot set keep-alive probes on a client connection");
+        }
         let Ok(std_stream) = stream.into_std() else {
             continue;
         };

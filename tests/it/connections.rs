@@ -640,3 +640,71 @@ async fn burst_is_queued(listen: &str, burst: usize) {
     );
     drop(listeners);
 }
+
+/// The gateway-side sockets of `port`'s established connections as `ss` lists them (one line
+/// each, with its timer), or `None` when `ss` (iproute2) is not installed.
+fn server_side_sockets(port: u16) -> Option<Vec<String>> {
+    let out = Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// A client that vanishes (no FIN, no RST) while a request is in progress is noticed by the
+/// kernel, HTTP/1 and HTTP/2 alike: every accepted connection, plain or TLS, carries TCP
+/// keep-alive probes (and a user timeout: `net::watch_peer`'s own test reads both back). What
+/// the kernel shows for the gateway's side of each connection: its keep-alive timer running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_connection_is_watched_for_a_vanished_peer() {
+    if server_side_sockets(1).is_none() {
+        return crate::support::skip("`ss` (Debian package iproute2) is not installed");
+    }
+    let gw = TestGateway::start().await;
+    let mut plain = TcpStream::connect(gw.addr()).await.unwrap();
+    plain
+        .write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut plain).await;
+    assert_eq!(raw_status(&r), Some(200), "{r}");
+    let tls = TlsGateway::start("{ header_read_timeout: 60s }").await;
+    let h2 = tls.handshake(b"h2").await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    for (what, port) in [("plain HTTP/1.1", gw.port), ("TLS, ALPN h2", tls.tls_port)] {
+        // Both connections were accepted (an answer came, a handshake finished). While sent
+        // bytes wait for their (delayed) ACK, `ss` shows the retransmission timer instead: look
+        // again until nothing is in flight.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let lines = loop {
+            let lines = server_side_sockets(port).unwrap_or_default();
+            let quiet = !lines.is_empty() && lines.iter().all(|l| !l.contains("timer:(on,"));
+            if quiet || tokio::time::Instant::now() >= deadline {
+                break lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            !lines.is_empty(),
+            "{what}: ss lists no connection on port {port}"
+        );
+        for line in lines {
+            assert!(
+                line.contains("timer:(keepalive,"),
+                "{what}: the gateway's side of a client connection has no keep-alive timer: {line}"
+            );
+        }
+    }
+    drop((plain, h2));
+}
