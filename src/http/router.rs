@@ -37,8 +37,21 @@ pub async fn handle(
     // One config snapshot per request (each load touches a shared reference count).
     let cfg = state.config();
     let request_id = request_id(state, &cfg, req, conn);
-    // The one canonical view: every decision below and what is forwarded come from it.
-    let resp = match RequestView::of(req, conn.tls) {
+    // The one canonical view: every decision below and what is forwarded come from it. It
+    // borrows the target and the Host value through clones (reference counts, no copy), so the
+    // request itself stays free to be changed and taken.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    let more_hosts = hosts.next().is_some();
+    let view = RequestView::of_parts(
+        req.method(),
+        req.version(),
+        &uri,
+        host.as_ref(),
+        more_hosts,
+        conn.tls,
+    );
+    let resp = match view {
         Err(refusal) => refuse(state, &refusal, is_navigation(req.method(), req.headers())),
         // Boxed: the gateway's own endpoints are a large future (mail, store writes) that the
         // proxied requests should not carry (and copy) inline.
@@ -163,7 +176,7 @@ async fn protected(
     cfg: Arc<Config>,
     req: &mut Request<ClientBody>,
     conn: &ConnInfo,
-    view: &RequestView,
+    view: &RequestView<'_>,
     request_id: &[u8],
 ) -> Response<Body> {
     // Only answers made here need it (forwarding works it out for its own errors).

@@ -63,7 +63,7 @@ pub async fn forward(
     req: &mut Request<ClientBody>,
     caller: Caller<'_>,
     conn: &ConnInfo,
-    view: &RequestView,
+    view: &RequestView<'_>,
 ) -> Response<Body> {
     let id = caller.identity;
     // Whether an error answer is an HTML page or JSON: worked out only where one can be made.
@@ -263,7 +263,7 @@ pub async fn forward(
             let watch = Watch {
                 state: Arc::downgrade(state),
                 token_hash: id.map(|i| i.token_hash),
-                view: view.clone(),
+                view: view.clone().into_owned(),
                 route: route.name.clone(),
                 upstream: route.upstream.clone(),
             };
@@ -294,7 +294,7 @@ struct Watch {
     /// connections it let through; they end at their next check.
     state: std::sync::Weak<AppState>,
     token_hash: Option<[u8; 32]>,
-    view: RequestView,
+    view: RequestView<'static>,
     route: String,
     upstream: Upstream,
 }

@@ -13,7 +13,9 @@ pub mod body;
 pub mod host;
 pub mod path;
 
-use http::{header, Method, Request, Version};
+use std::borrow::Cow;
+
+use http::{header, HeaderValue, Method, Request, Uri, Version};
 
 pub use body::{take_request, ClientBody};
 pub use host::{canonical_authority, Authority, BadHost};
@@ -47,27 +49,44 @@ impl Refusal {
 /// Methods the gateway forwards (`Allow` of its 405): everything but `CONNECT` and `TRACE`.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
-/// One request as every decision sees it.
+/// One request as every decision sees it. Borrows the request's `Host` value and target when
+/// they already are canonical (the common case: no allocation per request); [`Self::into_owned`]
+/// for a view kept beyond them.
 #[derive(Debug, Clone)]
-pub struct RequestView {
+pub struct RequestView<'a> {
     /// Canonical host without port; empty only for an HTTP/1.0 request without `Host`.
-    pub host: String,
+    pub host: Cow<'a, str>,
     pub port: Option<u16>,
     /// `https` when the client connection is TLS.
     pub scheme: &'static str,
-    pub path: CanonicalPath<'static>,
+    pub path: CanonicalPath<'a>,
 }
 
-impl RequestView {
+impl<'a> RequestView<'a> {
     /// Builds the view of `req`, or the reason it must be refused. The path's ambiguity is
     /// recorded, not refused here: whether it is refused depends on the configuration.
-    pub fn of<B>(req: &Request<B>, tls: bool) -> Result<RequestView, Refusal> {
-        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+    pub fn of<B>(req: &'a Request<B>, tls: bool) -> Result<RequestView<'a>, Refusal> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let first = hosts.next();
+        let more = hosts.next().is_some();
+        Self::of_parts(req.method(), req.version(), req.uri(), first, more, tls)
+    }
+
+    /// [`Self::of`] from the parts it reads: the method, the version, the target, the first
+    /// `Host` value and whether there was another. The view borrows only `uri` and `host_header`
+    /// (so a caller holding cheap clones of them may still change the request).
+    pub fn of_parts(
+        method: &Method,
+        version: Version,
+        uri: &'a Uri,
+        host_header: Option<&'a HeaderValue>,
+        more_than_one_host: bool,
+        tls: bool,
+    ) -> Result<RequestView<'a>, Refusal> {
+        if method == Method::CONNECT || method == Method::TRACE {
             return Err(Refusal::Method);
         }
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let host_header = hosts.next();
-        if hosts.next().is_some() {
+        if more_than_one_host {
             return Err(Refusal::Host("more than one Host header"));
         }
         let from_header = match host_header {
@@ -80,13 +99,13 @@ impl RequestView {
             None => None,
         };
         let scheme = if tls { "https" } else { "http" };
-        let from_target = match req.uri().authority() {
+        let from_target = match uri.authority() {
             Some(a) => Some(canonical_authority(a.as_str()).map_err(|e| Refusal::Host(e.0))?),
             None => None,
         };
         let authority = match (from_header, from_target) {
             (Some(h), Some(t)) => {
-                let target_scheme = req.uri().scheme_str().unwrap_or(scheme);
+                let target_scheme = uri.scheme_str().unwrap_or(scheme);
                 if h.host != t.host
                     || effective_port(h.port, scheme) != effective_port(t.port, target_scheme)
                 {
@@ -99,23 +118,27 @@ impl RequestView {
             (h, t) => h.or(t),
         };
         let (host, port) = match authority {
-            Some(a) => (a.host.into_owned(), a.port),
-            None if req.version() <= Version::HTTP_10 => (String::new(), None),
+            Some(a) => (a.host, a.port),
+            None if version <= Version::HTTP_10 => (Cow::Borrowed(""), None),
             None => return Err(Refusal::Host("no Host header")),
         };
-        let raw_path = req.uri().path();
-        let path = canonicalize(raw_path);
-        let path = CanonicalPath {
-            primary: std::borrow::Cow::Owned(path.primary.into_owned()),
-            alternates: path.alternates,
-            ambiguity: path.ambiguity,
-        };
+        let path = canonicalize(uri.path());
         Ok(RequestView {
             host,
             port,
             scheme,
             path,
         })
+    }
+
+    /// The same view owning its strings (kept with an upgraded connection, for instance).
+    pub fn into_owned(self) -> RequestView<'static> {
+        RequestView {
+            host: Cow::Owned(self.host.into_owned()),
+            port: self.port,
+            scheme: self.scheme,
+            path: self.path.into_owned(),
+        }
     }
 
     /// `host[:port]` as the client addressed it, canonical.
@@ -152,16 +175,28 @@ mod tests {
 
     #[test]
     fn host_rules() {
-        let v = RequestView::of(&req("/x", &["App.Example.com.:8080"]), false).unwrap();
-        assert_eq!((v.host.as_str(), v.port), ("app.example.com", Some(8080)));
+        let r = req("/x", &["App.Example.com.:8080"]);
+        let v = RequestView::of(&r, false).unwrap();
+        assert_eq!((&*v.host, v.port), ("app.example.com", Some(8080)));
         assert!(RequestView::of(&req("/x", &["a.com", "b.com"]), false).is_err());
         assert!(RequestView::of(&req("/x", &["a.com", "a.com"]), false).is_err());
         assert!(RequestView::of(&req("/x", &[]), false).is_err());
         assert!(RequestView::of(&req("http://a.com/x", &["b.com"]), false).is_err());
         assert!(RequestView::of(&req("http://a.com/x", &["A.com.:80"]), false).is_ok());
         assert!(RequestView::of(&req("http://a.com:81/x", &["a.com"]), false).is_err());
-        let v = RequestView::of(&req("http://a.com/x", &[]), false).unwrap();
+        let r = req("http://a.com/x", &[]);
+        let v = RequestView::of(&r, false).unwrap();
         assert_eq!(v.host, "a.com");
+        // Already canonical: borrowed from the request, nothing allocated; owned on request.
+        let r = req("/a/b", &["a.com"]);
+        let v = RequestView::of(&r, false).unwrap();
+        assert!(matches!(v.host, std::borrow::Cow::Borrowed("a.com")));
+        assert!(matches!(v.path.primary, std::borrow::Cow::Borrowed("/a/b")));
+        let owned: RequestView<'static> = v.clone().into_owned();
+        assert_eq!(
+            (&*owned.host, &*owned.path.primary),
+            (&*v.host, &*v.path.primary)
+        );
     }
 
     #[test]

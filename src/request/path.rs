@@ -58,6 +58,17 @@ pub struct CanonicalPath<'a> {
 }
 
 impl CanonicalPath<'_> {
+    /// The same readings, owning the primary one.
+    pub fn into_owned(self) -> CanonicalPath<'static> {
+        CanonicalPath {
+            primary: Cow::Owned(self.primary.into_owned()),
+            alternates: self.alternates,
+            ambiguity: self.ambiguity,
+        }
+    }
+}
+
+impl CanonicalPath<'_> {
     /// Every reading, primary first.
     pub fn readings(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.primary.as_ref()).chain(self.alternates.iter().map(String::as_str))

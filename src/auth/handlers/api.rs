@@ -135,7 +135,11 @@ impl Ctx<'_> {
         Ok(r)
     }
 
-    pub(super) async fn api_session(&self, req: &Request<ClientBody>, view: &RequestView) -> Reply {
+    pub(super) async fn api_session(
+        &self,
+        req: &Request<ClientBody>,
+        view: &RequestView<'_>,
+    ) -> Reply {
         let decision = self.cfg.decide_for(&view.host, &canonicalize("/"));
         match authenticate(self.state, self.cfg, req.headers(), decision.as_ref()).await? {
             Some(id) if id.allowed => Ok(json(

@@ -94,7 +94,7 @@ fn original_request(
     cfg: &Config,
     req: &Request<ClientBody>,
     conn: &ConnInfo,
-    view: &RequestView,
+    view: &RequestView<'_>,
     family: Family,
 ) -> Result<Original, &'static str> {
     let h = req.headers();
@@ -104,7 +104,7 @@ fn original_request(
         }
         return Ok(Original {
             method: "GET".into(),
-            host: view.host.clone(),
+            host: view.host.to_string(),
             path: canonicalize("/"),
             url: format!("{}://{}/", view.scheme, view.authority()),
             nginx: false,
@@ -178,7 +178,7 @@ impl Ctx<'_> {
         &self,
         req: &Request<ClientBody>,
         conn: &ConnInfo,
-        view: &RequestView,
+        view: &RequestView<'_>,
         family: Family,
     ) -> Reply {
         let orig = match original_request(self.cfg, req, conn, view, family) {

@@ -59,7 +59,7 @@ pub async fn dispatch(
     state: &Arc<AppState>,
     req: Request<ClientBody>,
     conn: &ConnInfo,
-    view: &RequestView,
+    view: &RequestView<'_>,
 ) -> Response<Body> {
     let cfg = state.config();
     let path = req.uri().path().to_string();
