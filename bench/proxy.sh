@@ -504,28 +504,23 @@ check_target() {
     cmp -s "$TMP/check-body" "$TMP/expected-body" || die "$label: $url did not return the upstream body: $(head -c 300 "$TMP/check-body")"
 }
 
+# proc_cpu AWK_EXPR PID...: the sum of AWK_EXPR over /proc/PID/stat's fields (after the command
+# name: $12 is utime, $13 stime, in clock ticks) of the given processes and their children.
+proc_cpu() {
+    local expr=$1 total=0 pid p t
+    shift
+    for pid in "$@"; do
+        for p in "$pid" $(pgrep -P "$pid" || true); do
+            t=$(awk "{ sub(/^.*\\) /, \"\"); print $expr }" "/proc/$p/stat" 2>/dev/null || echo 0)
+            total=$((total + ${t:-0}))
+        done
+    done
+    echo "$total"
+}
 # proc_ticks PID...: CPU time (clock ticks, user+system) of the given processes and their children.
-proc_ticks() {
-    local total=0 pid p t
-    for pid in "$@"; do
-        for p in "$pid" $(pgrep -P "$pid" || true); do
-            t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-            total=$((total + ${t:-0}))
-        done
-    done
-    echo "$total"
-}
-# proc_user_ticks PID...: the user-space part of proc_ticks (the rest is the kernel's).
-proc_user_ticks() {
-    local total=0 pid p t
-    for pid in "$@"; do
-        for p in "$pid" $(pgrep -P "$pid" || true); do
-            t=$(awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-            total=$((total + ${t:-0}))
-        done
-    done
-    echo "$total"
-}
+proc_ticks() { proc_cpu '$12 + $13' "$@"; }
+# proc_user_ticks PID...: its user-space part (the rest is the kernel's).
+proc_user_ticks() { proc_cpu '$12' "$@"; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # upstream_accepts: connections the upstream nginx has accepted so far (stub_status), 0 if unknown.
