@@ -504,23 +504,25 @@ check_target() {
     cmp -s "$TMP/check-body" "$TMP/expected-body" || die "$label: $url did not return the upstream body: $(head -c 300 "$TMP/check-body")"
 }
 
-# proc_cpu AWK_EXPR PID...: the sum of AWK_EXPR over /proc/PID/stat's fields (after the command
-# name: $12 is utime, $13 stime, in clock ticks) of the given processes and their children.
-proc_cpu() {
-    local expr=$1 total=0 pid p t
-    shift
+# proc_split PID...: "TOTAL USER", the CPU time (clock ticks) of the given processes and their
+# children, user+system and its user-space part, from one read of each /proc/PID/stat.
+proc_split() {
+    local total=0 user=0 pid p u t
     for pid in "$@"; do
         for p in "$pid" $(pgrep -P "$pid" || true); do
-            t=$(awk "{ sub(/^.*\\) /, \"\"); print $expr }" "/proc/$p/stat" 2>/dev/null || echo 0)
+            read -r u t < <(awk '{ sub(/^.*\) /, ""); print $12, $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0 0)
+            user=$((user + ${u:-0}))
             total=$((total + ${t:-0}))
         done
     done
-    echo "$total"
+    echo "$total $user"
 }
 # proc_ticks PID...: CPU time (clock ticks, user+system) of the given processes and their children.
-proc_ticks() { proc_cpu '$12 + $13' "$@"; }
-# proc_user_ticks PID...: its user-space part (the rest is the kernel's).
-proc_user_ticks() { proc_cpu '$12' "$@"; }
+proc_ticks() {
+    local t u
+    read -r t u < <(proc_split "$@")
+    echo "$t"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # upstream_accepts: connections the upstream nginx has accepted so far (stub_status), 0 if unknown.
@@ -547,12 +549,12 @@ run_wrk() {
     local c0=0 c1=0 u0=0 u1=0 a0 a1 warm
     warm=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$TMP/wrk-$key-warmup.txt" | tail -n1)
     a0=$(upstream_accepts)
-    [ ${#CPU_PIDS[@]} -eq 0 ] || { c0=$(proc_ticks "${CPU_PIDS[@]}"); u0=$(proc_user_ticks "${CPU_PIDS[@]}"); }
+    [ ${#CPU_PIDS[@]} -eq 0 ] || read -r c0 u0 < <(proc_split "${CPU_PIDS[@]}")
     wrk_hook_before
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH_DIR/report.lua" "$@" "$url" >"$TMP/wrk-$key.txt" 2>&1 \
         || die "$key: wrk failed: $(cat "$TMP/wrk-$key.txt")"
     wrk_hook_after
-    [ ${#CPU_PIDS[@]} -eq 0 ] || { u1=$(proc_user_ticks "${CPU_PIDS[@]}"); c1=$(proc_ticks "${CPU_PIDS[@]}"); }
+    [ ${#CPU_PIDS[@]} -eq 0 ] || read -r c1 u1 < <(proc_split "${CPU_PIDS[@]}")
     a1=$(upstream_accepts)
     parse_bench "$TMP/wrk-$key.txt"
     W[warmup_requests]=${warm:-0}
@@ -589,10 +591,10 @@ run_h2load() {
     local c0=0 c1=0 u0=0 u1=0 a0 a1 warm
     warm=$(sed -n 's/^requests: .* \([0-9]*\) done,.*/\1/p' "$TMP/h2load-$key-warmup.txt" | tail -n1)
     a0=$(upstream_accepts)
-    [ ${#CPU_PIDS[@]} -eq 0 ] || { c0=$(proc_ticks "${CPU_PIDS[@]}"); u0=$(proc_user_ticks "${CPU_PIDS[@]}"); }
+    [ ${#CPU_PIDS[@]} -eq 0 ] || read -r c0 u0 < <(proc_split "${CPU_PIDS[@]}")
     h2load -t"$THREADS" -c"$CONNS" -m1 -D"$DURATION" --log-file "$TMP/h2load-$key.log" "$@" "$url" >"$TMP/h2load-$key.txt" 2>&1 \
         || die "$key: h2load failed: $(tail -n 20 "$TMP/h2load-$key.txt")"
-    [ ${#CPU_PIDS[@]} -eq 0 ] || { u1=$(proc_user_ticks "${CPU_PIDS[@]}"); c1=$(proc_ticks "${CPU_PIDS[@]}"); }
+    [ ${#CPU_PIDS[@]} -eq 0 ] || read -r c1 u1 < <(proc_split "${CPU_PIDS[@]}")
     a1=$(upstream_accepts)
     python3 "$BENCH_DIR/h2load_stats.py" --expect-proto h2 "$TMP/h2load-$key.txt" "$TMP/h2load-$key.log" >"$TMP/h2load-$key.bench" \
         || die "$key: could not read h2load's results (see above)"

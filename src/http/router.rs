@@ -40,9 +40,8 @@ pub async fn handle(
     // The one canonical view: every decision below and what is forwarded come from it. It
     // borrows the target and the Host value through clones (reference counts, no copy), so the
     // request itself stays free to be changed and taken.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().cloned();
-    let more_hosts = hosts.next().is_some();
+    let (host, more_hosts) = crate::request::host_fields(req.headers());
+    let host = host.cloned();
     let view = RequestView::of_parts(
         req.method(),
         req.version(),

@@ -15,7 +15,7 @@ pub mod path;
 
 use std::borrow::Cow;
 
-use http::{header, HeaderValue, Method, Request, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
 pub use body::{take_request, ClientBody};
 pub use host::{canonical_authority, Authority, BadHost};
@@ -49,6 +49,13 @@ impl Refusal {
 /// Methods the gateway forwards (`Allow` of its 405): everything but `CONNECT` and `TRACE`.
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
+/// A request's first `Host` field, and whether it has another (a request with two is refused).
+pub fn host_fields(headers: &HeaderMap) -> (Option<&HeaderValue>, bool) {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    (first, hosts.next().is_some())
+}
+
 /// One request as every decision sees it. Borrows the request's `Host` value and target when
 /// they already are canonical (the common case: no allocation per request); [`Self::into_owned`]
 /// for a view kept beyond them.
@@ -66,9 +73,7 @@ impl<'a> RequestView<'a> {
     /// Builds the view of `req`, or the reason it must be refused. The path's ambiguity is
     /// recorded, not refused here: whether it is refused depends on the configuration.
     pub fn of<B>(req: &'a Request<B>, tls: bool) -> Result<RequestView<'a>, Refusal> {
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let first = hosts.next();
-        let more = hosts.next().is_some();
+        let (first, more) = host_fields(req.headers());
         Self::of_parts(req.method(), req.version(), req.uri(), first, more, tls)
     }
 

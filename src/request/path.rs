@@ -66,9 +66,7 @@ impl CanonicalPath<'_> {
             ambiguity: self.ambiguity,
         }
     }
-}
 
-impl CanonicalPath<'_> {
     /// Every reading, primary first.
     pub fn readings(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.primary.as_ref()).chain(self.alternates.iter().map(String::as_str))

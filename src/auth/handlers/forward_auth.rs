@@ -147,12 +147,7 @@ fn original_request(
     if !pq.path().starts_with('/') {
         return Err("the original path does not start with /");
     }
-    let c = canonicalize(pq.path());
-    let path = CanonicalPath {
-        primary: std::borrow::Cow::Owned(c.primary.into_owned()),
-        alternates: c.alternates,
-        ambiguity: c.ambiguity,
-    };
+    let path = canonicalize(pq.path()).into_owned();
     let host = a.host.into_owned();
     let url = match a.port {
         Some(p) => format!("{scheme}://{host}:{p}{pq}"),
