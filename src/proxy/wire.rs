@@ -185,21 +185,11 @@ impl RawFields {
     /// Appends the block's fields to `headers`, in order. Each line was checked when the block
     /// was made (an `http` header name and value), so none is refused here.
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        let block = &self.block[..];
-        // Every line ends in CRLF, and neither a name nor a value holds LF (checked when made).
-        let mut at = 0;
-        while let Some(n) = memchr::memchr(b'\n', &block[at..]) {
-            let (start, end) = (at, at + n.saturating_sub(1));
-            let line = &block[start..end];
-            at += n + 1;
-            let Some(colon) = memchr::memchr(b':', line) else {
-                continue;
-            };
-            let v0 = (start + colon + 2).min(end);
+        for (name, (v0, v1)) in self.spans() {
             match (
                 // Names were written in lower case.
-                HeaderName::from_lowercase(&line[..colon]),
-                HeaderValue::from_maybe_shared(self.block.slice(v0..end)),
+                HeaderName::from_lowercase(name),
+                HeaderValue::from_maybe_shared(self.block.slice(v0..v1)),
             ) {
                 (Ok(n), Ok(v)) => {
                     headers.append(n, v);
@@ -207,6 +197,30 @@ impl RawFields {
                 _ => tracing::warn!("an answer field checked before was refused; left out"),
             }
         }
+    }
+
+    /// The block's fields in order: each name (lower case) and value.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans()
+            .map(|(name, (v0, v1))| (name, self.block.get(v0..v1).unwrap_or_default()))
+    }
+
+    /// Each field's name and where its value lies in the block.
+    fn spans(&self) -> impl Iterator<Item = (&[u8], (usize, usize))> {
+        let block = &self.block[..];
+        // Every line ends in CRLF, and neither a name nor a value holds LF (checked when made).
+        let mut at = 0;
+        std::iter::from_fn(move || loop {
+            let n = memchr::memchr(b'\n', block.get(at..)?)?;
+            let (start, end) = (at, at + n.saturating_sub(1));
+            at += n + 1;
+            let line = &block[start..end];
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let v0 = (start + colon + 2).min(end);
+            return Some((&line[..colon], (v0, end)));
+        })
     }
 
     /// The fields as a header map.

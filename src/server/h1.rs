@@ -468,6 +468,11 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 
 /// Appends `date: <IMF-fixdate>\r\n`, formatted once a second per thread.
 fn date(out: &mut Vec<u8>) {
+    with_date(|d| push_field(out, "date", d));
+}
+
+/// Calls `f` with the current time as an HTTP date (formatted once a second per thread).
+pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static CACHED: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -480,8 +485,8 @@ fn date(out: &mut Vec<u8>) {
         if c.0 != secs {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        push_field(out, "date", c.1.as_bytes());
-    });
+        f(c.1.as_bytes())
+    })
 }
 
 /// The socket for hyper after a hand-over: the bytes already read come first.

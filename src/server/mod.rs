@@ -3,6 +3,7 @@
 mod conn;
 pub mod control;
 pub mod h1;
+pub mod http2;
 pub mod limits;
 pub mod metrics;
 pub mod recovery;
@@ -77,21 +78,20 @@ impl Listeners {
     }
 }
 
-/// hyper's own HTTP/1 header timer is off: it only starts after protocol detection and would
-/// also cut keep-alive idle at `header_read_timeout`. [`conn::supervise`] times every phase.
+/// Requests one HTTP/2 connection may have in progress (SETTINGS_MAX_CONCURRENT_STREAMS).
+const MAX_HTTP2_STREAMS: u32 = 250;
+
+/// hyper serves HTTP/1 only (what the own HTTP/1 loop hands over: bodies, upgrades, HTTP/1.0);
+/// HTTP/2 is the own server's ([`http2`]). hyper's own header timer is off: it only starts after
+/// protocol detection and would also cut keep-alive idle at `header_read_timeout`.
+/// [`conn::supervise`] times every phase.
 fn builder(cfg: &crate::config::Config) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = auto::Builder::new(TokioExecutor::new()).http1_only();
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(cfg.limits.max_header_bytes)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(250);
-    // No HTTP/2 keep-alive pings: the kernel watches every client connection for a vanished
-    // peer (`net::watch_peer`), HTTP/1 and HTTP/2 alike, without a timer reset per frame.
     b
 }
 
@@ -437,6 +437,34 @@ async fn serve_connection(
             return;
         }
     };
+    // HTTP/2 (prior knowledge, or ALPN `h2`: either way the client's preface comes first) is
+    // served by the own HTTP/2 server.
+    let n = pre.len().min(http2::frame::PREFACE.len());
+    if n > 0 && pre[..n] == http2::frame::PREFACE[..n] {
+        let cfg = http2::conn::Config {
+            max_header_bytes: max_head,
+            max_streams: MAX_HTTP2_STREAMS,
+        };
+        let own = std::pin::pin!(http2::conn::serve(
+            io, pre, &state, &conn_info, &phases, &stop, cfg
+        ));
+        let outcome = conn::supervise(
+            own,
+            |_| stop.store(true, std::sync::atomic::Ordering::Relaxed),
+            &phases,
+            timeouts,
+            &mut drain,
+        )
+        .await;
+        match outcome {
+            Outcome::Finished(Ok(())) | Outcome::Stopping => {}
+            Outcome::Finished(Err(e)) => tracing::debug!(%peer, error = %e, "connection error"),
+            Outcome::TimedOut(phase) => {
+                tracing::debug!(%peer, requests = phases.requests(), "connection closed: {}", phase.describe())
+            }
+        }
+        return;
+    }
     let ph = phases.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = ph.request_started(req.version());

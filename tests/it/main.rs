@@ -17,6 +17,7 @@ mod floods;
 mod flow;
 mod footprint;
 mod forward_auth;
+mod h2_wire;
 mod jwt;
 mod ops;
 mod own_loop;

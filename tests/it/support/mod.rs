@@ -2,6 +2,7 @@
 //! (mailin-embedded), a real echo upstream (hyper + WebSocket), an HTTP client with a cookie jar
 //! and raw-socket helpers.
 
+pub mod h2raw;
 pub mod mail;
 pub mod process;
 pub mod proxies;

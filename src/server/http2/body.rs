@@ -1,0 +1,216 @@
+//! A request body arriving in HTTP/2 DATA frames: the connection pushes the frames in, the
+//! handler reads them out, and what it has read is given back to the client as window.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// Why a request body ended early.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client reset the stream")]
+    Reset,
+    #[error("the request body does not match its content-length")]
+    Length,
+    #[error("the connection closed")]
+    Closed,
+}
+
+/// What the connection and the reader share.
+#[derive(Default)]
+struct Shared {
+    chunks: VecDeque<Bytes>,
+    /// END_STREAM came: nothing follows the chunks.
+    ended: bool,
+    failed: Option<BodyError>,
+    /// Bytes read out and not yet given back as window.
+    released: usize,
+    /// The reader waiting for data.
+    reader: Option<Waker>,
+    /// The connection's task, woken when bytes are read out (to send WINDOW_UPDATE).
+    conn: Option<Waker>,
+    /// The reader is gone (dropped): nothing will read the rest.
+    abandoned: bool,
+}
+
+/// The connection's end.
+#[derive(Clone)]
+pub struct Inbound(Arc<Mutex<Shared>>);
+
+/// The handler's end: a `hyper::body::Body`.
+pub struct InboundBody {
+    shared: Arc<Mutex<Shared>>,
+    /// The declared content-length, for the size hint.
+    length: Option<u64>,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new body channel; `length` is the request's content-length, if it sent one.
+pub fn channel(length: Option<u64>) -> (Inbound, InboundBody) {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    (Inbound(shared.clone()), InboundBody { shared, length })
+}
+
+impl Inbound {
+    /// Hands a DATA frame's bytes to the reader. Returns false when nothing will read them (the
+    /// reader is gone); the caller then gives the window back at once.
+    pub fn push(&self, data: Bytes, conn: &Waker) -> bool {
+        let mut s = lock(&self.0);
+        if s.abandoned {
+            return false;
+        }
+        if !s.conn.as_ref().is_some_and(|w| w.will_wake(conn)) {
+            s.conn = Some(conn.clone());
+        }
+        if !data.is_empty() {
+            s.chunks.push_back(data);
+        }
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// END_STREAM: the body is complete.
+    pub fn end(&self) {
+        let mut s = lock(&self.0);
+        s.ended = true;
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// The body ends in an error (a reset stream, a wrong length, a closed connection).
+    pub fn fail(&self, why: BodyError) {
+        let mut s = lock(&self.0);
+        if !s.ended {
+            s.failed = Some(why);
+        }
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Bytes read out since the last call (to be given back to the client as window), and
+    /// bytes never to be read (a reader gone) are counted too.
+    pub fn take_released(&self) -> usize {
+        let mut s = lock(&self.0);
+        let mut n = std::mem::take(&mut s.released);
+        if s.abandoned {
+            n += s.chunks.drain(..).map(|c| c.len()).sum::<usize>();
+        }
+        n
+    }
+
+    /// Bytes pushed and not yet read out.
+    pub fn buffered(&self) -> usize {
+        lock(&self.0).chunks.iter().map(Bytes::len).sum()
+    }
+}
+
+impl Body for InboundBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut s = lock(&self.shared);
+        if let Some(c) = s.chunks.pop_front() {
+            s.released += c.len();
+            if let Some(w) = &s.conn {
+                w.wake_by_ref();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        if let Some(e) = s.failed {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.reader = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = lock(&self.shared);
+        s.ended && s.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for InboundBody {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        s.abandoned = true;
+        s.reader = None;
+        if let Some(w) = &s.conn {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl std::fmt::Debug for InboundBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundBody")
+            .field("length", &self.length)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn data_flows_and_reads_are_released() {
+        let (tx, mut rx) = channel(Some(5));
+        let w = futures_util::task::noop_waker();
+        assert!(tx.push(Bytes::from_static(b"abc"), &w));
+        assert!(tx.push(Bytes::from_static(b"de"), &w));
+        tx.end();
+        assert_eq!(rx.size_hint().exact(), Some(5));
+        let got = rx.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&got[..], b"abc");
+        assert_eq!(tx.take_released(), 3);
+        assert_eq!(tx.buffered(), 2);
+        let all = rx.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"de");
+        assert_eq!(tx.take_released(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failure_reaches_the_reader() {
+        let (tx, mut rx) = channel(None);
+        tx.fail(BodyError::Reset);
+        assert!(matches!(rx.frame().await, Some(Err(BodyError::Reset))));
+    }
+
+    #[test]
+    fn a_dropped_reader_gives_everything_back() {
+        let (tx, rx) = channel(None);
+        let w = futures_util::task::noop_waker();
+        assert!(tx.push(Bytes::from_static(b"abcd"), &w));
+        drop(rx);
+        assert_eq!(tx.take_released(), 4);
+        assert!(!tx.push(Bytes::from_static(b"x"), &w));
+    }
+}

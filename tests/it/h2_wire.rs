@@ -1,0 +1,878 @@
+//! HTTP/2 on the wire (RFC 9113), with a raw frame client (`support::h2raw`): what any correct
+//! HTTP/2 server in this gateway must do with well-formed, malformed and abusive frames. The
+//! security property checked throughout: a malformed or abusive request never reaches the
+//! upstream, the stream or connection ends with the RFC's error code, and the gateway keeps
+//! serving other clients.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::h2raw::{code, flag, setting, ty, Block, Outcome, H2};
+use crate::support::TestGateway;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn gateway() -> (TestGateway, String) {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let token = gw.sign_in("wire@example.com").await;
+    (gw, format!("portcullis_session={token}"))
+}
+
+/// A fresh connection gets a 200 from the upstream for `path` within `within`.
+async fn still_serves(gw: &TestGateway, cookie: &str, path: &str, within: Duration) {
+    let started = Instant::now();
+    let fut = async {
+        let mut h = H2::connect(gw.addr()).await;
+        h.get(1, path, &[("cookie", cookie)]).await;
+        h.outcome(1, within).await
+    };
+    let o = tokio::time::timeout(within, fut)
+        .await
+        .unwrap_or(Outcome::Timeout);
+    assert_eq!(o.status(), Some(200), "a new client is not served: {o:?}");
+    assert!(started.elapsed() <= within);
+}
+
+fn json(o: &Outcome) -> Value {
+    serde_json::from_str(&o.body_text()).unwrap_or_else(|e| panic!("not JSON ({e}): {o:?}"))
+}
+
+/// A malformed request: RST_STREAM or GOAWAY PROTOCOL_ERROR, or a 400 from the gateway.
+fn is_refused_as_malformed(o: &Outcome) -> bool {
+    matches!(o, Outcome::Reset(code::PROTOCOL_ERROR))
+        || matches!(
+            o,
+            Outcome::GoAway {
+                code: code::PROTOCOL_ERROR,
+                ..
+            }
+        )
+        || o.status() == Some(400)
+}
+
+/// A connection error with exactly `want`.
+fn assert_goaway(o: &Outcome, want: u32, what: &str) {
+    match o {
+        Outcome::GoAway { code, .. } if *code == want => {}
+        o => panic!("{what}: expected GOAWAY({want:#x}), got {o:?}"),
+    }
+}
+
+// --- a. handshake ------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_settings_ack_ping_and_unknown_frames_are_ignored() {
+    let (gw, cookie) = gateway().await;
+    // Our SETTINGS carries an id no RFC defines: it must be ignored (RFC 9113 §6.5.2).
+    let mut h = H2::connect_with(gw.addr(), &[(0x99, 7), (setting::ENABLE_PUSH, 0)]).await;
+    let first = h.first_frame.clone().unwrap();
+    assert_eq!(first.ty, ty::SETTINGS, "server's first frame: {first:?}");
+    assert!(
+        !first.has(flag::ACK),
+        "the server preface is a non-ACK SETTINGS"
+    );
+    h.handshake().await;
+
+    h.ping(*b"pcullis1").await;
+    assert!(
+        h.read_until(T, |h| !h.ping_acks.is_empty()).await,
+        "no PING ACK"
+    );
+    assert_eq!(h.ping_acks[0], *b"pcullis1");
+
+    // Unknown frame types (on stream 0 and on an idle stream) and a PRIORITY are ignored.
+    h.send_frame(0xfa, 0xff, 0, b"ignore me").await;
+    h.send_frame(0x20, 0, 1, b"and me").await;
+    h.priority(3, 0, 16).await;
+    h.settings(&[(0x4242, 1)]).await;
+    h.get(1, "/after-unknown", &[("cookie", &cookie)]).await;
+    let o = h.outcome(1, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+    assert_eq!(json(&o)["uri"], "/after-unknown");
+    assert!(h.goaway.is_none(), "{:?}", h.goaway);
+    assert!(
+        h.read_until(T, |h| h.settings_acks >= 2).await,
+        "our second SETTINGS was not ACKed"
+    );
+}
+
+// --- b. a signed-in request ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_get_is_proxied_and_identity_headers_cannot_be_spoofed() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.get(
+        1,
+        "/raw?x=1",
+        &[
+            ("cookie", &cookie),
+            ("x-forwarded-email", "admin@example.com"),
+            ("x-forwarded-user", "admin@example.com"),
+        ],
+    )
+    .await;
+    let o = h.outcome(1, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+    let v = json(&o);
+    assert_eq!(v["uri"], "/raw?x=1");
+    let seen = gw.upstream().seen_path("/raw");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("x-forwarded-email"), ["wire@example.com"]);
+    assert_eq!(seen[0].all("x-forwarded-user"), ["wire@example.com"]);
+
+    // Without a session the request is not forwarded at all.
+    h.get(3, "/raw-anon", &[]).await;
+    let o = h.outcome(3, T).await;
+    assert!(o.status().is_some_and(|s| s != 200), "{o:?}");
+    assert!(gw.upstream().seen_path("/raw-anon").is_empty());
+}
+
+// --- c. malformed requests ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_never_forwarded() {
+    let (gw, cookie) = gateway().await;
+    let authority = gw.addr().to_string();
+    let base = |path: &str| {
+        Block::new()
+            .lit(":method", "GET")
+            .lit(":scheme", "http")
+            .lit(":authority", &authority)
+            .lit(":path", path)
+            .lit("cookie", &cookie)
+    };
+    let cases: Vec<(&str, Block)> = vec![
+        ("uppercase field name", base("/m1").lit("X-Upper", "1")),
+        ("connection", base("/m2").lit("connection", "close")),
+        ("keep-alive", base("/m3").lit("keep-alive", "timeout=5")),
+        (
+            "proxy-connection",
+            base("/m4").lit("proxy-connection", "keep-alive"),
+        ),
+        (
+            "transfer-encoding",
+            base("/m5").lit("transfer-encoding", "chunked"),
+        ),
+        ("upgrade", base("/m6").lit("upgrade", "websocket")),
+        ("te: gzip", base("/m7").lit("te", "gzip")),
+        (
+            "missing :method",
+            Block::new()
+                .lit(":scheme", "http")
+                .lit(":authority", &authority)
+                .lit(":path", "/m8")
+                .lit("cookie", &cookie),
+        ),
+        (
+            "missing :scheme",
+            Block::new()
+                .lit(":method", "GET")
+                .lit(":authority", &authority)
+                .lit(":path", "/m9")
+                .lit("cookie", &cookie),
+        ),
+        (
+            "missing :path",
+            Block::new()
+                .lit(":method", "GET")
+                .lit(":scheme", "http")
+                .lit(":authority", &authority)
+                .lit("cookie", &cookie),
+        ),
+        ("duplicate :path", base("/m10").lit(":path", "/m10b")),
+        (
+            "pseudo-header after a regular field",
+            Block::new()
+                .lit(":method", "GET")
+                .lit(":scheme", "http")
+                .lit(":authority", &authority)
+                .lit("cookie", &cookie)
+                .lit(":path", "/m11"),
+        ),
+        ("unknown pseudo-header", base("/m12").lit(":foo", "bar")),
+        ("response pseudo-header", base("/m13").lit(":status", "200")),
+        (
+            "empty :path",
+            Block::new()
+                .lit(":method", "GET")
+                .lit(":scheme", "http")
+                .lit(":authority", &authority)
+                .lit(":path", "")
+                .lit("cookie", &cookie),
+        ),
+        ("CR in a value", base("/m14").lit("x-v", "a\rb")),
+        ("LF in a value", base("/m15").lit("x-v", "a\nx-injected: 1")),
+        ("NUL in a value", base("/m16").lit("x-v", "a\0b")),
+        ("space in a name", base("/m17").lit("x y", "1")),
+        ("colon in a name", base("/m18").lit("x:y", "1")),
+    ];
+    for (what, block) in &cases {
+        let mut h = H2::connect(gw.addr()).await;
+        h.headers(1, block, true).await;
+        let o = h.outcome(1, T).await;
+        eprintln!("{what}: {o:?}");
+        assert!(
+            is_refused_as_malformed(&o),
+            "{what}: expected RST_STREAM/GOAWAY PROTOCOL_ERROR or 400, got {o:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = gw.upstream().seen();
+    assert!(
+        seen.is_empty(),
+        "malformed requests reached the upstream: {seen:?}"
+    );
+    still_serves(&gw, &cookie, "/after-malformed", T).await;
+}
+
+// --- d. stream identifiers ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_identifier_violations_are_connection_errors() {
+    let (gw, cookie) = gateway().await;
+    for what in [
+        "even stream id",
+        "decreasing stream id",
+        "DATA on 0",
+        "HEADERS on 0",
+    ] {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        match what {
+            "even stream id" => h.get(2, "/even", &[("cookie", &cookie)]).await,
+            "decreasing stream id" => {
+                h.get(5, "/five", &[("cookie", &cookie)]).await;
+                let o = h.outcome(5, T).await;
+                assert_eq!(o.status(), Some(200), "{o:?}");
+                h.get(3, "/three", &[("cookie", &cookie)]).await;
+            }
+            "DATA on 0" => h.send_frame(ty::DATA, flag::END_STREAM, 0, b"hello").await,
+            _ => {
+                let b = h.request_block("GET", "/zero", &[("cookie", &cookie)]);
+                h.headers(0, &b, true).await;
+            }
+        }
+        let o = h.connection_outcome(T).await;
+        assert_goaway(&o, code::PROTOCOL_ERROR, what);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for p in ["/even", "/three", "/zero"] {
+        assert!(gw.upstream().seen_path(p).is_empty(), "{p} was forwarded");
+    }
+    still_serves(&gw, &cookie, "/after-ids", T).await;
+}
+
+// --- e. frame sizes -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_max_frame_size_is_a_frame_size_error() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let max = h.max_frame_size();
+    let b = h.request_block("POST", "/too-big", &[("cookie", &cookie)]);
+    h.headers(1, &b, false).await;
+    h.data(1, &vec![b'x'; max + 1], true).await;
+    let o = h.connection_outcome(T).await;
+    assert_goaway(&o, code::FRAME_SIZE_ERROR, "DATA of max_frame_size + 1");
+    still_serves(&gw, &cookie, "/after-size", T).await;
+}
+
+/// (what, frame bytes) for control frames whose length is fixed by the RFC.
+fn bad_length_frames() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::support::h2raw::frame;
+    vec![
+        (
+            "SETTINGS of 7 bytes",
+            frame(ty::SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff, 0]),
+        ),
+        ("PING of 7 bytes", frame(ty::PING, 0, 0, b"1234567")),
+        ("PING of 9 bytes", frame(ty::PING, 0, 0, b"123456789")),
+        (
+            "WINDOW_UPDATE of 3 bytes",
+            frame(ty::WINDOW_UPDATE, 0, 0, &[0, 0, 1]),
+        ),
+        (
+            "WINDOW_UPDATE of 5 bytes",
+            frame(ty::WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1, 0]),
+        ),
+        (
+            "RST_STREAM of 3 bytes",
+            frame(ty::RST_STREAM, 0, 1, &[0, 0, 8]),
+        ),
+        (
+            "RST_STREAM of 5 bytes",
+            frame(ty::RST_STREAM, 0, 1, &[0, 0, 0, 8, 0]),
+        ),
+    ]
+}
+
+async fn bad_length_outcomes() {
+    let (gw, cookie) = gateway().await;
+    for (what, bytes) in bad_length_frames() {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        if what.starts_with("RST_STREAM") {
+            // An open stream to reset (a request body still to come).
+            let b = h.request_block("POST", "/rst-len", &[("cookie", &cookie)]);
+            h.headers(1, &b, false).await;
+        }
+        let _ = h.send_raw(&bytes).await;
+        let o = h.connection_outcome(T).await;
+        assert_goaway(&o, code::FRAME_SIZE_ERROR, what);
+    }
+    still_serves(&gw, &cookie, "/after-lengths", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frames_of_the_wrong_length_are_frame_size_errors() {
+    bad_length_outcomes().await;
+}
+
+// --- f. SETTINGS values -------------------------------------------------------------------------
+
+async fn bad_settings_outcomes(cases: &[(&str, u16, u32, u32)]) {
+    let (gw, cookie) = gateway().await;
+    for (what, id, value, want) in cases {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        h.settings(&[(*id, *value)]).await;
+        let o = h.connection_outcome(T).await;
+        assert_goaway(&o, *want, what);
+    }
+    still_serves(&gw, &cookie, "/after-settings", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_values_are_protocol_errors() {
+    bad_settings_outcomes(&[
+        (
+            "ENABLE_PUSH=2",
+            setting::ENABLE_PUSH,
+            2,
+            code::PROTOCOL_ERROR,
+        ),
+        (
+            "MAX_FRAME_SIZE=16383",
+            setting::MAX_FRAME_SIZE,
+            16_383,
+            code::PROTOCOL_ERROR,
+        ),
+        (
+            "MAX_FRAME_SIZE=2^24",
+            setting::MAX_FRAME_SIZE,
+            1 << 24,
+            code::PROTOCOL_ERROR,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_window_size_over_2_31_minus_1_is_a_flow_control_error() {
+    bad_settings_outcomes(&[(
+        "INITIAL_WINDOW_SIZE=2^31",
+        setting::INITIAL_WINDOW_SIZE,
+        1 << 31,
+        code::FLOW_CONTROL_ERROR,
+    )])
+    .await;
+}
+
+// --- g. WINDOW_UPDATE ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_update_zero_and_overflows_are_errors() {
+    let (gw, cookie) = gateway().await;
+
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.window_update(0, 0).await;
+    assert_goaway(
+        &h.connection_outcome(T).await,
+        code::PROTOCOL_ERROR,
+        "WINDOW_UPDATE 0 on the connection",
+    );
+
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.window_update(0, 0x7fff_ffff).await;
+    assert_goaway(
+        &h.connection_outcome(T).await,
+        code::FLOW_CONTROL_ERROR,
+        "connection window past 2^31-1",
+    );
+
+    // A stream still open on the server's side (its response is delayed).
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.get(1, "/delay/3000", &[("cookie", &cookie)]).await;
+    h.window_update(1, 0x7fff_ffff).await;
+    let o = h.outcome(1, T).await;
+    assert!(
+        matches!(o, Outcome::Reset(code::FLOW_CONTROL_ERROR))
+            || matches!(
+                o,
+                Outcome::GoAway {
+                    code: code::FLOW_CONTROL_ERROR,
+                    ..
+                }
+            ),
+        "stream window past 2^31-1: {o:?}"
+    );
+    still_serves(&gw, &cookie, "/after-window", T).await;
+}
+
+// --- h. response flow control -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_data_respects_the_clients_windows() {
+    let (gw, cookie) = gateway().await;
+    const N: usize = 100_000;
+    let mut h = H2::connect_with(gw.addr(), &[(setting::INITIAL_WINDOW_SIZE, 100)]).await;
+    h.auto_window_update = false;
+    h.handshake().await;
+    h.get(1, &format!("/bytes/{N}"), &[("cookie", &cookie)])
+        .await;
+    let got = |h: &H2| h.streams.get(&1).map_or(0, |s| s.data_received);
+    let status = |h: &H2| h.streams.get(&1).and_then(|s| s.status);
+    assert!(
+        h.read_until(T, |h| got(h) >= 100).await,
+        "no data: {:?}",
+        h.streams.get(&1)
+    );
+    assert_eq!(status(&h), Some(200));
+    h.drain_for(Duration::from_millis(500)).await;
+    assert_eq!(got(&h), 100, "more DATA than the stream window of 100");
+
+    // The stream window opened wide: the connection window (65,535) still holds.
+    h.window_update(1, 1_000_000).await;
+    assert!(
+        h.read_until(T, |h| got(h) >= 65_535).await,
+        "stalled at {}",
+        got(&h)
+    );
+    h.drain_for(Duration::from_millis(500)).await;
+    assert_eq!(got(&h), 65_535, "more DATA than the connection window");
+
+    h.window_update(0, 1_000_000).await;
+    assert!(
+        h.read_until(T, |h| h.streams.get(&1).is_some_and(|s| s.ended))
+            .await,
+        "the body never finished: {}",
+        got(&h)
+    );
+    let body = &h.streams[&1].body;
+    let want: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(body.len(), N);
+    assert!(body == &want, "the body arrived altered");
+}
+
+// --- i. request bodies --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_mib_request_body_reaches_the_upstream_intact() {
+    let (gw, cookie) = gateway().await;
+    const N: usize = 1 << 20;
+    let body: Vec<u8> = (0..N).map(|i| b'A' + (i % 26) as u8).collect();
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let len = N.to_string();
+    let b = h.request_block(
+        "POST",
+        "/upload",
+        &[("cookie", &cookie), ("content-length", &len)],
+    );
+    h.headers(1, &b, false).await;
+    h.send_body(1, &body, true, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let o = h.outcome(1, Duration::from_secs(30)).await;
+    assert_eq!(o.status(), Some(200), "{:?}", o.code());
+    let v = json(&o);
+    assert_eq!(v["body_len"], N);
+    assert!(
+        v["body"].as_str() == Some(std::str::from_utf8(&body).unwrap()),
+        "body altered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_content_length_is_never_a_success() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let b = h.request_block(
+        "POST",
+        "/short",
+        &[("cookie", &cookie), ("content-length", "5")],
+    );
+    h.headers(1, &b, false).await;
+    h.data(1, b"abc", true).await;
+    let o = h.outcome(1, T).await;
+    let ok = matches!(o, Outcome::Reset(code::PROTOCOL_ERROR))
+        || matches!(
+            o,
+            Outcome::GoAway {
+                code: code::PROTOCOL_ERROR,
+                ..
+            }
+        )
+        || o.status().is_some_and(|s| s >= 400);
+    assert!(ok, "content-length 5 with 3 bytes: {o:?}");
+    // A body longer than content-length too.
+    let b = h.request_block(
+        "POST",
+        "/long",
+        &[("cookie", &cookie), ("content-length", "2")],
+    );
+    h.headers(3, &b, false).await;
+    h.data(3, b"abcdef", true).await;
+    let o = h.outcome(3, T).await;
+    let ok = matches!(o, Outcome::Reset(code::PROTOCOL_ERROR))
+        || matches!(
+            o,
+            Outcome::GoAway {
+                code: code::PROTOCOL_ERROR,
+                ..
+            }
+        )
+        || o.status().is_some_and(|s| s >= 400);
+    assert!(ok, "content-length 2 with 6 bytes: {o:?}");
+}
+
+// --- j. header list limits ----------------------------------------------------------------------
+
+/// 431, or the stream/connection refused; never a response from the upstream.
+fn is_refused_as_too_large(o: &Outcome) -> bool {
+    o.status() == Some(431)
+        || matches!(o, Outcome::Reset(_))
+        || matches!(o, Outcome::GoAway { code, .. } if *code != code::NO_ERROR)
+        || matches!(o, Outcome::Eof)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_list_over_max_header_bytes_is_refused() {
+    let (gw, cookie) = gateway().await;
+    let limit = gw.state().config().limits.max_header_bytes;
+    assert_eq!(limit, 16 * 1024, "the default limits.max_header_bytes");
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let mut b = h.request_block("GET", "/big-head", &[("cookie", &cookie)]);
+    let v = "v".repeat(4000);
+    let mut i = 0;
+    while b.len() < limit + 4096 {
+        b = b.lit(format!("x-big-{i}"), &v);
+        i += 1;
+    }
+    let max = h.max_frame_size();
+    let (first, rest) = b.0.split_at(max.min(b.len()));
+    h.headers_open(1, first, true).await;
+    let chunks: Vec<&[u8]> = rest.chunks(max).collect();
+    for (k, c) in chunks.iter().enumerate() {
+        h.continuation(1, c, k + 1 == chunks.len()).await;
+    }
+    let o = h.outcome(1, T).await;
+    assert!(is_refused_as_too_large(&o), "{o:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.upstream().seen_path("/big-head").is_empty());
+    still_serves(&gw, &cookie, "/after-big-head", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpack_bomb_is_refused_quickly() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    // One 4,000-byte entry in the dynamic table (index 62), then 4,000 one-byte references:
+    // 8 KB on the wire, 16 MB decoded.
+    let mut b = h
+        .request_block("GET", "/bomb", &[("cookie", &cookie)])
+        .lit_indexed("x-bomb", "b".repeat(4000));
+    for _ in 0..4000 {
+        b = b.indexed(62);
+    }
+    assert!(b.len() < h.max_frame_size());
+    let started = Instant::now();
+    h.headers(1, &b, true).await;
+    let o = h.outcome(1, T).await;
+    let took = started.elapsed();
+    assert!(is_refused_as_too_large(&o), "{o:?}");
+    assert!(took < Duration::from_secs(2), "the bomb took {took:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.upstream().seen_path("/bomb").is_empty());
+    still_serves(&gw, &cookie, "/after-bomb", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off() {
+    let (gw, cookie) = gateway().await;
+    let limit = gw.state().config().limits.max_header_bytes;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.write_timeout = Duration::from_secs(3);
+    let max = h.max_frame_size();
+    let b = h.request_block("GET", "/flood", &[("cookie", &cookie)]);
+    h.headers_open(1, &b.0, true).await;
+    // Each CONTINUATION: whole literal fields, so a decoder can keep decoding them.
+    let mut chunk = Block::new();
+    while chunk.len() + 110 < max {
+        chunk = chunk.lit("x-flood", "f".repeat(100));
+    }
+    let frame = crate::support::h2raw::frame(ty::CONTINUATION, 0, 1, &chunk.0);
+    let start = h.written;
+    let budget = 8 << 20;
+    let mut closed_at = None;
+    while h.written - start < budget {
+        if h.send_raw(&frame).await.is_err() {
+            closed_at = Some(h.written - start);
+            break;
+        }
+        // Give the server a moment to act, and look for its GOAWAY.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(2);
+        if let crate::support::h2raw::Read::Eof = h.read_frame(deadline).await {
+            closed_at = Some(h.written - start);
+            break;
+        }
+        if h.goaway.is_some() {
+            closed_at = Some(h.written - start);
+            break;
+        }
+    }
+    let closed_at = closed_at.unwrap_or_else(|| {
+        panic!(
+            "the server took {} MB of CONTINUATION without closing",
+            budget >> 20
+        )
+    });
+    eprintln!(
+        "CONTINUATION flood cut off after {closed_at} bytes; goaway {:?}",
+        h.goaway_code()
+    );
+    assert!(
+        closed_at <= limit + (1 << 20),
+        "closed only after {closed_at} bytes of CONTINUATION"
+    );
+    if let Some((c, _)) = h.goaway_code() {
+        assert_ne!(c, code::NO_ERROR);
+    }
+    assert!(gw.upstream().seen_path("/flood").is_empty());
+    still_serves(&gw, &cookie, "/after-flood", T).await;
+}
+
+// --- k. concurrency -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_max_concurrent_streams_are_refused() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let max = *h
+        .server_settings
+        .get(&setting::MAX_CONCURRENT_STREAMS)
+        .expect("the server does not limit concurrent streams");
+    assert!((1..=1000).contains(&max), "MAX_CONCURRENT_STREAMS {max}");
+    // `max` streams held open: request bodies that never come.
+    for i in 0..max {
+        let b = h.request_block("POST", &format!("/hold/{i}"), &[("cookie", &cookie)]);
+        h.headers(2 * i + 1, &b, false).await;
+    }
+    let extra = 2 * max + 1;
+    h.get(extra, "/one-too-many", &[("cookie", &cookie)]).await;
+    let o = h.outcome(extra, T).await;
+    assert!(
+        matches!(
+            o,
+            Outcome::Reset(code::REFUSED_STREAM | code::PROTOCOL_ERROR)
+        ),
+        "stream {} of {max}: {o:?}",
+        max + 1
+    );
+    for s in (1..extra).step_by(2) {
+        assert!(
+            h.streams.get(&s).and_then(|st| st.reset).is_none(),
+            "stream {s} was reset"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.upstream().seen_path("/one-too-many").is_empty());
+    // A refused stream is not a connection error: once one closes, a new stream works.
+    h.data(1, b"", true).await;
+    assert_eq!(h.outcome(1, T).await.status(), Some(200));
+    h.get(extra + 2, "/after-refusal", &[("cookie", &cookie)])
+        .await;
+    let o = h.outcome(extra + 2, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_each_get_their_own_answer() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    let mut batch = Vec::new();
+    for i in 0..200u32 {
+        let b = h.request_block("GET", &format!("/mix/{i}?n={i}"), &[("cookie", &cookie)]);
+        batch.extend(crate::support::h2raw::frame(
+            ty::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            2 * i + 1,
+            &b.0,
+        ));
+    }
+    h.send_raw(&batch).await.unwrap();
+    for i in 0..200u32 {
+        let o = h.outcome(2 * i + 1, Duration::from_secs(30)).await;
+        assert_eq!(o.status(), Some(200), "stream {}: {o:?}", 2 * i + 1);
+        assert_eq!(
+            json(&o)["uri"],
+            format!("/mix/{i}?n={i}"),
+            "mixed up answers"
+        );
+    }
+    assert_eq!(gw.upstream().seen().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sequential_requests_on_one_connection() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    for i in 0..1000u32 {
+        let s = 2 * i + 1;
+        h.get(s, &format!("/seq/{i}"), &[("cookie", &cookie)]).await;
+        let o = h.outcome(s, T).await;
+        assert_eq!(o.status(), Some(200), "request {i}: {o:?}");
+        assert_eq!(json(&o)["uri"], format!("/seq/{i}"));
+        h.streams.remove(&s);
+    }
+    assert!(h.goaway.is_none());
+}
+
+// --- l. rapid reset -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_keeps_the_gateway_responsive() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.write_timeout = Duration::from_secs(5);
+    let mut sent = 0u32;
+    let mut batch = Vec::new();
+    'attack: for i in 0..5000u32 {
+        let s = 2 * i + 1;
+        let b = h.request_block("GET", &format!("/rr/{i}"), &[("cookie", &cookie)]);
+        batch.extend(crate::support::h2raw::frame(
+            ty::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            s,
+            &b.0,
+        ));
+        batch.extend(crate::support::h2raw::frame(
+            ty::RST_STREAM,
+            0,
+            s,
+            &code::CANCEL.to_be_bytes(),
+        ));
+        sent += 1;
+        if batch.len() > 32 * 1024 || i == 4999 {
+            if h.send_raw(&batch).await.is_err() {
+                break 'attack;
+            }
+            batch.clear();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1);
+            let _ = h.read_frame(deadline).await;
+            if h.goaway.is_some() || h.eof {
+                break 'attack;
+            }
+        }
+    }
+    let _ = h.connection_outcome(Duration::from_millis(500)).await;
+    eprintln!(
+        "rapid reset: {sent} streams sent, goaway {:?}, eof {}",
+        h.goaway_code(),
+        h.eof
+    );
+    still_serves(&gw, &cookie, "/after-rapid-reset", Duration::from_secs(3)).await;
+    let forwarded = gw
+        .upstream()
+        .seen()
+        .iter()
+        .filter(|s| s.uri.starts_with("/rr/"))
+        .count();
+    eprintln!("rapid reset: {forwarded} reached the upstream");
+    assert!(
+        forwarded <= 5000,
+        "{forwarded} requests reached the upstream"
+    );
+}
+
+// --- m. floods without reading ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_settings_floods_without_reading_are_bounded() {
+    let (gw, cookie) = gateway().await;
+    for kind in ["PING", "SETTINGS"] {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        h.write_timeout = Duration::from_secs(3);
+        let one = match kind {
+            "PING" => crate::support::h2raw::frame(ty::PING, 0, 0, b"floodpng"),
+            _ => crate::support::h2raw::frame(ty::SETTINGS, 0, 0, &[]),
+        };
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+        // 50,000 frames at least; go on (up to 2,000,000) until the server closes or stops
+        // reading: kernel buffers alone can hold the first few MB.
+        let mut frames = 0usize;
+        let mut stopped = None;
+        while frames < 2_000_000 {
+            match h.send_raw(&batch).await {
+                Ok(()) => frames += 1000,
+                Err(e) => {
+                    stopped = Some(e.kind());
+                    break;
+                }
+            }
+        }
+        eprintln!("{kind} flood: {frames} frames written, then {stopped:?}");
+        assert!(frames >= 1000, "{kind}: the server closed at once");
+        assert!(
+            stopped.is_some(),
+            "{kind}: the server read {frames} frames without ever closing or pushing back"
+        );
+        still_serves(&gw, &cookie, &format!("/after-{kind}-flood"), T).await;
+        drop(h);
+    }
+}
+
+// --- n. graceful stop ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_sends_goaway_and_finishes_the_in_flight_response() {
+    let (mut gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    h.get(1, "/delay/1000", &[("cookie", &cookie)]).await;
+    let up = gw.upstream.clone().unwrap();
+    crate::support::eventually(T, "the request reached the upstream", || {
+        let n = up.seen_path("/delay/1000").len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let stopper = tokio::spawn(async move {
+        gw.stop().await;
+        gw
+    });
+    assert!(
+        h.read_until(T, |h| h.goaway.is_some()).await,
+        "no GOAWAY on stop"
+    );
+    let (c, _) = h.goaway_code().unwrap();
+    assert_eq!(c, code::NO_ERROR, "a graceful stop is GOAWAY(NO_ERROR)");
+    let o = h.outcome(1, T).await;
+    assert_eq!(o.status(), Some(200), "the in-flight response: {o:?}");
+    assert_eq!(json(&o)["delayed_ms"], 1000);
+    let _gw = stopper.await.unwrap();
+}
