@@ -15,7 +15,7 @@ pub enum ClientBody {
     /// Read by hyper (HTTP/1 bodies, upgrades, anything the own loop hands over).
     Hyper(Incoming),
     /// DATA frames of an HTTP/2 stream.
-    H2(crate::server::http2::body::InboundBody),
+    H2(crate::request::streamed::InboundBody),
     /// No body: neither `Content-Length` nor `Transfer-Encoding` was sent (HTTP/1), or the
     /// request's HEADERS ended the stream (HTTP/2).
     Empty,

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod host;
 pub mod path;
+pub mod streamed;
 
 use std::borrow::Cow;
 

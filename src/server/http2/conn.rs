@@ -26,7 +26,7 @@ use http::{uri, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, S
 use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
-use super::body::{self, BodyError, Inbound};
+use crate::request::streamed::{self as body, BodyError, Inbound};
 use super::frame::{self, Head, Reason, MAX_FRAME, MAX_WINDOW};
 use super::hpack;
 use crate::http::response::{take_raw_fields, Body};
