@@ -876,3 +876,34 @@ async fn graceful_stop_sends_goaway_and_finishes_the_in_flight_response() {
     assert_eq!(json(&o)["delayed_ms"], 1000);
     let _gw = stopper.await.unwrap();
 }
+
+// --- o. answers while a header block is half gathered -------------------------------------------
+
+/// A request's header block split over HEADERS and CONTINUATION, with another stream's answer
+/// sent in between: both requests reach the upstream whole and get their own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_between_headers_and_continuation_leaves_the_block_intact() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    // Stream 1's answer comes 300 ms later, while stream 3's block waits for its CONTINUATION.
+    h.get(1, "/delay/300", &[("cookie", &cookie)]).await;
+    let b = h.request_block(
+        "GET",
+        "/second-split",
+        &[("cookie", &cookie), ("x-split", "yes")],
+    );
+    let (front, back) = b.0.split_at(b.0.len() / 2);
+    // Nothing else may be sent until the block ends (RFC 9113 §6.10), not even WINDOW_UPDATE.
+    h.auto_window_update = false;
+    h.headers_open(3, front, true).await;
+    let o = h.outcome(1, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+    assert!(o.body_text().contains("delayed_ms"), "{}", o.body_text());
+    h.continuation(3, back, true).await;
+    let o = h.outcome(3, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+    let seen = gw.upstream().seen_path("/second-split");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("x-split"), vec!["yes".to_string()]);
+}

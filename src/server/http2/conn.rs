@@ -26,11 +26,11 @@ use http::{uri, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, S
 use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
-use crate::request::streamed::{self as body, BodyError, Inbound};
 use super::frame::{self, Head, Reason, MAX_FRAME, MAX_WINDOW};
 use super::hpack;
 use crate::http::response::{take_raw_fields, Body};
 use crate::http::ConnInfo;
+use crate::request::streamed::{self as body, BodyError, Inbound};
 use crate::request::ClientBody;
 use crate::server::conn::{InFlight, Metered, Phases};
 use crate::state::AppState;
@@ -118,8 +118,11 @@ struct Conn<'a> {
     written: usize,
     unflushed: bool,
     decoder: hpack::Decoder,
-    /// A header block being gathered, and the scratch space answers are encoded in.
+    /// A request's header block being gathered from CONTINUATION frames.
     block: Vec<u8>,
+    /// Where an answer's header block is encoded (apart from `block`: an answer may be
+    /// encoded while a request's block is half gathered).
+    answer: Vec<u8>,
     continuing: Option<Continuation>,
     preface: bool,
     settings_seen: bool,
@@ -165,6 +168,7 @@ pub async fn serve(
         unflushed: false,
         decoder: hpack::Decoder::new(4096),
         block: Vec::new(),
+        answer: Vec::with_capacity(512),
         continuing: None,
         preface: false,
         settings_seen: false,
@@ -214,7 +218,10 @@ impl<'a> Conn<'a> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Ready(Ok(())) => {
                     if self.finished() {
-                        let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                        // TLS: close_notify goes out before the socket closes.
+                        if Pin::new(&mut self.io).poll_shutdown(cx).is_pending() {
+                            return Poll::Pending;
+                        }
                         return Poll::Ready(match self.failed {
                             Some(r) if r != Reason::NO_ERROR => {
                                 Err(format!("HTTP/2 connection error {}", r.name()).into())
@@ -818,7 +825,7 @@ impl<'a> Conn<'a> {
         }
         let no_content = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
         let end_now = s.head || no_content || body.is_end_stream();
-        let block = &mut self.block;
+        let block = &mut self.answer;
         block.clear();
         hpack::encode_status(status.as_u16(), block);
         let mut has_length = false;
