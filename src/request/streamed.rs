@@ -1,12 +1,15 @@
 //! A request body arriving in HTTP/2 DATA frames: the connection pushes the frames in, the
 //! handler reads them out, and what it has read is given back to the client as window.
+//!
+//! The bytes are copied into one buffer per stream: a slice of the connection's read buffer
+//! would keep that whole buffer alive, and a client sending one-byte frames between kilobytes of
+//! other frames could pin a read buffer per byte of window.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
 /// Why a request body ended early.
@@ -23,7 +26,8 @@ pub enum BodyError {
 /// What the connection and the reader share.
 #[derive(Default)]
 struct Shared {
-    chunks: VecDeque<Bytes>,
+    /// Bytes pushed and not yet read out (at most the window the connection grants).
+    buf: BytesMut,
     /// END_STREAM came: nothing follows the chunks.
     ended: bool,
     failed: Option<BodyError>,
@@ -46,6 +50,8 @@ pub struct InboundBody {
     shared: Arc<Mutex<Shared>>,
     /// The declared content-length, for the size hint.
     length: Option<u64>,
+    /// Bytes read out so far.
+    taken: u64,
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -55,13 +61,20 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// A new body channel; `length` is the request's content-length, if it sent one.
 pub fn channel(length: Option<u64>) -> (Inbound, InboundBody) {
     let shared = Arc::new(Mutex::new(Shared::default()));
-    (Inbound(shared.clone()), InboundBody { shared, length })
+    (
+        Inbound(shared.clone()),
+        InboundBody {
+            shared,
+            length,
+            taken: 0,
+        },
+    )
 }
 
 impl Inbound {
     /// Hands a DATA frame's bytes to the reader. Returns false when nothing will read them (the
     /// reader is gone); the caller then gives the window back at once.
-    pub fn push(&self, data: Bytes, conn: &Waker) -> bool {
+    pub fn push(&self, data: &[u8], conn: &Waker) -> bool {
         let mut s = lock(&self.0);
         if s.abandoned {
             return false;
@@ -69,9 +82,7 @@ impl Inbound {
         if !s.conn.as_ref().is_some_and(|w| w.will_wake(conn)) {
             s.conn = Some(conn.clone());
         }
-        if !data.is_empty() {
-            s.chunks.push_back(data);
-        }
+        s.buf.extend_from_slice(data);
         if let Some(w) = s.reader.take() {
             w.wake();
         }
@@ -87,11 +98,15 @@ impl Inbound {
         }
     }
 
-    /// The body ends in an error (a reset stream, a wrong length, a closed connection).
+    /// The body ends in an error (a reset stream, a wrong length, a closed connection): what is
+    /// buffered is dropped (counted as read, for the window) and the reader gets the error next.
     pub fn fail(&self, why: BodyError) {
         let mut s = lock(&self.0);
         if !s.ended {
             s.failed = Some(why);
+            let n = s.buf.len();
+            s.released += n;
+            s.buf.clear();
         }
         if let Some(w) = s.reader.take() {
             w.wake();
@@ -104,14 +119,15 @@ impl Inbound {
         let mut s = lock(&self.0);
         let mut n = std::mem::take(&mut s.released);
         if s.abandoned {
-            n += s.chunks.drain(..).map(|c| c.len()).sum::<usize>();
+            n += s.buf.len();
+            s.buf = BytesMut::new();
         }
         n
     }
 
     /// Bytes pushed and not yet read out.
     pub fn buffered(&self) -> usize {
-        lock(&self.0).chunks.iter().map(Bytes::len).sum()
+        lock(&self.0).buf.len()
     }
 }
 
@@ -123,9 +139,12 @@ impl Body for InboundBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut s = lock(&self.shared);
-        if let Some(c) = s.chunks.pop_front() {
+        let this = self.get_mut();
+        let mut s = lock(&this.shared);
+        if !s.buf.is_empty() {
+            let c = s.buf.split().freeze();
             s.released += c.len();
+            this.taken += c.len() as u64;
             if let Some(w) = &s.conn {
                 w.wake_by_ref();
             }
@@ -145,12 +164,13 @@ impl Body for InboundBody {
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.shared);
-        s.ended && s.chunks.is_empty()
+        s.ended && s.buf.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.length {
-            Some(n) => SizeHint::with_exact(n),
+            // What is still to come.
+            Some(n) => SizeHint::with_exact(n.saturating_sub(self.taken)),
             None => SizeHint::default(),
         }
     }
@@ -182,35 +202,41 @@ mod tests {
 
     #[tokio::test]
     async fn data_flows_and_reads_are_released() {
-        let (tx, mut rx) = channel(Some(5));
+        let (tx, mut rx) = channel(Some(6));
         let w = futures_util::task::noop_waker();
-        assert!(tx.push(Bytes::from_static(b"abc"), &w));
-        assert!(tx.push(Bytes::from_static(b"de"), &w));
-        tx.end();
-        assert_eq!(rx.size_hint().exact(), Some(5));
+        assert_eq!(rx.size_hint().exact(), Some(6));
+        assert!(tx.push(b"abc", &w));
         let got = rx.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&got[..], b"abc");
+        assert_eq!(rx.size_hint().exact(), Some(3));
+        assert!(tx.push(b"de", &w));
+        assert!(tx.push(b"f", &w));
+        tx.end();
         assert_eq!(tx.take_released(), 3);
-        assert_eq!(tx.buffered(), 2);
+        assert_eq!(tx.buffered(), 3);
         let all = rx.collect().await.unwrap().to_bytes();
-        assert_eq!(&all[..], b"de");
-        assert_eq!(tx.take_released(), 2);
+        assert_eq!(&all[..], b"def");
+        assert_eq!(tx.take_released(), 3);
     }
 
     #[tokio::test]
-    async fn a_failure_reaches_the_reader() {
+    async fn a_failure_reaches_the_reader_before_what_was_buffered() {
         let (tx, mut rx) = channel(None);
+        let w = futures_util::task::noop_waker();
+        assert!(tx.push(b"abc", &w));
         tx.fail(BodyError::Reset);
         assert!(matches!(rx.frame().await, Some(Err(BodyError::Reset))));
+        assert_eq!(tx.take_released(), 3);
+        assert_eq!(tx.buffered(), 0);
     }
 
     #[test]
     fn a_dropped_reader_gives_everything_back() {
         let (tx, rx) = channel(None);
         let w = futures_util::task::noop_waker();
-        assert!(tx.push(Bytes::from_static(b"abcd"), &w));
+        assert!(tx.push(b"abcd", &w));
         drop(rx);
         assert_eq!(tx.take_released(), 4);
-        assert!(!tx.push(Bytes::from_static(b"x"), &w));
+        assert!(!tx.push(b"x", &w));
     }
 }

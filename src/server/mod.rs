@@ -444,6 +444,7 @@ async fn serve_connection(
         let cfg = http2::conn::Config {
             max_header_bytes: max_head,
             max_streams: MAX_HTTP2_STREAMS,
+            stall_timeout: timeouts.idle,
         };
         let own = std::pin::pin!(http2::conn::serve(
             io, pre, &state, &conn_info, &phases, &stop, cfg

@@ -903,7 +903,20 @@ mod tests {
             store.insert_challenge(&challenge("c2")).unwrap();
             store.flush_blocking().unwrap();
         }
-        let store = SledStore::open(&StoreOptions::new(&dir)).unwrap();
+        // sled's own background thread lets go of the folder's lock a moment after the store is
+        // dropped: under load the first try can find it still held.
+        let mut tries = 0;
+        let store = loop {
+            match SledStore::open(&StoreOptions::new(&dir)) {
+                Ok(s) => break s,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("reopen try {tries}: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(40));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         assert!(store.challenge("c2").unwrap().is_some());
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);

@@ -907,3 +907,150 @@ async fn an_answer_between_headers_and_continuation_leaves_the_block_intact() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].all("x-split"), vec!["yes".to_string()]);
 }
+
+// --- p. resets of any origin, stalls, late frames, large answers --------------------------------
+
+/// Rapid reset in every form: the client's own RST_STREAM, and stream errors it provokes so that
+/// the server resets the stream ("MadeYouReset": WINDOW_UPDATE of 0 on the stream, a PRIORITY
+/// on itself, DATA after END_STREAM). Each stream is being answered (its handler started) when
+/// it ends; the connection must be sent away with ENHANCE_YOUR_CALM long before the attacker's
+/// 2,000 streams, and few of them may reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_resets_of_every_kind_end_the_connection() {
+    use crate::support::h2raw::frame;
+    let (gw, cookie) = gateway().await;
+    for kind in [
+        "RST_STREAM",
+        "WINDOW_UPDATE 0",
+        "PRIORITY on itself",
+        "DATA after END_STREAM",
+    ] {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        h.write_timeout = Duration::from_secs(5);
+        let mut sent = 0u32;
+        let mut batch = Vec::new();
+        let prefix = format!("/delay/100/{}", kind.replace(' ', "-"));
+        for i in 0..2000u32 {
+            let s = 2 * i + 1;
+            let b = h.request_block("GET", &format!("{prefix}/{i}"), &[("cookie", &cookie)]);
+            batch.extend(frame(
+                ty::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                s,
+                &b.0,
+            ));
+            batch.extend(match kind {
+                "RST_STREAM" => frame(ty::RST_STREAM, 0, s, &code::CANCEL.to_be_bytes()),
+                "WINDOW_UPDATE 0" => frame(ty::WINDOW_UPDATE, 0, s, &[0, 0, 0, 0]),
+                "PRIORITY on itself" => {
+                    let mut p = s.to_be_bytes().to_vec();
+                    p.push(16);
+                    frame(ty::PRIORITY, 0, s, &p)
+                }
+                _ => frame(ty::DATA, 0, s, b"x"),
+            });
+            sent += 1;
+            if batch.len() > 8 * 1024 {
+                if h.send_raw(&batch).await.is_err() {
+                    break;
+                }
+                batch.clear();
+                // Everything the server sent so far (its RST_STREAMs come before its GOAWAY).
+                h.drain_for(Duration::from_millis(2)).await;
+                if h.goaway.is_some() || h.eof {
+                    break;
+                }
+            }
+        }
+        let o = h.connection_outcome(T).await;
+        assert_goaway(&o, code::ENHANCE_YOUR_CALM, kind);
+        assert!(
+            sent < 1000,
+            "{kind}: {sent} streams before the connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reached = gw
+            .upstream()
+            .seen()
+            .iter()
+            .filter(|r| r.uri.starts_with(&prefix))
+            .count();
+        assert!(reached <= 400, "{kind}: {reached} reached the upstream");
+    }
+    still_serves(&gw, &cookie, "/after-resets", T).await;
+}
+
+/// A client that keeps its connection alive but never opens its window holds an answer no
+/// longer than `limits.idle_timeout`: the stream is reset with CANCEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_stalled_on_the_clients_window_is_cancelled() {
+    let gw = TestGateway::builder()
+        .echo_upstream()
+        .set("limits.idle_timeout", "1s")
+        .start()
+        .await;
+    let cookie = format!(
+        "portcullis_session={}",
+        gw.sign_in("stall@example.com").await
+    );
+    let mut h = H2::connect_with(gw.addr(), &[(setting::INITIAL_WINDOW_SIZE, 0)]).await;
+    h.auto_window_update = false;
+    h.handshake().await;
+    h.get(1, "/bytes/5000", &[("cookie", &cookie)]).await;
+    let started = Instant::now();
+    let o = h.outcome(1, Duration::from_secs(10)).await;
+    assert!(matches!(o, Outcome::Reset(c) if c == code::CANCEL), "{o:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cancelled after {waited:?}"
+    );
+    assert_eq!(h.streams.get(&1).map_or(0, |s| s.data_received), 0);
+}
+
+/// DATA and trailers the client sent before the server's early answer (and its RST_STREAM
+/// NO_ERROR) reached it are ignored: the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_after_an_early_answer_are_ignored() {
+    let (gw, cookie) = gateway().await;
+    let mut h = H2::connect(gw.addr()).await;
+    h.handshake().await;
+    // No session: answered at once, without reading the body.
+    let b = h.request_block("POST", "/early", &[]);
+    h.headers(1, &b, false).await;
+    let o = h.outcome(1, T).await;
+    assert!(
+        matches!(o, Outcome::Response { .. } | Outcome::Reset(_)),
+        "{o:?}"
+    );
+    h.data(1, b"late body", false).await;
+    let trailers = crate::support::h2raw::Block::new().lit("x-trailer", "1");
+    h.headers(1, &trailers, true).await;
+    h.get(3, "/after-early", &[("cookie", &cookie)]).await;
+    let o = h.outcome(3, T).await;
+    assert_eq!(o.status(), Some(200), "{o:?}");
+    assert!(gw.upstream().seen_path("/early").is_empty());
+}
+
+/// A large answer to a client with large windows (as browsers grant) arrives whole and without
+/// stalls while the server's output buffer fills and drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_flows_without_stalls() {
+    let (gw, cookie) = gateway().await;
+    const N: usize = 6_000_000;
+    let mut h = H2::connect_with(gw.addr(), &[(setting::INITIAL_WINDOW_SIZE, 16 << 20)]).await;
+    h.handshake().await;
+    h.window_update(0, 16 << 20).await;
+    h.get(1, &format!("/bytes/{N}"), &[("cookie", &cookie)])
+        .await;
+    // Without the drain wake-up each 256 KiB waited for the 10 s phase timer.
+    let o = h.outcome(1, Duration::from_secs(8)).await;
+    match o {
+        Outcome::Response { status, body, .. } => {
+            assert_eq!(status, 200);
+            assert_eq!(body.len(), N);
+        }
+        o => panic!("{o:?}"),
+    }
+}

@@ -8,15 +8,21 @@
 //! router. Bounded: at most `max_streams` requests at once (and handlers still running count),
 //! a header block at most twice `limits.max_header_bytes` compressed and `max_header_bytes`
 //! decoded (431 past that), output past [`OUT_HIGH`] pauses reading, request bodies are held
-//! within the windows this server grants, and clients that reset more streams than they let
-//! finish, or send floods of empty frames, are sent away with ENHANCE_YOUR_CALM.
+//! within the windows this server grants, an answer waiting for the client's window longer than
+//! `stall_timeout` is cancelled, and clients that make more than [`MAX_RESETS`] streams in
+//! progress end in resets within [`RESET_WINDOW`] (their own or provoked), or send floods of
+//! empty frames, are sent away with ENHANCE_YOUR_CALM.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{AbortHandle, Abortable};
@@ -45,8 +51,14 @@ const CONN_WINDOW: u32 = 1024 * 1024;
 const OUT_HIGH: usize = 256 * 1024;
 /// Empty DATA and CONTINUATION frames (doing nothing) a connection may send.
 const MAX_EMPTY_FRAMES: u32 = 1_000;
-/// Resets of streams still being answered tolerated before counting them against answers.
-const RESET_ALLOWANCE: u64 = 100;
+/// Streams being answered that may end in a reset (sent by either side) within
+/// [`RESET_WINDOW`]: more is a rapid-reset attack (CVE-2023-44487, and CVE-2025-8671 where the
+/// client makes the server reset them), each reset costing an upstream exchange begun for nothing.
+const MAX_RESETS: u32 = 200;
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+/// Streams closed while the client could still send on them, remembered so that frames it had
+/// already sent (trailers, DATA) are ignored rather than taken for a protocol error.
+const RECENTLY_CLOSED: usize = 64;
 
 /// The limits of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +67,10 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_streams: u32,
+    /// `limits.idle_timeout`: how long an answer may wait for the client to open its window
+    /// before its stream is reset (CANCEL). A client that keeps its connection alive but never
+    /// grants window would otherwise hold the stream, and its upstream exchange, for ever.
+    pub stall_timeout: Duration,
 }
 
 /// A request being answered: the router's future, named by its stream.
@@ -80,6 +96,8 @@ struct Stream {
     /// The answer body being sent, and data taken from it but not yet sent.
     body: Option<Body>,
     pending: Option<Bytes>,
+    /// Since when answer data has been waiting for the client's window.
+    stalled_since: Option<Instant>,
     _in_flight: InFlight,
 }
 
@@ -137,9 +155,17 @@ struct Conn<'a> {
     peer_goaway: bool,
     read_closed: bool,
     failed: Option<Reason>,
-    resets: u64,
-    answered: u64,
+    /// Resets of streams being answered in the current [`RESET_WINDOW`], and when it began.
+    resets: u32,
+    resets_since: Instant,
     empty_frames: u32,
+    /// See [`RECENTLY_CLOSED`].
+    recently_closed: VecDeque<u32>,
+    /// Reading or answering stopped because output piled up: when it drains, go on.
+    throttled: bool,
+    /// The earliest time a stream's answer was waiting for the client's window, and the timer
+    /// that ends streams waiting longer than `idle_timeout`.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Serves HTTP/2 on `io` (`pre`: bytes already read, the start of the client's preface) until
@@ -184,8 +210,11 @@ pub async fn serve(
         read_closed: false,
         failed: None,
         resets: 0,
-        answered: 0,
+        resets_since: Instant::now(),
         empty_frames: 0,
+        recently_closed: VecDeque::new(),
+        throttled: false,
+        stall: None,
     };
     std::future::poll_fn(|cx| conn.poll(cx)).await
 }
@@ -203,6 +232,9 @@ impl<'a> Conn<'a> {
                 }
                 self.goaway_sent = Some(self.last_stream);
             }
+            if self.waiting() >= OUT_HIGH {
+                self.throttled = true;
+            }
             if self.failed.is_none() && !self.read_closed && self.waiting() < OUT_HIGH {
                 match self.read_frames(cx) {
                     Ok(p) => progress |= p,
@@ -213,10 +245,19 @@ impl<'a> Conn<'a> {
                 progress |= self.poll_jobs(cx);
                 progress |= self.send_bodies(cx);
                 self.give_back_windows();
+                progress |= self.poll_stall(cx);
+            }
+            if self.waiting() >= OUT_HIGH {
+                self.throttled = true;
             }
             match self.write(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Ready(Ok(())) => {
+                    // Reading or answering waited for the output to drain, and nothing else
+                    // will wake this task for it: go on now.
+                    if std::mem::take(&mut self.throttled) {
+                        progress = true;
+                    }
                     if self.finished() {
                         // TLS: close_notify goes out before the socket closes.
                         if Pin::new(&mut self.io).poll_shutdown(cx).is_pending() {
@@ -252,7 +293,11 @@ impl<'a> Conn<'a> {
     /// A connection error: GOAWAY with `reason`, and every stream ends.
     fn fail(&mut self, reason: Reason) {
         if self.preface {
-            frame::goaway(&mut self.out, self.last_stream, reason);
+            // Never above a last stream announced before (RFC 9113 §6.8).
+            let last = self
+                .goaway_sent
+                .map_or(self.last_stream, |g| g.min(self.last_stream));
+            frame::goaway(&mut self.out, last, reason);
         }
         self.failed = Some(reason);
         self.end_streams();
@@ -336,6 +381,7 @@ impl<'a> Conn<'a> {
                 let mut f = self.rbuf.split_to(frame::HEADER_LEN + h.len);
                 f.advance(frame::HEADER_LEN);
                 self.on_frame(h, f.freeze(), cx)?;
+                self.check_resets()?;
                 progress = true;
                 if self.waiting() >= OUT_HIGH || self.failed.is_some() {
                     return Ok(progress);
@@ -378,11 +424,18 @@ impl<'a> Conn<'a> {
                 if h.stream == 0 {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
-                if h.len != 5 {
-                    self.reset(h.stream, Reason::FRAME_SIZE_ERROR);
+                let reason = if h.len != 5 {
+                    Reason::FRAME_SIZE_ERROR
                 } else if depends_on_itself(&h, &payload) {
-                    self.reset(h.stream, Reason::PROTOCOL_ERROR);
+                    Reason::PROTOCOL_ERROR
+                } else {
+                    return Ok(());
+                };
+                // No RST_STREAM on a stream never opened (RFC 9113 §6.4): the connection ends.
+                if h.stream > self.last_stream {
+                    return Err(reason);
                 }
+                self.reset(h.stream, reason);
                 Ok(())
             }
             frame::RST_STREAM => {
@@ -394,15 +447,9 @@ impl<'a> Conn<'a> {
                 }
                 if let Some(i) = self.find(h.stream) {
                     let s = self.streams.swap_remove(i);
-                    if s.answering() {
-                        self.resets += 1;
-                    }
                     self.drop_stream(s, BodyError::Reset);
-                    if self.resets > RESET_ALLOWANCE && self.resets > self.answered {
-                        return Err(Reason::ENHANCE_YOUR_CALM);
-                    }
                 }
-                Ok(())
+                self.check_resets()
             }
             frame::SETTINGS => self.on_settings(h, &payload),
             frame::PUSH_PROMISE => Err(Reason::PROTOCOL_ERROR),
@@ -483,6 +530,9 @@ impl<'a> Conn<'a> {
         if h.len % 6 != 0 {
             return Err(Reason::FRAME_SIZE_ERROR);
         }
+        // The streams' windows move once per frame, by the last value it carries (a frame of
+        // thousands of entries must not walk the stream table thousands of times).
+        let mut initial_window = None;
         for s in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([s[0], s[1]]);
             let v = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -493,14 +543,7 @@ impl<'a> Conn<'a> {
                     if v > MAX_WINDOW {
                         return Err(Reason::FLOW_CONTROL_ERROR);
                     }
-                    let delta = v - self.peer_initial_window;
-                    self.peer_initial_window = v;
-                    for st in &mut self.streams {
-                        st.send_window += delta;
-                        if st.send_window > MAX_WINDOW {
-                            return Err(Reason::FLOW_CONTROL_ERROR);
-                        }
-                    }
+                    initial_window = Some(v);
                 }
                 frame::SETTINGS_MAX_FRAME_SIZE if !(16_384..=16_777_215).contains(&v) => {
                     return Err(Reason::PROTOCOL_ERROR)
@@ -508,6 +551,16 @@ impl<'a> Conn<'a> {
                 // The rest (header table size: this server's encoder never indexes; concurrent
                 // streams: it never pushes; header list size: advisory) changes nothing here.
                 _ => {}
+            }
+        }
+        if let Some(v) = initial_window {
+            let delta = v - self.peer_initial_window;
+            self.peer_initial_window = v;
+            for st in &mut self.streams {
+                st.send_window += delta;
+                if st.send_window > MAX_WINDOW {
+                    return Err(Reason::FLOW_CONTROL_ERROR);
+                }
             }
         }
         self.settings_seen = true;
@@ -566,11 +619,16 @@ impl<'a> Conn<'a> {
                 return Err(Reason::PROTOCOL_ERROR);
             }
             self.conn_unannounced += data_len;
-            frame::rst_stream(&mut self.out, h.stream, Reason::STREAM_CLOSED);
+            // Sent before our RST_STREAM or final answer reached the client: ignored.
+            if !self.recently_closed.contains(&h.stream) {
+                frame::rst_stream(&mut self.out, h.stream, Reason::STREAM_CLOSED);
+            }
             return Ok(());
         };
         if data_len == 0 && !h.has(frame::END_STREAM) {
             self.empty_frame()?;
+        } else {
+            self.empty_frames = 0;
         }
         let s = &mut self.streams[i];
         if !s.recv_open {
@@ -598,7 +656,7 @@ impl<'a> Conn<'a> {
             return Ok(());
         }
         if let Some(inbound) = &s.inbound {
-            if !inbound.push(payload.slice(start..end), cx.waker()) {
+            if !inbound.push(&payload[start..end], cx.waker()) {
                 s.unannounced += data_len;
                 self.conn_unannounced += data_len;
             }
@@ -630,12 +688,10 @@ impl<'a> Conn<'a> {
         };
         let end_stream = h.has(frame::END_STREAM);
         if h.has(frame::END_HEADERS) {
-            return self.on_block(
-                h.stream,
-                end_stream,
-                bad_priority,
-                payload.slice(start..end),
-            );
+            // A copy: the request's fields share it, and a slice would keep the whole read
+            // buffer alive as long as the request lives.
+            let block = Bytes::copy_from_slice(&payload[start..end]);
+            return self.on_block(h.stream, end_stream, bad_priority, block);
         }
         if end - start > self.block_cap() {
             return Err(Reason::ENHANCE_YOUR_CALM);
@@ -730,6 +786,7 @@ impl<'a> Conn<'a> {
             head,
             body: None,
             pending: None,
+            stalled_since: None,
             _in_flight: in_flight,
         });
         Ok(())
@@ -749,6 +806,10 @@ impl<'a> Conn<'a> {
         // A header block on a stream no longer open, or never opened (a lower identifier than
         // one already used): both are connection errors (RFC 9113 §5.1, §5.1.1).
         let Some(i) = self.find(id) else {
+            // Trailers the client sent before our RST_STREAM or final answer reached it.
+            if self.recently_closed.contains(&id) {
+                return Ok(());
+            }
             return Err(Reason::PROTOCOL_ERROR);
         };
         if !self.streams[i].recv_open {
@@ -775,24 +836,56 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// A stream error: RST_STREAM, and the stream ends.
+    /// A stream error the client caused: RST_STREAM, and the stream ends (counted against
+    /// [`MAX_RESETS`] when it was being answered).
     fn reset(&mut self, id: u32, reason: Reason) {
+        self.reset_counted(id, reason, true);
+    }
+
+    fn reset_counted(&mut self, id: u32, reason: Reason, counted: bool) {
         frame::rst_stream(&mut self.out, id, reason);
         if let Some(i) = self.find(id) {
             let s = self.streams.swap_remove(i);
-            self.drop_stream(s, BodyError::Reset);
+            self.end_stream(s, BodyError::Reset, counted);
         }
+    }
+
+    /// A connection error once too many streams being answered ended in a reset.
+    fn check_resets(&self) -> Result<(), Reason> {
+        if self.resets > MAX_RESETS {
+            return Err(Reason::ENHANCE_YOUR_CALM);
+        }
+        Ok(())
     }
 
     /// Ends a stream taken out of the table: its handler stops, its body reader gets `why`, and
     /// the window its unread bytes held comes back to the connection.
     fn drop_stream(&mut self, s: Stream, why: BodyError) {
+        self.end_stream(s, why, true);
+    }
+
+    /// [`Self::drop_stream`]; `counted`: a reset of a stream being answered counts against
+    /// [`MAX_RESETS`] (the client's doing, not the upstream's or a timer's).
+    fn end_stream(&mut self, s: Stream, why: BodyError, counted: bool) {
+        if counted && s.answering() && matches!(why, BodyError::Reset) {
+            if self.resets_since.elapsed() > RESET_WINDOW {
+                self.resets = 0;
+                self.resets_since = Instant::now();
+            }
+            self.resets += 1;
+        }
+        if s.recv_open {
+            if self.recently_closed.len() == RECENTLY_CLOSED {
+                self.recently_closed.pop_front();
+            }
+            self.recently_closed.push_back(s.id);
+        }
         if let Some(a) = &s.abort {
             a.abort();
         }
         if let Some(i) = &s.inbound {
             i.fail(why);
-            self.conn_unannounced += (i.take_released() + i.buffered()) as u64;
+            self.conn_unannounced += i.take_released() as u64;
         }
     }
 
@@ -820,7 +913,7 @@ impl<'a> Conn<'a> {
         s.abort = None;
         let id = s.id;
         if status.is_informational() {
-            self.reset(id, Reason::INTERNAL_ERROR);
+            self.reset_counted(id, Reason::INTERNAL_ERROR, false);
             return;
         }
         let no_content = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
@@ -893,7 +986,6 @@ impl<'a> Conn<'a> {
     /// The answer to stream `i` is complete: the stream ends (a client still sending its body
     /// is told to stop with RST_STREAM NO_ERROR, RFC 9113 §8.1).
     fn answered(&mut self, i: usize) {
-        self.answered += 1;
         let s = self.streams.swap_remove(i);
         if s.recv_open {
             frame::rst_stream(&mut self.out, s.id, Reason::NO_ERROR);
@@ -918,7 +1010,7 @@ impl<'a> Conn<'a> {
                 Sent::Failed => {
                     progress = true;
                     let id = self.streams[i].id;
-                    self.reset(id, Reason::INTERNAL_ERROR);
+                    self.reset_counted(id, Reason::INTERNAL_ERROR, false);
                     continue;
                 }
                 Sent::Some => progress = true,
@@ -968,8 +1060,10 @@ impl<'a> Conn<'a> {
             };
             let window = (*conn_send_window).min(s.send_window);
             if window <= 0 {
+                s.stalled_since.get_or_insert_with(Instant::now);
                 return sent;
             }
+            s.stalled_since = None;
             let n = p.len().min(MAX_FRAME).min(window as usize);
             let chunk = p.split_to(n);
             if p.is_empty() {
@@ -987,6 +1081,39 @@ impl<'a> Conn<'a> {
                 return sent;
             }
         }
+    }
+
+    /// Ends streams whose answer waited for the client's window longer than `stall_timeout`.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.streams.iter().filter_map(|s| s.stalled_since).min() else {
+            self.stall = None;
+            return false;
+        };
+        let deadline = since + self.cfg.stall_timeout;
+        if self.stall.as_ref().is_none_or(|t| t.deadline() != deadline) {
+            self.stall = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        let Some(timer) = self.stall.as_mut() else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.stall = None;
+        let now = Instant::now();
+        let late: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|s| {
+                s.stalled_since
+                    .is_some_and(|t| t + self.cfg.stall_timeout <= now)
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in late {
+            self.reset_counted(id, Reason::CANCEL, false);
+        }
+        true
     }
 
     /// Announces window the request-body readers gave back.
