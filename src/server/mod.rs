@@ -457,13 +457,7 @@ async fn serve_connection(
             &mut drain,
         )
         .await;
-        match outcome {
-            Outcome::Finished(Ok(())) | Outcome::Stopping => {}
-            Outcome::Finished(Err(e)) => tracing::debug!(%peer, error = %e, "connection error"),
-            Outcome::TimedOut(phase) => {
-                tracing::debug!(%peer, requests = phases.requests(), "connection closed: {}", phase.describe())
-            }
-        }
+        log_end(peer, &phases, outcome);
         return;
     }
     let ph = phases.clone();
@@ -471,8 +465,8 @@ async fn serve_connection(
         let in_flight = ph.request_started(req.version());
         let st = state.clone();
         let conn_info = conn_info.clone();
-        // Boxed: hyper's HTTP/2 server spawns this future for each request, and spawning moves
-        // it whole (a few KiB, several times); a box moves as one pointer.
+        // Boxed: hyper keeps this future in its dispatcher and moves it there whole (a few
+        // KiB); a box moves as one pointer. (HTTP/2 requests box theirs in `http2::conn`.)
         Box::pin(async move {
             let mut req = req.map(crate::request::ClientBody::Hyper);
             let mut resp = handle(&st, &mut req, &conn_info).await;
@@ -485,15 +479,24 @@ async fn serve_connection(
     if *drain.borrow() {
         conn.as_mut().graceful_shutdown();
     }
-    match conn::supervise(
+    let outcome = conn::supervise(
         conn,
         |c| c.graceful_shutdown(),
         &phases,
         timeouts,
         &mut drain,
     )
-    .await
-    {
+    .await;
+    log_end(peer, &phases, outcome);
+}
+
+/// Logs (at debug) how a connection served to its end finished, if not normally.
+fn log_end<E: std::fmt::Display>(
+    peer: std::net::SocketAddr,
+    phases: &Phases,
+    outcome: Outcome<(), E>,
+) {
+    match outcome {
         Outcome::Finished(Ok(())) | Outcome::Stopping => {}
         Outcome::Finished(Err(e)) => tracing::debug!(%peer, error = %e, "connection error"),
         Outcome::TimedOut(phase) => {

@@ -1054,3 +1054,65 @@ async fn a_large_answer_flows_without_stalls() {
         o => panic!("{o:?}"),
     }
 }
+
+// --- q. random frames ---------------------------------------------------------------------------
+
+/// Random frame sequences (any type, flags, stream id and payload, after a valid handshake and
+/// among valid requests) never crash or hang the server: each connection ends or goes on, and a
+/// fresh client is served afterwards. 300 connections of up to 40 frames, from a fixed seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_frame_sequences_never_break_the_server() {
+    use crate::support::h2raw::frame;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A panic in a connection task would only end that task: count them (nextest runs each test
+    // in its own process, so the hook sees this test's panics only).
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        previous(info);
+    }));
+    let (gw, cookie) = gateway().await;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..300u32 {
+        let mut h = H2::connect(gw.addr()).await;
+        h.handshake().await;
+        h.write_timeout = Duration::from_secs(2);
+        let mut bytes = Vec::new();
+        for _ in 0..(next() % 40) {
+            let r = next();
+            let ty = (r % 12) as u8;
+            let flags = (r >> 8) as u8;
+            let stream = match (r >> 16) % 4 {
+                0 => 0,
+                1 => 1,
+                2 => ((r >> 20) % 50) as u32,
+                _ => (r >> 32) as u32,
+            };
+            let len = ((r >> 40) % 64) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if (r >> 60) % 4 == 0 {
+                let b = h.request_block("GET", &format!("/rand/{round}"), &[("cookie", &cookie)]);
+                bytes.extend(frame(
+                    ty::HEADERS,
+                    flag::END_HEADERS | flag::END_STREAM,
+                    stream | 1,
+                    &b.0,
+                ));
+            } else {
+                bytes.extend(frame(ty, flags, stream, &payload));
+            }
+        }
+        let _ = h.send_raw(&bytes).await;
+        // Whatever the server makes of it, it answers or closes within the time limit.
+        h.drain_for(Duration::from_millis(20)).await;
+    }
+    still_serves(&gw, &cookie, "/after-random", T).await;
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "the server panicked");
+}
