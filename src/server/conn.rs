@@ -18,6 +18,34 @@ use tokio::time::Instant;
 
 use super::limits::ConnSlot;
 
+/// How long a connection the gateway closes keeps reading what the client still sends (and
+/// drops it), at most: see [`linger`].
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// A lingering connection closes after this long without a byte from the client.
+pub const LINGER_QUIET: Duration = Duration::from_millis(500);
+/// A lingering connection closes after dropping this many bytes.
+pub const LINGER_BYTES: usize = 256 * 1024;
+
+/// The lingering close (nginx's `lingering_close`): after the gateway has written its last
+/// bytes and shut its side down, it reads and drops what the client still sends, until the
+/// client closes, [`LINGER_QUIET`] passes without a byte, [`LINGER_TIME`] is over or
+/// [`LINGER_BYTES`] were dropped. Closing a socket with unread bytes makes the kernel send a
+/// reset, and a reset can make the client lose what it had not read yet: the last answer, a
+/// 431, an HTTP/2 GOAWAY saying which requests were not served.
+pub async fn linger<R: AsyncRead + Unpin>(io: &mut R) {
+    use tokio::io::AsyncReadExt;
+    let end = Instant::now() + LINGER_TIME;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        let until = (Instant::now() + LINGER_QUIET).min(end);
+        match tokio::time::timeout_at(until, io.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
+    }
+}
+
 /// The time limits of a connection (`limits.header_read_timeout`, `limits.idle_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {

@@ -227,7 +227,11 @@ pub async fn serve(
         let keep = write_answer(&mut io, resp, is_head, close, &mut out).await?;
         drop(in_flight);
         if !keep {
-            let _ = io.shutdown().await;
+            // The client may have sent its next request already (pipelined, or before it saw
+            // a graceful close): read and drop it rather than reset the answer away.
+            if io.shutdown().await.is_ok() {
+                super::conn::linger(&mut io).await;
+            }
             return Ok(Next::Done);
         }
     }
@@ -243,7 +247,11 @@ async fn too_large(mut io: Metered, out: &mut Vec<u8>) -> Result<Next, BoxError>
     date(out);
     out.extend_from_slice(b"\r\n");
     io.write_all(out).await?;
-    let _ = io.shutdown().await;
+    // The rest of the head is likely on its way: read and drop it, or the reset it would cause
+    // could keep the 431 from the client.
+    if io.shutdown().await.is_ok() {
+        super::conn::linger(&mut io).await;
+    }
     Ok(Next::Done)
 }
 

@@ -264,6 +264,49 @@ async fn stream_identifier_violations_are_connection_errors() {
     still_serves(&gw, &cookie, "/after-ids", T).await;
 }
 
+/// A connection error while the client is still sending: the GOAWAY reaches it and the
+/// connection ends cleanly (the gateway reads and drops what comes after the bad frame for a
+/// while), not with a reset that could cost the client the GOAWAY on a real network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_reaches_a_client_that_is_still_sending() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _cookie) = gateway().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut first = crate::support::h2raw::PREFACE.to_vec();
+    first.extend(crate::support::h2raw::frame(ty::SETTINGS, 0, 0, &[]));
+    // DATA on stream 0: a connection error (RFC 9113 §6.1), then 50 KB of PINGs in the same
+    // write and 50 KB more after the GOAWAY went out: the server reads none of them as frames.
+    first.extend(crate::support::h2raw::frame(ty::DATA, 0, 0, b"hello"));
+    let ping = crate::support::h2raw::frame(ty::PING, 0, 0, &[0; 8]);
+    let pings = ping.repeat(50_000 / ping.len());
+    first.extend(&pings);
+    s.write_all(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let wrote = s.write_all(&pings).await;
+    assert!(wrote.is_ok(), "the gateway reset the connection: {wrote:?}");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("the gateway never closed");
+    // The frames: SETTINGS (and its ACK) first, then the GOAWAY.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= out.len() {
+        let len =
+            usize::from(out[at]) << 16 | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]);
+        if out[at + 3] == ty::GOAWAY && at + 9 + len <= out.len() && len >= 8 {
+            let p = &out[at + 9..at + 9 + len];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(code::PROTOCOL_ERROR), "{out:?}");
+    assert!(
+        read.is_ok(),
+        "the connection ended with {read:?}, not a clean close"
+    );
+}
+
 // --- e. frame sizes -----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

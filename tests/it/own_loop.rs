@@ -444,6 +444,41 @@ async fn a_head_over_the_limit_gets_431_however_it_is_split() {
     }
 }
 
+/// The lingering close: a client still sending when the gateway ends the connection (a 431 for
+/// an over-long head; an answer to `Connection: close` followed by a pipelined request) reads
+/// the answer and then a clean end of stream, never a reset (which the bytes it sent and the
+/// gateway never read would cause, and which can cost a client the answer on a real network).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connection_reads_what_the_client_still_sends() {
+    let gw = TestGateway::builder()
+        .set("limits.max_header_bytes", 10000)
+        .start()
+        .await;
+    let big = format!(
+        "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let closing = "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for (first, want) in [(big.as_str(), "HTTP/1.1 431"), (closing, "HTTP/1.1 200")] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(first.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // More requests the gateway will never answer: 100 KB of them, sent after its answer.
+        let more = "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_500);
+        s.write_all(more.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the gateway never closed");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(want), "{want}: {:.120}", text);
+        assert!(
+            read.is_ok(),
+            "{want}: the connection ended with {read:?}, not a clean close"
+        );
+    }
+}
+
 /// A client that goes away in the middle of a streamed answer: the gateway drops that answer
 /// (its upstream connection is not used again with the rest of it in flight) and the next
 /// client on a new connection gets its own answer, not the leftover of the abandoned one.

@@ -216,7 +216,13 @@ pub async fn serve(
         throttled: false,
         stall: None,
     };
-    std::future::poll_fn(|cx| conn.poll(cx)).await
+    let ended = std::future::poll_fn(|cx| conn.poll(cx)).await;
+    // A GOAWAY (graceful or for an error) while the client may still be sending: it must reach
+    // the client, not be lost to the reset that closing on unread bytes would send.
+    if (ended.is_ok() || conn.failed.is_some()) && !conn.read_closed {
+        crate::server::conn::linger(&mut conn.io).await;
+    }
+    ended
 }
 
 impl<'a> Conn<'a> {
