@@ -41,6 +41,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// At most this many fields in a head taken here (hyper's own default; more is handed over).
 pub const MAX_FIELDS: usize = 100;
 
+/// The room for fields a connection keeps between requests, at most.
+const SPARE_FIELDS: usize = 32;
+
 /// Answer bytes gathered before a write; a larger body frame is written on its own.
 const GATHER: usize = 64 * 1024;
 
@@ -145,10 +148,20 @@ pub fn parse(buf: &[u8], head: &mut Head) -> Parse {
 /// Builds the request from a taken head (`bytes` is exactly the head). `None`: a part the `http`
 /// types refuse (hyper answers those).
 pub fn request(bytes: &Bytes, head: &Head, fields: usize) -> Option<Request<ClientBody>> {
+    request_into(bytes, head, fields, HeaderMap::with_capacity(fields))
+}
+
+/// [`request`] with its fields put into `map` (empty; the connection's map from its last
+/// request, cleared: its room is reused, not allocated again).
+fn request_into(
+    bytes: &Bytes,
+    head: &Head,
+    fields: usize,
+    mut map: HeaderMap,
+) -> Option<Request<ClientBody>> {
     let s = &head.spans;
     let method = Method::from_bytes(&bytes[s.method.0..s.method.1]).ok()?;
     let uri = Uri::from_maybe_shared(bytes.slice(s.target.0..s.target.1)).ok()?;
-    let mut map = HeaderMap::with_capacity(fields);
     for &((n0, n1), (v0, v1)) in &s.fields[..fields] {
         let name = HeaderName::from_bytes(&bytes[n0..n1]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(v0..v1)).ok()?;
@@ -177,6 +190,7 @@ pub async fn serve(
     // On the heap: the span table is KiBs, and the connection's future is touched for every
     // request (smaller futures, fewer cache misses with many connections).
     let mut head = Box::new(Head::default());
+    let mut spare = HeaderMap::new();
     loop {
         let (len, fields, close) = loop {
             if !buf.is_empty() {
@@ -212,7 +226,7 @@ pub async fn serve(
             }
         };
         let bytes = buf.split_to(len).freeze();
-        let Some(mut req) = request(&bytes, &head, fields) else {
+        let Some(mut req) = request_into(&bytes, &head, fields, std::mem::take(&mut spare)) else {
             let mut all = BytesMut::with_capacity(bytes.len() + buf.len());
             all.extend_from_slice(&bytes);
             all.extend_from_slice(&buf);
@@ -222,6 +236,13 @@ pub async fn serve(
         let in_flight = phases.request_started(Version::HTTP_11);
         let is_head = req.method() == Method::HEAD;
         let resp = handle(state, &mut req, conn).await;
+        // The request's field map is kept (emptied) for the next request on this connection.
+        // A large one is not kept (an idle connection holds no more than a usual request needs).
+        spare = std::mem::take(req.headers_mut());
+        if spare.capacity() > SPARE_FIELDS {
+            spare = HeaderMap::new();
+        }
+        spare.clear();
         drop(req);
         let close = close || stop.load(Ordering::Relaxed);
         let keep = write_answer(&mut io, resp, is_head, close, &mut out).await?;

@@ -363,6 +363,50 @@ async fn pipelined_requests_with_and_without_bodies_are_answered_in_order_on_one
     }
 }
 
+/// The connection reuses its field map from one request to the next: no field of an earlier
+/// request ever reaches the upstream with a later one, after small and large (60-field)
+/// requests alike, and every request's own fields arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_field_of_one_request_reaches_the_next_on_a_kept_connection() {
+    let gw = TestGateway::builder().echo_upstream().start().await;
+    let token = gw.sign_in("alice@example.com").await;
+    let host = gw.addr();
+    let mut raw = String::new();
+    let counts = [3usize, 0, 60, 1, 40, 0, 2];
+    for (i, n) in counts.iter().enumerate() {
+        raw.push_str(&format!(
+            "GET /r{i} HTTP/1.1\r\nHost: {host}\r\nCookie: portcullis_session={token}\r\n"
+        ));
+        for f in 0..*n {
+            raw.push_str(&format!("X-R{i}-F{f}: v{i}-{f}\r\n"));
+        }
+        if i + 1 == counts.len() {
+            raw.push_str("Connection: close\r\n");
+        }
+        raw.push_str("\r\n");
+    }
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let out = read_to_close(&mut s).await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), counts.len(), "{out}");
+    let seen = gw.upstream().seen();
+    assert_eq!(seen.len(), counts.len());
+    for (i, r) in seen.iter().enumerate() {
+        assert_eq!(r.uri, format!("/r{i}"));
+        for (j, n) in counts.iter().enumerate() {
+            for f in 0..*n {
+                let got = r.all(&format!("x-r{j}-f{f}"));
+                let want = if i == j {
+                    vec![format!("v{j}-{f}")]
+                } else {
+                    vec![]
+                };
+                assert_eq!(got, want, "request {i}, field x-r{j}-f{f}");
+            }
+        }
+    }
+}
+
 /// A streamed upstream answer (no length known) reaches an own-loop client chunked, each part as
 /// soon as the upstream sends it (the first arrives while the upstream still holds the second),
 /// and the connection stays usable for the next request.
