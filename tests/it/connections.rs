@@ -708,3 +708,108 @@ async fn every_client_connection_is_watched_for_a_vanished_peer() {
     }
     drop((plain, h2));
 }
+
+/// The HTTP/2 attacks of `h2_wire` over TLS (ALPN `h2`), where the HTTP/2 server gets the
+/// decrypted stream after the handshake: a connection error, rapid resets and a CONTINUATION
+/// flood each end with the GOAWAY they get over plain TCP; a client still sending after the
+/// GOAWAY sees the TLS stream end cleanly (close_notify, then the end of the stream: no reset);
+/// and a new client is served after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_attacks_over_tls_end_as_they_do_over_plain_tcp() {
+    use crate::support::h2raw::{code, flag, frame, ty, Block, Outcome, H2};
+    let gw = TlsGateway::start("{ max_header_bytes: 16384 }").await;
+    let authority = format!("localhost:{}", gw.tls_port);
+    let open = || async {
+        let tls = gw.handshake(b"h2").await;
+        let mut h = H2::over(Box::new(tls), authority.clone(), &[]).await;
+        h.handshake().await;
+        h.write_timeout = Duration::from_secs(5);
+        h
+    };
+    let goaway = |o: &Outcome, want: u32, what: &str| match o {
+        Outcome::GoAway { code, .. } if *code == want => {}
+        o => panic!("{what}: expected GOAWAY({want:#x}), got {o:?}"),
+    };
+    let still_served = || async {
+        let mut h = open().await;
+        h.get(1, "/.auth/healthz", &[]).await;
+        let o = h.outcome(1, WAIT).await;
+        assert_eq!(o.status(), Some(200), "a new client is not served: {o:?}");
+    };
+
+    // DATA on stream 0 (a connection error), then 50 KB more after the GOAWAY went out.
+    let mut h = open().await;
+    h.send_frame(ty::DATA, 0, 0, b"hello").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ping = frame(ty::PING, 0, 0, &[0; 8]);
+    let wrote = h.send_raw(&ping.repeat(50_000 / ping.len())).await;
+    assert!(wrote.is_ok(), "the gateway reset the connection: {wrote:?}");
+    let o = h.connection_outcome(WAIT).await;
+    goaway(&o, code::PROTOCOL_ERROR, "DATA on stream 0");
+    while !h.eof {
+        if let crate::support::h2raw::Read::Timeout =
+            h.read_frame(tokio::time::Instant::now() + WAIT).await
+        {
+            panic!("the connection was not closed after its GOAWAY");
+        }
+    }
+    assert_eq!(h.read_error, None, "the TLS stream did not end cleanly");
+    still_served().await;
+
+    // Rapid resets: HEADERS and RST_STREAM pairs, far over the budget of 200 in 10 s.
+    let mut h = open().await;
+    let mut batch = Vec::new();
+    let mut sent = 0;
+    for i in 0..2000u32 {
+        let s = 2 * i + 1;
+        let b = h.request_block("GET", &format!("/reset/{i}"), &[]);
+        batch.extend(frame(
+            ty::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            s,
+            &b.0,
+        ));
+        batch.extend(frame(ty::RST_STREAM, 0, s, &code::CANCEL.to_be_bytes()));
+        sent += 1;
+        if batch.len() > 8 * 1024 {
+            if h.send_raw(&batch).await.is_err() {
+                break;
+            }
+            batch.clear();
+            h.drain_for(Duration::from_millis(2)).await;
+            if h.goaway.is_some() || h.eof {
+                break;
+            }
+        }
+    }
+    let o = h.connection_outcome(WAIT).await;
+    goaway(&o, code::ENHANCE_YOUR_CALM, "rapid resets");
+    assert!(sent < 1000, "{sent} streams before the connection ended");
+    still_served().await;
+
+    // A CONTINUATION flood: a header block that never ends.
+    let mut h = open().await;
+    let b = h.request_block("GET", "/flood", &[]);
+    h.headers_open(1, &b.0, true).await;
+    let mut chunk = Block::new();
+    while chunk.len() + 110 < h.max_frame_size() {
+        chunk = chunk.lit("x-flood", "f".repeat(100));
+    }
+    let cont = frame(ty::CONTINUATION, 0, 1, &chunk.0);
+    let start = h.written;
+    while h.written - start < 8 << 20 && h.goaway.is_none() && !h.eof {
+        if h.send_raw(&cont).await.is_err() {
+            break;
+        }
+        h.drain_for(Duration::from_millis(2)).await;
+    }
+    let cut = h.written - start;
+    assert!(
+        cut <= 16384 + (1 << 20),
+        "CONTINUATION flood cut off only after {cut} bytes"
+    );
+    if let Some((c, _)) = h.goaway_code() {
+        assert_ne!(c, code::NO_ERROR);
+    }
+    still_served().await;
+}

@@ -241,8 +241,12 @@ pub fn settings_payload(settings: &[(u16, u32)]) -> Vec<u8> {
 }
 
 /// A raw HTTP/2 client connection.
+/// What the raw client talks over: a TCP stream (prior knowledge) or a TLS one (ALPN `h2`).
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct H2 {
-    s: TcpStream,
+    s: Box<dyn Stream>,
     buf: Vec<u8>,
     decoder: hpack::Decoder<'static>,
     /// `host:port` for `:authority`.
@@ -263,6 +267,9 @@ pub struct H2 {
     pub ping_acks: Vec<[u8; 8]>,
     pub goaway: Option<Frame>,
     pub eof: bool,
+    /// How reading ended, when it ended with an error (a reset, a TLS stream cut without
+    /// close_notify) rather than a clean end of stream.
+    pub read_error: Option<std::io::ErrorKind>,
     pub streams: HashMap<u32, StreamState>,
     /// Every frame read, in order.
     pub log: Vec<Frame>,
@@ -286,11 +293,16 @@ impl H2 {
             .expect("connect timed out")
             .expect("connect failed");
         s.set_nodelay(true).unwrap();
+        Self::over(Box::new(s), addr.to_string(), settings).await
+    }
+
+    /// [`Self::connect_with`] over a stream already open (a TLS one that agreed on `h2`).
+    pub async fn over(s: Box<dyn Stream>, authority: String, settings: &[(u16, u32)]) -> H2 {
         let mut h = H2 {
             s,
             buf: Vec::new(),
             decoder: hpack::Decoder::new(),
-            authority: addr.to_string(),
+            authority,
             auto_settings_ack: true,
             auto_window_update: true,
             write_timeout: Duration::from_secs(10),
@@ -300,6 +312,7 @@ impl H2 {
             ping_acks: Vec::new(),
             goaway: None,
             eof: false,
+            read_error: None,
             streams: HashMap::new(),
             log: Vec::new(),
             conn_credit: 65_535,
@@ -503,8 +516,13 @@ impl H2 {
             let mut chunk = vec![0u8; 65_536];
             match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
                 Err(_) => return Err(Read::Timeout),
-                Ok(Ok(0)) | Ok(Err(_)) => {
+                Ok(Ok(0)) => {
                     self.eof = true;
+                    return Err(Read::Eof);
+                }
+                Ok(Err(e)) => {
+                    self.eof = true;
+                    self.read_error = Some(e.kind());
                     return Err(Read::Eof);
                 }
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
