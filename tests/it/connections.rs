@@ -716,7 +716,7 @@ async fn every_client_connection_is_watched_for_a_vanished_peer() {
 /// and a new client is served after each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_attacks_over_tls_end_as_they_do_over_plain_tcp() {
-    use crate::support::h2raw::{code, flag, frame, ty, Block, Outcome, H2};
+    use crate::support::h2raw::{code, frame, ty, Block, Outcome, H2};
     let gw = TlsGateway::start("{ max_header_bytes: 16384 }").await;
     let authority = format!("localhost:{}", gw.tls_port);
     let open = || async {
@@ -758,30 +758,11 @@ async fn http2_attacks_over_tls_end_as_they_do_over_plain_tcp() {
 
     // Rapid resets: HEADERS and RST_STREAM pairs, far over the budget of 200 in 10 s.
     let mut h = open().await;
-    let mut batch = Vec::new();
-    let mut sent = 0;
-    for i in 0..2000u32 {
-        let s = 2 * i + 1;
-        let b = h.request_block("GET", &format!("/reset/{i}"), &[]);
-        batch.extend(frame(
-            ty::HEADERS,
-            flag::END_HEADERS | flag::END_STREAM,
-            s,
-            &b.0,
-        ));
-        batch.extend(frame(ty::RST_STREAM, 0, s, &code::CANCEL.to_be_bytes()));
-        sent += 1;
-        if batch.len() > 8 * 1024 {
-            if h.send_raw(&batch).await.is_err() {
-                break;
-            }
-            batch.clear();
-            h.drain_for(Duration::from_millis(2)).await;
-            if h.goaway.is_some() || h.eof {
-                break;
-            }
-        }
-    }
+    let sent = h
+        .flood_streams(2000, "/reset", &[], |s| {
+            frame(ty::RST_STREAM, 0, s, &code::CANCEL.to_be_bytes())
+        })
+        .await;
     let o = h.connection_outcome(WAIT).await;
     goaway(&o, code::ENHANCE_YOUR_CALM, "rapid resets");
     assert!(sent < 1000, "{sent} streams before the connection ended");

@@ -971,19 +971,9 @@ async fn rapid_resets_of_every_kind_end_the_connection() {
         let mut h = H2::connect(gw.addr()).await;
         h.handshake().await;
         h.write_timeout = Duration::from_secs(5);
-        let mut sent = 0u32;
-        let mut batch = Vec::new();
         let prefix = format!("/delay/100/{}", kind.replace(' ', "-"));
-        for i in 0..2000u32 {
-            let s = 2 * i + 1;
-            let b = h.request_block("GET", &format!("{prefix}/{i}"), &[("cookie", &cookie)]);
-            batch.extend(frame(
-                ty::HEADERS,
-                flag::END_HEADERS | flag::END_STREAM,
-                s,
-                &b.0,
-            ));
-            batch.extend(match kind {
+        let sent = h
+            .flood_streams(2000, &prefix, &[("cookie", &cookie)], |s| match kind {
                 "RST_STREAM" => frame(ty::RST_STREAM, 0, s, &code::CANCEL.to_be_bytes()),
                 "WINDOW_UPDATE 0" => frame(ty::WINDOW_UPDATE, 0, s, &[0, 0, 0, 0]),
                 "PRIORITY on itself" => {
@@ -992,20 +982,8 @@ async fn rapid_resets_of_every_kind_end_the_connection() {
                     frame(ty::PRIORITY, 0, s, &p)
                 }
                 _ => frame(ty::DATA, 0, s, b"x"),
-            });
-            sent += 1;
-            if batch.len() > 8 * 1024 {
-                if h.send_raw(&batch).await.is_err() {
-                    break;
-                }
-                batch.clear();
-                // Everything the server sent so far (its RST_STREAMs come before its GOAWAY).
-                h.drain_for(Duration::from_millis(2)).await;
-                if h.goaway.is_some() || h.eof {
-                    break;
-                }
-            }
-        }
+            })
+            .await;
         let o = h.connection_outcome(T).await;
         assert_goaway(&o, code::ENHANCE_YOUR_CALM, kind);
         assert!(

@@ -697,6 +697,45 @@ impl H2 {
     }
 
     /// Reads frames for `d` (or until EOF), whatever they are.
+    /// Opens up to `n` streams (odd ids from 1: a GET of `path_prefix/i` with `extra`, ended),
+    /// each followed at once by the frames `after(stream)` makes, written in batches of about
+    /// 8 KiB with the server's frames read in between; stops when the server ends the
+    /// connection or a write fails. Returns how many streams were opened.
+    pub async fn flood_streams(
+        &mut self,
+        n: u32,
+        path_prefix: &str,
+        extra: &[(&str, &str)],
+        after: impl Fn(u32) -> Vec<u8>,
+    ) -> u32 {
+        let mut batch = Vec::new();
+        let mut sent = 0;
+        for i in 0..n {
+            let s = 2 * i + 1;
+            let b = self.request_block("GET", &format!("{path_prefix}/{i}"), extra);
+            batch.extend(frame(
+                ty::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                s,
+                &b.0,
+            ));
+            batch.extend(after(s));
+            sent += 1;
+            if batch.len() > 8 * 1024 {
+                if self.send_raw(&batch).await.is_err() {
+                    break;
+                }
+                batch.clear();
+                // Everything the server sent so far (its RST_STREAMs come before its GOAWAY).
+                self.drain_for(Duration::from_millis(2)).await;
+                if self.goaway.is_some() || self.eof {
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
     pub async fn drain_for(&mut self, d: Duration) {
         let deadline = Instant::now() + d;
         while let Read::Frame(_) = self.read_frame(deadline).await {}
