@@ -166,13 +166,8 @@ mod tests {
         // Random strings over the bytes that matter, 100,000 of them: wherever the one-pass
         // reading answers, the full reading answers the same.
         const BYTES: &[u8] = b"az09-_.:AZ[]@%,/\\?# \x7f\xc3";
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x9e37_79b9);
+        let mut next = move || rand::Rng::gen::<u64>(&mut rng);
         let mut read = 0;
         for i in 0..100_000 {
             let len = if i % 100 == 0 {

@@ -126,6 +126,7 @@ impl Inbound {
     }
 
     /// Bytes pushed and not yet read out.
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         lock(&self.0).buf.len()
     }

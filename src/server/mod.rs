@@ -1,6 +1,8 @@
 //! Listeners and connections: accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 with upgrades, limits, graceful shutdown.
 
 mod conn;
+/// The lingering close's bounds (see `conn::linger`).
+pub use conn::{LINGER_BYTES, LINGER_QUIET, LINGER_TIME};
 pub mod control;
 pub mod h1;
 pub mod http2;

@@ -1094,13 +1094,8 @@ async fn random_frame_sequences_never_break_the_server() {
         previous(info);
     }));
     let (gw, cookie) = gateway().await;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0x9e37_79b9);
+    let mut next = move || rand::Rng::gen::<u64>(&mut rng);
     for round in 0..300u32 {
         let mut h = H2::connect(gw.addr()).await;
         h.handshake().await;

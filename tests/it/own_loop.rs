@@ -363,6 +363,67 @@ async fn pipelined_requests_with_and_without_bodies_are_answered_in_order_on_one
     }
 }
 
+/// The lingering close is bounded whatever the client does after the answer: silent for a
+/// second (closed after `LINGER_QUIET`: its next bytes are refused at once), trickling a byte
+/// every 100 ms (read until `LINGER_TIME`, then refused) or sending as fast as it can (refused
+/// after `LINGER_BYTES`, well before `LINGER_TIME`). The client sees the gateway's close as its
+/// writes failing (a reset answers bytes sent to a closed socket). The answer always arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_close_ends_in_bounded_time_whatever_the_client_sends() {
+    use portcullis::server::{LINGER_QUIET, LINGER_TIME};
+    let gw = TestGateway::start().await;
+    let closing = "GET /.auth/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let ms = Duration::from_millis;
+    // (client behaviour, writes fail no sooner than, and no later than: after the answer)
+    for (what, earliest, latest) in [
+        ("silent", ms(1000), ms(1000) + ms(1500)),
+        ("trickle", LINGER_TIME - ms(300), LINGER_TIME + ms(1500)),
+        ("flood", ms(0), LINGER_TIME - ms(500)),
+    ] {
+        let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        w.write_all(closing.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf))
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(n > 0, "{what}: closed before the answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+            "{what}"
+        );
+        let answered = tokio::time::Instant::now();
+        if what == "silent" {
+            tokio::time::sleep(ms(1000)).await;
+            assert!(LINGER_QUIET < ms(1000));
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let sent = if what == "flood" {
+                    w.write_all(&[b'x'; 64 * 1024]).await
+                } else {
+                    tokio::time::sleep(ms(100)).await;
+                    w.write_all(b"x").await
+                };
+                if sent.is_err() {
+                    return answered.elapsed();
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the gateway still read after 10 s"));
+        assert!(
+            refused >= earliest && refused <= latest,
+            "{what}: writes refused after {refused:?}, expected {earliest:?}..{latest:?}"
+        );
+    }
+}
+
 /// The connection reuses its field map from one request to the next: no field of an earlier
 /// request ever reaches the upstream with a later one, after small and large (60-field)
 /// requests alike, and every request's own fields arrive whole.

@@ -453,6 +453,7 @@ impl<'a> Conn<'a> {
                 }
                 if let Some(i) = self.find(h.stream) {
                     let s = self.streams.swap_remove(i);
+                    self.count_reset(&s);
                     self.drop_stream(s, BodyError::Reset);
                 }
                 self.check_resets()
@@ -845,15 +846,32 @@ impl<'a> Conn<'a> {
     /// A stream error the client caused: RST_STREAM, and the stream ends (counted against
     /// [`MAX_RESETS`] when it was being answered).
     fn reset(&mut self, id: u32, reason: Reason) {
-        self.reset_counted(id, reason, true);
+        self.reset_stream(id, reason, true);
     }
 
-    fn reset_counted(&mut self, id: u32, reason: Reason, counted: bool) {
+    /// RST_STREAM with `reason`, and the stream ends; `counted`: the client's doing (a stream
+    /// error it caused), not the gateway's (a failed answer, a stalled window).
+    fn reset_stream(&mut self, id: u32, reason: Reason, counted: bool) {
         frame::rst_stream(&mut self.out, id, reason);
         if let Some(i) = self.find(id) {
             let s = self.streams.swap_remove(i);
-            self.end_stream(s, BodyError::Reset, counted);
+            if counted {
+                self.count_reset(&s);
+            }
+            self.drop_stream(s, BodyError::Reset);
         }
+    }
+
+    /// Counts a reset of `s` against [`MAX_RESETS`] when it was being answered.
+    fn count_reset(&mut self, s: &Stream) {
+        if !s.answering() {
+            return;
+        }
+        if self.resets_since.elapsed() > RESET_WINDOW {
+            self.resets = 0;
+            self.resets_since = Instant::now();
+        }
+        self.resets += 1;
     }
 
     /// A connection error once too many streams being answered ended in a reset.
@@ -867,19 +885,6 @@ impl<'a> Conn<'a> {
     /// Ends a stream taken out of the table: its handler stops, its body reader gets `why`, and
     /// the window its unread bytes held comes back to the connection.
     fn drop_stream(&mut self, s: Stream, why: BodyError) {
-        self.end_stream(s, why, true);
-    }
-
-    /// [`Self::drop_stream`]; `counted`: a reset of a stream being answered counts against
-    /// [`MAX_RESETS`] (the client's doing, not the upstream's or a timer's).
-    fn end_stream(&mut self, s: Stream, why: BodyError, counted: bool) {
-        if counted && s.answering() && matches!(why, BodyError::Reset) {
-            if self.resets_since.elapsed() > RESET_WINDOW {
-                self.resets = 0;
-                self.resets_since = Instant::now();
-            }
-            self.resets += 1;
-        }
         if s.recv_open {
             if self.recently_closed.len() == RECENTLY_CLOSED {
                 self.recently_closed.pop_front();
@@ -919,7 +924,7 @@ impl<'a> Conn<'a> {
         s.abort = None;
         let id = s.id;
         if status.is_informational() {
-            self.reset_counted(id, Reason::INTERNAL_ERROR, false);
+            self.reset_stream(id, Reason::INTERNAL_ERROR, false);
             return;
         }
         let no_content = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
@@ -1016,7 +1021,7 @@ impl<'a> Conn<'a> {
                 Sent::Failed => {
                     progress = true;
                     let id = self.streams[i].id;
-                    self.reset_counted(id, Reason::INTERNAL_ERROR, false);
+                    self.reset_stream(id, Reason::INTERNAL_ERROR, false);
                     continue;
                 }
                 Sent::Some => progress = true,
@@ -1096,12 +1101,12 @@ impl<'a> Conn<'a> {
             return false;
         };
         let deadline = since + self.cfg.stall_timeout;
-        if self.stall.as_ref().is_none_or(|t| t.deadline() != deadline) {
-            self.stall = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
-        let Some(timer) = self.stall.as_mut() else {
-            return false;
-        };
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
@@ -1117,7 +1122,7 @@ impl<'a> Conn<'a> {
             .map(|s| s.id)
             .collect();
         for id in late {
-            self.reset_counted(id, Reason::CANCEL, false);
+            self.reset_stream(id, Reason::CANCEL, false);
         }
         true
     }
