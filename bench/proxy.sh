@@ -40,7 +40,9 @@
 # curl -k --http1.1 / --http2, and the answer must come over that HTTP version); without the cookie
 # Portcullis (d, d0, e, i, k) must refuse with 401.
 # BENCH_ROUNDS > 1 interleaves rounds over all targets at each connection count; each row is its
-# median round by req/s.
+# median round by req/s. The targets are then also read paired by round: each ratio from the two
+# runs of one round (~20 s apart), the median of the rounds' ratios, with every round's ratio
+# printed, so a change of the host's load between rounds does not decide a target.
 # It prints, per connection count, requests/s, p50 and p99 latency, req/s relative to (b), the CPU
 # time the proxy's own processes spent per request (user+system ticks of their /proc/PID/stat around
 # the measured run; robust against a busy shared machine) and as CPU%, the upstream connections
@@ -646,11 +648,31 @@ tls_params() {
 pct_change() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (a - b) / b * 100; else print "n/a" }'; }
 
 # target_line TEXT FIGURES RESULT: one PASS/FAIL line; counts them in T_PASS / T_TOTAL.
-T_PASS=0 T_TOTAL=0
+T_PASS=0 T_TOTAL=0 P_PASS=0 P_TOTAL=0
 target_line() {
     printf '%-48s %-40s %s\n' "$1" "$2" "$3"
     T_TOTAL=$((T_TOTAL + 1))
     [ "$3" != PASS ] || T_PASS=$((T_PASS + 1))
+}
+
+# paired K1 K2 C COL: K1's value over K2's in each round at C connections (COL of the rounds
+# file: 1 req/s, 3 p99, 5 CPU us/req), the two runs of a round ~20 s apart. Prints the median
+# of the rounds' ratios, then the ratios in round order: "1.04 0.97/1.04/1.12".
+paired() {
+    local a="$TMP/rounds-$1-c$3" b="$TMP/rounds-$2-c$3"
+    if [ ! -f "$a" ] || [ ! -f "$b" ]; then
+        echo "n/a n/a"
+        return
+    fi
+    paste -d' ' "$a" "$b" | awk -v col="$4" '
+        { if ($(col + 8) > 0) r[NR] = $col / $(col + 8); else r[NR] = 0 }
+        END {
+            n = NR; list = ""
+            for (i = 1; i <= n; i++) { s[i] = r[i]; list = list (i > 1 ? "/" : "") sprintf("%.2f", r[i]) }
+            for (i = 2; i <= n; i++) { v = s[i]; for (j = i - 1; j >= 1 && s[j] > v; j--) s[j + 1] = s[j]; s[j + 1] = v }
+            med = (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
+            printf "%.2f %s\n", med, list
+        }'
 }
 
 # proxy_run K C ROUND: target K measured at C connections (warm-up included); one line
@@ -1050,6 +1072,31 @@ EOF
             target_line "(k) h2 CPU us/req <= nginx h2's" "${cpu[$kk]} vs ${cpu[$j]} us ($(ratio "${cpu[$kk]}" "${cpu[$j]}")x; user ${usr[$kk]} vs ${usr[$j]})" \
                 "$(pass_fail ge "${cpu[$j]}" "${cpu[$kk]}" 1.0)"
         fi
+        local paired_met="-"
+        if [ "$ROUNDS" -gt 1 ]; then
+            # The same targets read round by round: each ratio from two runs of one round, so
+            # a change of the host's load between rounds cancels out; the median of the rounds.
+            echo "-- the same targets paired by round: the median of the $ROUNDS rounds' ratios [each round's ratio] --"
+            local pm=0 pt=0 pair k1 k2 what col want med list
+            for pair in "d b req/s 1 ge" "d b p99 3 le" "d b CPU 5 le" "d c req/s 1 caddy" \
+                "i h req/s 1 ge" "i h p99 3 le" "i h CPU 5 le" "k j req/s 1 ge" "k j p99 3 le" "k j CPU 5 le"; do
+                read -r k1 k2 what col want <<<"$pair"
+                [ -f "$TMP/rounds-$k1-c$c" ] || continue
+                read -r med list <<<"$(paired "$k1" "$k2" "$c" "$col")"
+                local verdict=FAIL
+                case $want in
+                    ge) ge "$med" 1 1.0 && verdict=PASS ;;
+                    le) ge 1 "$med" 1.0 && verdict=PASS ;;
+                    caddy) ge "$med" 1 2.5 && verdict=PASS ;;
+                esac
+                pt=$((pt + 1))
+                [ "$verdict" != PASS ] || pm=$((pm + 1))
+                printf '%-48s %-40s %s\n' "($k1)/($k2) $what$([ "$want" != caddy ] || echo ' (>= 2.5)')" "${med}x [$list]" "$verdict"
+            done
+            P_PASS=$((P_PASS + pm))
+            P_TOTAL=$((P_TOTAL + pt))
+            paired_met="$pm/$pt"
+        fi
         if [ "$ACCESS_LOG" = 1 ]; then
             local d0=d0-c$c
             logc_rps=$(pct_change "${rps[$d]}" "${rps[$d0]}")
@@ -1057,9 +1104,9 @@ EOF
             logc_cpu="$logc_cpu ($(pct_change "${cpu[$d]}" "${cpu[$d0]}"))"
             printf '%-48s %s\n' "access log cost, (d) vs (d0)" "req/s $logc_rps, CPU $logc_cpu per request, p99 $(ms "${p99[$d]}") vs $(ms "${p99[$d0]}") (informational)"
         fi
-        s_line[$c]=$(printf '%5s  %9sx %9sx %9sx %9sx %10s %10s %10s %18s %7s' "$c" \
+        s_line[$c]=$(printf '%5s  %9sx %9sx %9sx %9sx %10s %10s %10s %18s %7s %7s' "$c" \
             "$(ratio "${rps[$d]}" "${rps[$b]}")" "$(ratio "${p99[$d]}" "${p99[$b]}")" "$(ratio "${cpu[$d]}" "${cpu[$b]}")" \
-            "$(ratio "${rps[$d]}" "${rps[$cc]}")" "$h1" "$h2" "$logc_rps" "$logc_cpu" "$((T_PASS - pass0))/$((T_TOTAL - total0))")
+            "$(ratio "${rps[$d]}" "${rps[$cc]}")" "$h1" "$h2" "$logc_rps" "$logc_cpu" "$((T_PASS - pass0))/$((T_TOTAL - total0))" "$paired_met")
     done
 
     echo
@@ -1097,10 +1144,11 @@ EOF
 
     echo
     echo "== summary: portcullis (d) vs nginx (b) and caddy (c); TLS: (i)/(h) HTTP/1.1, (k)/(j) HTTP/2; log cost: (d) vs (d0) =="
-    printf '%5s  %10s %10s %10s %10s %10s %10s %10s %18s %7s\n' conns "rps/ngx" "p99/ngx" "cpu/ngx" "rps/caddy" "tls h1" "h2" "log rps" "log cpu/req" targets
+    printf '%5s  %10s %10s %10s %10s %10s %10s %10s %18s %7s %7s\n' conns "rps/ngx" "p99/ngx" "cpu/ngx" "rps/caddy" "tls h1" "h2" "log rps" "log cpu/req" targets paired
     for c in "${conns_list[@]}"; do echo "${s_line[$c]}"; done
-    echo "(ratios: req/s >= 1.0 and p99, CPU <= 1.0 meet the targets; rps/caddy >= 2.5. targets: PASS count per connection count)"
-    echo "targets met: $T_PASS/$T_TOTAL (informational: the exit status is 0 unless something broke)"
+    echo "(ratios: req/s >= 1.0 and p99, CPU <= 1.0 meet the targets; rps/caddy >= 2.5. targets: PASS count per connection count,"
+    echo " from the median rounds; paired: the same targets from the median of the per-round ratios, with BENCH_ROUNDS > 1)"
+    echo "targets met: $T_PASS/$T_TOTAL$([ "$ROUNDS" -le 1 ] || echo "; paired by round: $P_PASS/$P_TOTAL") (informational: the exit status is 0 unless something broke)"
 
     echo
     echo "== WARN/ERROR lines in the Portcullis logs =="
