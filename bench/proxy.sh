@@ -657,11 +657,12 @@ target_line() {
 
 # paired K1 K2 C COL: K1's value over K2's in each round at C connections (COL of the rounds
 # file: 1 req/s, 3 p99, 5 CPU us/req), the two runs of a round ~20 s apart. Prints the median
-# of the rounds' ratios, then the ratios in round order: "1.04 0.97/1.04/1.12".
+# of the rounds' ratios (unrounded, to compare, then rounded, to print), then the ratios in round
+# order: "1.0412 1.04 0.97/1.04/1.12".
 paired() {
     local a="$TMP/rounds-$1-c$3" b="$TMP/rounds-$2-c$3"
     if [ ! -f "$a" ] || [ ! -f "$b" ]; then
-        echo "n/a n/a"
+        echo "0 n/a n/a"
         return
     fi
     paste -d' ' "$a" "$b" | awk -v col="$4" '
@@ -671,7 +672,7 @@ paired() {
             for (i = 1; i <= n; i++) { s[i] = r[i]; list = list (i > 1 ? "/" : "") sprintf("%.2f", r[i]) }
             for (i = 2; i <= n; i++) { v = s[i]; for (j = i - 1; j >= 1 && s[j] > v; j--) s[j + 1] = s[j]; s[j + 1] = v }
             med = (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
-            printf "%.2f %s\n", med, list
+            printf "%.4f %.2f %s\n", med, med, list
         }'
 }
 
@@ -1077,12 +1078,12 @@ EOF
             # The same targets read round by round: each ratio from two runs of one round, so
             # a change of the host's load between rounds cancels out; the median of the rounds.
             echo "-- the same targets paired by round: the median of the $ROUNDS rounds' ratios [each round's ratio] --"
-            local pm=0 pt=0 pair k1 k2 what col want med list
+            local pm=0 pt=0 pair k1 k2 what col want med shown list
             for pair in "d b req/s 1 ge" "d b p99 3 le" "d b CPU 5 le" "d c req/s 1 caddy" \
                 "i h req/s 1 ge" "i h p99 3 le" "i h CPU 5 le" "k j req/s 1 ge" "k j p99 3 le" "k j CPU 5 le"; do
                 read -r k1 k2 what col want <<<"$pair"
-                [ -f "$TMP/rounds-$k1-c$c" ] || continue
-                read -r med list <<<"$(paired "$k1" "$k2" "$c" "$col")"
+                [ -f "$TMP/rounds-$k1-c$c" ] && [ -f "$TMP/rounds-$k2-c$c" ] || continue
+                read -r med shown list <<<"$(paired "$k1" "$k2" "$c" "$col")"
                 local verdict=FAIL
                 case $want in
                     ge) ge "$med" 1 1.0 && verdict=PASS ;;
@@ -1091,7 +1092,7 @@ EOF
                 esac
                 pt=$((pt + 1))
                 [ "$verdict" != PASS ] || pm=$((pm + 1))
-                printf '%-48s %-40s %s\n' "($k1)/($k2) $what$([ "$want" != caddy ] || echo ' (>= 2.5)')" "${med}x [$list]" "$verdict"
+                printf '%-48s %-40s %s\n' "($k1)/($k2) $what$([ "$want" != caddy ] || echo ' (>= 2.5)')" "${shown}x [$list]" "$verdict"
             done
             P_PASS=$((P_PASS + pm))
             P_TOTAL=$((P_TOTAL + pt))
