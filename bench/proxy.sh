@@ -41,8 +41,8 @@
 # Portcullis (d, d0, e, i, k) must refuse with 401.
 # BENCH_ROUNDS > 1 interleaves rounds over all targets at each connection count; each row is its
 # median round by req/s. The targets are then also read paired by round: each ratio from the two
-# runs of one round (~20 s apart), the median of the rounds' ratios, with every round's ratio
-# printed, so a change of the host's load between rounds does not decide a target.
+# runs of one round (~20 s apart), the median of the rounds' ratios (with an even count the lower
+# middle, as for the rows), with every round's ratio printed, so a change of the host's load between rounds does not decide a target.
 # It prints, per connection count, requests/s, p50 and p99 latency, req/s relative to (b), the CPU
 # time the proxy's own processes spent per request (user+system ticks of their /proc/PID/stat around
 # the measured run; robust against a busy shared machine) and as CPU%, the upstream connections
@@ -657,23 +657,20 @@ target_line() {
 
 # paired K1 K2 C COL: K1's value over K2's in each round at C connections (COL of the rounds
 # file: 1 req/s, 3 p99, 5 CPU us/req), the two runs of a round ~20 s apart. Prints the median
-# of the rounds' ratios (unrounded, to compare, then rounded, to print), then the ratios in round
-# order: "1.0412 1.04 0.97/1.04/1.12".
+# round's ratio (unrounded, to compare, then rounded, to print; with an even count the lower
+# middle, as the rows' median round) and every round's ratio in round order:
+# "1.0412 1.04 0.97/1.04/1.12".
 paired() {
-    local a="$TMP/rounds-$1-c$3" b="$TMP/rounds-$2-c$3"
-    if [ ! -f "$a" ] || [ ! -f "$b" ]; then
+    local a="$TMP/rounds-$1-c$3" b="$TMP/rounds-$2-c$3" ratios
+    if [ ! -s "$a" ] || [ ! -s "$b" ]; then
         echo "0 n/a n/a"
         return
     fi
-    paste -d' ' "$a" "$b" | awk -v col="$4" '
-        { if ($(col + 8) > 0) r[NR] = $col / $(col + 8); else r[NR] = 0 }
-        END {
-            n = NR; list = ""
-            for (i = 1; i <= n; i++) { s[i] = r[i]; list = list (i > 1 ? "/" : "") sprintf("%.2f", r[i]) }
-            for (i = 2; i <= n; i++) { v = s[i]; for (j = i - 1; j >= 1 && s[j] > v; j--) s[j + 1] = s[j]; s[j + 1] = v }
-            med = (n % 2) ? s[(n + 1) / 2] : (s[n / 2] + s[n / 2 + 1]) / 2
-            printf "%.4f %.2f %s\n", med, med, list
-        }'
+    ratios=$(awk -v col="$4" 'NR == FNR { x[FNR] = $col; next }
+        FNR in x { printf "%.4f\n", ($col > 0 ? x[FNR] / $col : 0) }' "$a" "$b")
+    local med
+    med=$(sort -g <<<"$ratios" | sed -n "$((($(wc -l <<<"$ratios") + 1) / 2))p")
+    printf '%s %.2f %s\n' "$med" "$med" "$(awk '{ printf "%s%.2f", (NR > 1 ? "/" : ""), $1 }' <<<"$ratios")"
 }
 
 # proxy_run K C ROUND: target K measured at C connections (warm-up included); one line
@@ -1077,7 +1074,7 @@ EOF
         if [ "$ROUNDS" -gt 1 ]; then
             # The same targets read round by round: each ratio from two runs of one round, so
             # a change of the host's load between rounds cancels out; the median of the rounds.
-            echo "-- the same targets paired by round: the median of the $ROUNDS rounds' ratios [each round's ratio] --"
+            echo "-- the same targets paired by round: the median of the $ROUNDS rounds' ratios (even count: the lower middle) [each round's ratio] --"
             local pm=0 pt=0 pair k1 k2 what col want med shown list
             for pair in "d b req/s 1 ge" "d b p99 3 le" "d b CPU 5 le" "d c req/s 1 caddy" \
                 "i h req/s 1 ge" "i h p99 3 le" "i h CPU 5 le" "k j req/s 1 ge" "k j p99 3 le" "k j CPU 5 le"; do
