@@ -50,7 +50,10 @@
 # the load generator's errors, then the targets as PASS/FAIL lines:
 #   (d) req/s >= 1.0 x nginx proxy_pass (b), (d) p99 <= (b)'s, (d) CPU us/req <= (b)'s,
 #   (d) req/s >= 2.5 x Caddy (c); HTTPS: (i) vs (h) and (k) vs (j): req/s >= 1.0x, p99 <=, CPU <=
-# and the access log's cost ((d) vs (d0): req/s and CPU us per request). At the end a summary with
+# and the access log's cost ((d) vs (d0): req/s and CPU us per request), then the noise floor
+# (BENCH_AA=1): (b2) is nginx proxy_pass (b) measured again right after (d), and its req/s, p99 and
+# CPU are read against (b) as (d)'s are: how often the same nginx "meets" a ratio of 1.0 against
+# itself in this run (not counted in the targets). At the end a summary with
 # one line per connection count (pc/nginx req/s, p99 and CPU ratios, pc/caddy, TLS HTTP/1.1 and
 # HTTP/2 ratios, logging cost, targets met), the access log lines counted in each log against the
 # requests sent (a sanity check that logging was on: ~1 line per request for Portcullis, nginx and
@@ -60,7 +63,7 @@
 # What is logged (BENCH_ACCESS_LOG=1, the default): Portcullis (d) at its default level
 # (PORTCULLIS_LOG unset: one `portcullis::access` line per request on stderr, redirected to
 # $TMP/pc-d.log); nginx `access_log $TMP/nginx-proxy/access.log;` (combined format, unbuffered: the
-# default) for (b), (e), (h), (j); Caddy `log { output file $TMP/caddy-access.log }` (JSON, Caddy's
+# default) for (b), (b2), (e), (h), (j); Caddy `log { output file $TMP/caddy-access.log }` (JSON, Caddy's
 # default rolling) for (c); the upstream (a) and (d0) log no requests. BENCH_ACCESS_LOG=0: access
 # logs off everywhere (PORTCULLIS_LOG=warn, access_log off, no Caddy log) and no (d0) row.
 # Both Portcullis processes run with limits.max_connections_per_ip 100000 (the default 256 would
@@ -68,8 +71,8 @@
 # connections all come from one address).
 # The session is obtained the real way: POST /.auth/api/login, read the mailed code from the
 # .eml file (email.transport: file), POST /.auth/api/verify with issue_token (bench/get_session.py).
-# Duration with the defaults: 10 runs per connection count (+2 diagnostics at 32) of
-# BENCH_WARMUP + BENCH_DURATION = 12 s each: 32 runs, ~7-8 minutes in all.
+# Duration with the defaults: 11 runs per connection count (+2 diagnostics at 32) of
+# BENCH_WARMUP + BENCH_DURATION = 12 s each: 35 runs, ~8 minutes in all (per round).
 #
 # scale mode: for each count in BENCH_SCALE_COUNTS (default "1000 1000000") a fresh data_dir is
 # seeded with `portcullis bench-seed --config FILE --count N` (prints one valid token on stdout),
@@ -119,6 +122,9 @@
 #   BENCH_CONN_LIST="1 32 256"  proxy mode: the connection counts, each a table of its own
 #   BENCH_ACCESS_LOG=1     proxy mode: access logs on in every proxy and the (d0) row; 0: all off
 #   BENCH_TLS=1            proxy mode: the HTTPS rows (h-k); 0 skips them (and h2load, openssl)
+#   BENCH_AA=1             proxy mode: (b2), nginx proxy_pass (b) measured again right after (d),
+#                          and (b2)'s "targets" against (b): what the same nginx reads against
+#                          itself, the run's noise floor for a ratio of 1.0; 0 skips it
 #   BENCH_NGINX_KEEPALIVE=512  proxy mode: nginx `keepalive N` to the upstream and to Portcullis (e);
 #                          512 (not nginx's usual 32-64) so that at 256 connections nginx keeps its
 #                          upstream connections as Portcullis does, instead of opening new ones
@@ -185,6 +191,7 @@ DIAG=${BENCH_DIAG:-1}
 DIAG_CONNS=${BENCH_DIAG_CONNS:-}
 CONN_LIST=${BENCH_CONN_LIST:-"1 32 256"}
 ACCESS_LOG=${BENCH_ACCESS_LOG:-1}
+AA=${BENCH_AA:-1}
 TLS=${BENCH_TLS:-1}
 NGINX_KEEPALIVE=${BENCH_NGINX_KEEPALIVE:-512}
 CADDY_IDLE=${BENCH_CADDY_IDLE_CONNS-512}
@@ -343,7 +350,7 @@ machine_facts() {
     echo "portcullis:  $("$BIN" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
     if [ "$MODE" = proxy ]; then
         [ "$TLS" != 1 ] || echo "h2load:      $(h2load --version 2>/dev/null | head -n1 | sed 's/^h2load //')"
-        echo "command:     $0 $MODE  (BENCH_CONN_LIST=\"$CONN_LIST\" BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_ACCESS_LOG=$ACCESS_LOG BENCH_TLS=$TLS BENCH_DIAG=$DIAG)"
+        echo "command:     $0 $MODE  (BENCH_CONN_LIST=\"$CONN_LIST\" BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_ACCESS_LOG=$ACCESS_LOG BENCH_TLS=$TLS BENCH_DIAG=$DIAG BENCH_AA=$AA)"
     else
         echo "command:     $0 $MODE  (BENCH_THREADS=$THREADS BENCH_CONNS=$CONNS BENCH_DURATION=$DURATION BENCH_WARMUP=$WARMUP)"
     fi
@@ -648,7 +655,7 @@ tls_params() {
 pct_change() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (a - b) / b * 100; else print "n/a" }'; }
 
 # target_line TEXT FIGURES RESULT: one PASS/FAIL line; counts them in T_PASS / T_TOTAL.
-T_PASS=0 T_TOTAL=0 P_PASS=0 P_TOTAL=0
+T_PASS=0 T_TOTAL=0 P_PASS=0 P_TOTAL=0 A_PASS=0 A_TOTAL=0
 target_line() {
     printf '%-48s %-40s %s\n' "$1" "$2" "$3"
     T_TOTAL=$((T_TOTAL + 1))
@@ -874,13 +881,16 @@ EOF
     local caddy_pid=$LAST_PID
     wait_http "http://127.0.0.1:$caddy_port/" caddy "$caddy_pid"
 
+    # (b2) right after (d): the same nginx as (b), one run later than (d) is, in every round.
     local keys=(a b c d) tls_keys=() diag=(f g)
+    [ "$AA" != 1 ] || keys+=(b2)
     [ "$ACCESS_LOG" != 1 ] || keys+=(d0)
     keys+=(e)
     [ "$TLS" != 1 ] || tls_keys=(h i j k)
     local -A label urls hdr cpu_pids sent h2cipher
     label[a]="(a) upstream direct (nginx)"
     label[b]="(b) nginx proxy_pass"
+    label[b2]="(b2) nginx proxy_pass again"
     label[c]="(c) caddy reverse_proxy"
     label[d]="(d) portcullis (cookie)"
     label[d0]="(d0) portcullis, access log off"
@@ -893,6 +903,7 @@ EOF
     label[k]="(k) portcullis TLS HTTP/2"
     urls[a]="http://127.0.0.1:$UP_PORT/"
     urls[b]="http://127.0.0.1:$ngx_port/"
+    urls[b2]=${urls[b]}
     urls[c]="http://127.0.0.1:$caddy_port/"
     urls[d]="http://127.0.0.1:$pc_port/"
     urls[d0]="http://127.0.0.1:$pc0_port/"
@@ -948,6 +959,7 @@ EOF
     # Whose CPU time counts for each target (the upstream's only for (a); wrk's/h2load's never).
     cpu_pids[a]="$UP_PID"
     cpu_pids[b]="$ngx_pid"
+    cpu_pids[b2]="$ngx_pid"
     cpu_pids[c]="$caddy_pid"
     cpu_pids[d]="$pc_pid"
     cpu_pids[d0]="$pc0_pid"
@@ -1005,7 +1017,7 @@ EOF
     fi
     local sent_pc=0 sent_ngx=0 sent_caddy=${sent[c]:-0} sent_pc0=${sent[d0]:-0}
     for k in d e f g i k; do sent_pc=$((sent_pc + ${sent[$k]:-0})); done
-    for k in b e h j; do sent_ngx=$((sent_ngx + ${sent[$k]:-0})); done
+    for k in b b2 e h j; do sent_ngx=$((sent_ngx + ${sent[$k]:-0})); done
     log "access log lines: portcullis ${pc_lines} (requests sent ~${sent_pc}), nginx ${ngx_lines} (~${sent_ngx}), caddy ${caddy_lines} (~${sent_caddy}), portcullis (d0) ${pc0_lines}"
 
     local row='%-32s %9.0f %9s %9s %7sx %11s %8s %6s %9s %7s\n'
@@ -1095,6 +1107,34 @@ EOF
             P_TOTAL=$((P_TOTAL + pt))
             paired_met="$pm/$pt"
         fi
+        local aa_met="-"
+        if [ "$AA" = 1 ] && [ -f "$TMP/rounds-b2-c$c" ]; then
+            # The same nginx against itself: what a ratio of 1.0 reads in this run. Not counted
+            # in the targets; with BENCH_ROUNDS > 1 paired by round as above.
+            echo "-- noise floor: (b2), the same nginx as (b) measured again after (d), read as the plain-HTTP targets (not counted) --"
+            local am=0 at=0 b2=b2-c$c pair what col want x y med shown list verdict
+            for pair in "req/s 1 ge ${rps[$b2]} ${rps[$b]}" "p99 3 le ${p99[$b2]} ${p99[$b]}" "CPU 5 le ${cpu[$b2]} ${cpu[$b]}"; do
+                read -r what col want x y <<<"$pair"
+                verdict=FAIL
+                if [ "$ROUNDS" -gt 1 ]; then
+                    read -r med shown list <<<"$(paired b2 b "$c" "$col")"
+                    shown="${shown}x paired [$list]"
+                else
+                    med=$(awk -v a="$x" -v b="$y" 'BEGIN { if (b > 0) printf "%.4f", a / b; else print 0 }')
+                    shown="$(ratio "$x" "$y")x"
+                fi
+                case $want in
+                    ge) ge "$med" 1 1.0 && verdict=PASS ;;
+                    le) ge 1 "$med" 1.0 && verdict=PASS ;;
+                esac
+                at=$((at + 1))
+                [ "$verdict" != PASS ] || am=$((am + 1))
+                printf '%-48s %-40s %s\n' "(b2)/(b) $what" "$shown" "$verdict"
+            done
+            A_PASS=$((A_PASS + am))
+            A_TOTAL=$((A_TOTAL + at))
+            aa_met="$am/$at"
+        fi
         if [ "$ACCESS_LOG" = 1 ]; then
             local d0=d0-c$c
             logc_rps=$(pct_change "${rps[$d]}" "${rps[$d0]}")
@@ -1102,9 +1142,9 @@ EOF
             logc_cpu="$logc_cpu ($(pct_change "${cpu[$d]}" "${cpu[$d0]}"))"
             printf '%-48s %s\n' "access log cost, (d) vs (d0)" "req/s $logc_rps, CPU $logc_cpu per request, p99 $(ms "${p99[$d]}") vs $(ms "${p99[$d0]}") (informational)"
         fi
-        s_line[$c]=$(printf '%5s  %9sx %9sx %9sx %9sx %10s %10s %10s %18s %7s %7s' "$c" \
+        s_line[$c]=$(printf '%5s  %9sx %9sx %9sx %9sx %10s %10s %10s %18s %7s %7s %7s' "$c" \
             "$(ratio "${rps[$d]}" "${rps[$b]}")" "$(ratio "${p99[$d]}" "${p99[$b]}")" "$(ratio "${cpu[$d]}" "${cpu[$b]}")" \
-            "$(ratio "${rps[$d]}" "${rps[$cc]}")" "$h1" "$h2" "$logc_rps" "$logc_cpu" "$((T_PASS - pass0))/$((T_TOTAL - total0))" "$paired_met")
+            "$(ratio "${rps[$d]}" "${rps[$cc]}")" "$h1" "$h2" "$logc_rps" "$logc_cpu" "$((T_PASS - pass0))/$((T_TOTAL - total0))" "$paired_met" "$aa_met")
     done
 
     echo
@@ -1120,7 +1160,7 @@ EOF
     echo "  wrk threads: min($THREADS, connections); h2load: -m1, one request in flight per connection, as with wrk."
     if [ "$ACCESS_LOG" = 1 ]; then
         echo "  Access logging ON: Portcullis (d, e, i, k, f, g) at its default level, stderr to a file; (d0) the same gateway"
-        echo "  with PORTCULLIS_LOG=warn; nginx access_log (combined) for (b, e, h, j); Caddy log { output file } (JSON) for (c)."
+        echo "  with PORTCULLIS_LOG=warn; nginx access_log (combined) for (b, b2, e, h, j); Caddy log { output file } (JSON) for (c)."
         printf '  Access log lines written: portcullis %s for ~%s requests sent (warm-ups included), %s bytes/line;\n' \
             "$pc_lines" "$sent_pc" "$(awk -v b="$pc_bytes" -v n="$pc_lines" 'BEGIN { if (n > 0) printf "%.0f", b / n; else print "n/a" }')"
         printf '    nginx %s for ~%s, %s bytes/line; caddy %s for ~%s, %s bytes/line; portcullis (d0) %s for ~%s (expected 0).\n' \
@@ -1142,11 +1182,13 @@ EOF
 
     echo
     echo "== summary: portcullis (d) vs nginx (b) and caddy (c); TLS: (i)/(h) HTTP/1.1, (k)/(j) HTTP/2; log cost: (d) vs (d0) =="
-    printf '%5s  %10s %10s %10s %10s %10s %10s %10s %18s %7s %7s\n' conns "rps/ngx" "p99/ngx" "cpu/ngx" "rps/caddy" "tls h1" "h2" "log rps" "log cpu/req" targets paired
+    printf '%5s  %10s %10s %10s %10s %10s %10s %10s %18s %7s %7s %7s\n' conns "rps/ngx" "p99/ngx" "cpu/ngx" "rps/caddy" "tls h1" "h2" "log rps" "log cpu/req" targets paired "ngx/ngx"
     for c in "${conns_list[@]}"; do echo "${s_line[$c]}"; done
     echo "(ratios: req/s >= 1.0 and p99, CPU <= 1.0 meet the targets; rps/caddy >= 2.5. targets: PASS count per connection count,"
-    echo " from the median rounds; paired: the same targets from the median of the per-round ratios, with BENCH_ROUNDS > 1)"
+    echo " from the median rounds; paired: the same targets from the median of the per-round ratios, with BENCH_ROUNDS > 1;"
+    echo " ngx/ngx: the plain-HTTP req/s, p99 and CPU targets read for nginx (b2) against itself (b), paired if BENCH_ROUNDS > 1)"
     echo "targets met: $T_PASS/$T_TOTAL$([ "$ROUNDS" -le 1 ] || echo "; paired by round: $P_PASS/$P_TOTAL") (informational: the exit status is 0 unless something broke)"
+    [ "$A_TOTAL" -eq 0 ] || echo "noise floor: nginx against itself met $A_PASS/$A_TOTAL of the same plain-HTTP targets (a ratio of exactly 1.0 meets them about half the time)"
 
     echo
     echo "== WARN/ERROR lines in the Portcullis logs =="
